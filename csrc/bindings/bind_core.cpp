@@ -1,0 +1,138 @@
+// System info, the type table, and direct hooks onto the kernels for tests and tools.
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <cstring>
+#include <vector>
+
+#include "bindings/bindings.h"
+#include "core/common.h"
+#include "core/threadpool.h"
+#include "kernels/kernels.h"
+#include "quant/types.h"
+
+namespace py = pybind11;
+
+namespace pyllm {
+
+namespace {
+
+Type checked_type(int id) {
+    if (!type_is_known(id)) fail(ErrorKind::invalid_argument, "unknown tensor type id " + std::to_string(id));
+    return (Type)id;
+}
+
+const KernelTable& checked_table(const std::string& isa) {
+    if (isa.empty()) return kernels();
+    const KernelTable* t = kernel_table_by_name(isa.c_str());
+    if (!t) fail(ErrorKind::invalid_argument, "ISA '" + isa + "' is not available on this CPU/build");
+    return *t;
+}
+
+using f32_array = py::array_t<float, py::array::c_style | py::array::forcecast>;
+using u8_array = py::array_t<uint8_t, py::array::c_style | py::array::forcecast>;
+
+// (rows, n) float32 -> (rows, row_size) uint8, with the reference quantizer.
+py::array quantize(int type_id, f32_array x) {
+    const Type t = checked_type(type_id);
+    const TypeTraits& tt = type_traits(t);
+    if (x.ndim() != 2) fail(ErrorKind::invalid_argument, "quantize expects a 2-D float32 array");
+    const int64_t rows = x.shape(0), n = x.shape(1);
+    if (n % tt.block_size) fail(ErrorKind::invalid_argument, std::string(tt.name) + " needs rows of a multiple of " + std::to_string(tt.block_size) + " elements, got " + std::to_string(n));
+    if (!tt.from_float) fail(ErrorKind::invalid_argument, std::string("no quantizer for ") + tt.name);
+    const size_t rs = row_size(t, n);
+    py::array_t<uint8_t> out({(py::ssize_t)rows, (py::ssize_t)rs});
+    const float* src = x.data();
+    uint8_t* dst = out.mutable_data();
+    {
+        py::gil_scoped_release nogil;
+        for (int64_t r = 0; r < rows; ++r) tt.from_float(src + r * n, dst + r * rs, n);
+    }
+    return out;
+}
+
+// (rows, row_size) uint8 -> (rows, n) float32, with the given ISA's dequantizer.
+py::array dequantize(int type_id, u8_array q, int64_t n, const std::string& isa) {
+    const Type t = checked_type(type_id);
+    const TypeTraits& tt = type_traits(t);
+    if (q.ndim() != 2) fail(ErrorKind::invalid_argument, "dequantize expects a 2-D uint8 array");
+    if (n <= 0 || n % tt.block_size) fail(ErrorKind::invalid_argument, "bad row length");
+    const size_t rs = row_size(t, n);
+    if ((size_t)q.shape(1) != rs) fail(ErrorKind::invalid_argument, "row bytes do not match the type and row length");
+    const KernelTable& k = checked_table(isa);
+    if (!k.to_float[t]) fail(ErrorKind::invalid_argument, std::string("no dequantizer for ") + tt.name);
+    const int64_t rows = q.shape(0);
+    py::array_t<float> out({(py::ssize_t)rows, (py::ssize_t)n});
+    const uint8_t* src = q.data();
+    float* dst = out.mutable_data();
+    {
+        py::gil_scoped_release nogil;
+        for (int64_t r = 0; r < rows; ++r) k.to_float[t](src + r * rs, dst + r * n, n);
+    }
+    return out;
+}
+
+// W (rows, row_size) uint8 of weight type, X (n_tok, k) float32 -> (n_tok, rows) float32,
+// quantizing X with the ISA's activation quantizer exactly as the model's matmul does.
+py::array matmul(const std::string& isa, int type_id, u8_array w, int64_t k, f32_array x) {
+    const Type t = checked_type(type_id);
+    const TypeTraits& tt = type_traits(t);
+    const KernelTable& kt = checked_table(isa);
+    if (w.ndim() != 2 || x.ndim() != 2 || x.shape(1) != k) fail(ErrorKind::invalid_argument, "matmul: bad shapes");
+    if (k % tt.block_size) fail(ErrorKind::invalid_argument, "matmul: k not a multiple of the block size");
+    const size_t w_rs = row_size(t, k);
+    if ((size_t)w.shape(1) != w_rs) fail(ErrorKind::invalid_argument, "matmul: weight row bytes mismatch");
+    if (!kt.gemm[t]) fail(ErrorKind::invalid_argument, std::string("matmul: no kernel for ") + tt.name);
+    const Type at = tt.vec_dot_type;
+    const size_t a_rs = row_size(at, k);
+    const int64_t rows = w.shape(0), n_tok = x.shape(0);
+    py::array_t<float> out({(py::ssize_t)n_tok, (py::ssize_t)rows});
+    std::vector<uint8_t> act(a_rs * n_tok + 64);
+    const float* xs = x.data();
+    const uint8_t* ws = w.data();
+    float* o = out.mutable_data();
+    {
+        py::gil_scoped_release nogil;
+        for (int64_t i = 0; i < n_tok; ++i) kt.quantize_act[at](xs + i * k, act.data() + i * a_rs, k);
+        kt.gemm[t](k, ws, w_rs, rows, act.data(), a_rs, n_tok, o, rows);
+    }
+    return out;
+}
+
+} // namespace
+
+void register_core(py::module_& m) {
+    m.def("cpu_features", [] { return std::string(cpu_features()); });
+    m.def("isa", [] { return std::string(kernels().isa); }, "The kernel table in use.");
+    m.def("available_isas", [] {
+        int n = 0;
+        const char* const* names = available_isas(&n);
+        std::vector<std::string> out(names, names + n);
+        return out;
+    });
+    m.def("default_threads", &ThreadPool::default_threads);
+    m.def("type_info", [](int id) {
+        const TypeTraits& tt = type_traits(checked_type(id));
+        py::dict d;
+        d["id"] = id; d["name"] = tt.name; d["block_size"] = tt.block_size; d["type_size"] = tt.type_size;
+        d["is_quantized"] = tt.is_quantized; d["vec_dot_type"] = (int)tt.vec_dot_type;
+        d["has_quantizer"] = tt.from_float != nullptr;
+        return d;
+    });
+    m.def("type_from_name", [](const std::string& name) {
+        Type t = type_from_name(name.c_str());
+        if (t == TYPE_COUNT) fail(ErrorKind::invalid_argument, "unknown tensor type name '" + name + "'");
+        return (int)t;
+    });
+    m.def("known_types", [] {
+        std::vector<int> ids;
+        for (int i = 0; i < TYPE_COUNT; ++i) if (type_is_known(i)) ids.push_back(i);
+        return ids;
+    });
+    m.def("quantize", &quantize, py::arg("type_id"), py::arg("x"));
+    m.def("dequantize", &dequantize, py::arg("type_id"), py::arg("q"), py::arg("n"), py::arg("isa") = "");
+    m.def("matmul", &matmul, py::arg("isa"), py::arg("type_id"), py::arg("w"), py::arg("k"), py::arg("x"));
+}
+
+} // namespace pyllm

@@ -1,0 +1,5 @@
+// NEON kernel table. PLACEHOLDER until the SIMD work lands: reports "not compiled".
+#include "kernels/kernels.h"
+namespace pyllm {
+const KernelTable* kernel_table_neon() { return nullptr; }
+} // namespace pyllm

@@ -1,0 +1,185 @@
+// The reference kernel table: plain scalar loops, the truth every SIMD table is tested against.
+// Dot products follow ggml's integer formulation (int sums per block, then one float multiply)
+// so results match llama.cpp's to rounding.
+#include <cstring>
+
+#include "core/fp16.h"
+#include "kernels/kernels.h"
+#include "kernels/ref/ref.h"
+#include "quant/blocks.h"
+#include "quant/quants.h"
+
+namespace pyllm {
+
+// --- row dot products: weight row (k elements) . activation row ----------------------------------
+
+float vec_dot_f32_ref(int64_t k, const void* w, const void* a) {
+    const float* x = static_cast<const float*>(w);
+    const float* y = static_cast<const float*>(a);
+    float sum = 0.0f;
+    for (int64_t i = 0; i < k; ++i) sum += x[i] * y[i];
+    return sum;
+}
+
+float vec_dot_f16_ref(int64_t k, const void* w, const void* a) {
+    const uint16_t* x = static_cast<const uint16_t*>(w);
+    const float* y = static_cast<const float*>(a);
+    float sum = 0.0f;
+    for (int64_t i = 0; i < k; ++i) sum += fp16_to_f32(x[i]) * y[i];
+    return sum;
+}
+
+float vec_dot_bf16_ref(int64_t k, const void* w, const void* a) {
+    const uint16_t* x = static_cast<const uint16_t*>(w);
+    const float* y = static_cast<const float*>(a);
+    float sum = 0.0f;
+    for (int64_t i = 0; i < k; ++i) sum += bf16_to_f32(x[i]) * y[i];
+    return sum;
+}
+
+float vec_dot_q4_0_q8_0_ref(int64_t k, const void* w, const void* a) {
+    const block_q4_0* x = static_cast<const block_q4_0*>(w);
+    const block_q8_0* y = static_cast<const block_q8_0*>(a);
+    float sum = 0.0f;
+    for (int64_t i = 0; i < k / QK8_0; ++i) {
+        int sumi = 0;
+        for (int j = 0; j < QK8_0 / 2; ++j) {
+            sumi += ((x[i].qs[j] & 0x0f) - 8) * y[i].qs[j];
+            sumi += ((x[i].qs[j] >> 4) - 8) * y[i].qs[j + QK8_0 / 2];
+        }
+        sum += sumi * (fp16_to_f32(x[i].d) * fp16_to_f32(y[i].d));
+    }
+    return sum;
+}
+
+float vec_dot_q4_1_q8_1_ref(int64_t k, const void* w, const void* a) {
+    const block_q4_1* x = static_cast<const block_q4_1*>(w);
+    const block_q8_1* y = static_cast<const block_q8_1*>(a);
+    float sum = 0.0f;
+    for (int64_t i = 0; i < k / QK8_1; ++i) {
+        int sumi = 0;
+        for (int j = 0; j < QK8_1 / 2; ++j) {
+            sumi += (x[i].qs[j] & 0x0f) * y[i].qs[j];
+            sumi += (x[i].qs[j] >> 4) * y[i].qs[j + QK8_1 / 2];
+        }
+        // sum_j (d*q_j + m) * dy*qy_j = d*dy*sumi + m*s  (s = dy * sum qy, stored in the block)
+        sum += sumi * (fp16_to_f32(x[i].d) * fp16_to_f32(y[i].d)) + fp16_to_f32(x[i].m) * fp16_to_f32(y[i].s);
+    }
+    return sum;
+}
+
+float vec_dot_q5_0_q8_0_ref(int64_t k, const void* w, const void* a) {
+    const block_q5_0* x = static_cast<const block_q5_0*>(w);
+    const block_q8_0* y = static_cast<const block_q8_0*>(a);
+    float sum = 0.0f;
+    for (int64_t i = 0; i < k / QK8_0; ++i) {
+        uint32_t qh;
+        std::memcpy(&qh, x[i].qh, sizeof(qh));
+        int sumi = 0;
+        for (int j = 0; j < QK8_0 / 2; ++j) {
+            const int q0 = ((x[i].qs[j] & 0x0f) | (((qh >> j) & 1) << 4)) - 16;
+            const int q1 = ((x[i].qs[j] >> 4) | (((qh >> (j + 16)) & 1) << 4)) - 16;
+            sumi += q0 * y[i].qs[j] + q1 * y[i].qs[j + QK8_0 / 2];
+        }
+        sum += sumi * (fp16_to_f32(x[i].d) * fp16_to_f32(y[i].d));
+    }
+    return sum;
+}
+
+float vec_dot_q5_1_q8_1_ref(int64_t k, const void* w, const void* a) {
+    const block_q5_1* x = static_cast<const block_q5_1*>(w);
+    const block_q8_1* y = static_cast<const block_q8_1*>(a);
+    float sum = 0.0f;
+    for (int64_t i = 0; i < k / QK8_1; ++i) {
+        uint32_t qh;
+        std::memcpy(&qh, x[i].qh, sizeof(qh));
+        int sumi = 0;
+        for (int j = 0; j < QK8_1 / 2; ++j) {
+            const int q0 = (x[i].qs[j] & 0x0f) | (((qh >> j) & 1) << 4);
+            const int q1 = (x[i].qs[j] >> 4) | (((qh >> (j + 16)) & 1) << 4);
+            sumi += q0 * y[i].qs[j] + q1 * y[i].qs[j + QK8_1 / 2];
+        }
+        sum += sumi * (fp16_to_f32(x[i].d) * fp16_to_f32(y[i].d)) + fp16_to_f32(x[i].m) * fp16_to_f32(y[i].s);
+    }
+    return sum;
+}
+
+float vec_dot_q8_0_q8_0_ref(int64_t k, const void* w, const void* a) {
+    const block_q8_0* x = static_cast<const block_q8_0*>(w);
+    const block_q8_0* y = static_cast<const block_q8_0*>(a);
+    float sum = 0.0f;
+    for (int64_t i = 0; i < k / QK8_0; ++i) {
+        int sumi = 0;
+        for (int j = 0; j < QK8_0; ++j) sumi += x[i].qs[j] * y[i].qs[j];
+        sum += sumi * (fp16_to_f32(x[i].d) * fp16_to_f32(y[i].d));
+    }
+    return sum;
+}
+
+// --- gemm from a row dot ------------------------------------------------------------------------
+
+template <vec_dot_fn DOT>
+static void gemm_from_dot(int64_t k, const void* w, size_t w_stride, int64_t n_rows,
+                          const void* a, size_t a_stride, int64_t n_tok, float* out, int64_t out_stride) {
+    const uint8_t* wb = static_cast<const uint8_t*>(w);
+    const uint8_t* ab = static_cast<const uint8_t*>(a);
+    for (int64_t t = 0; t < n_tok; ++t)
+        for (int64_t r = 0; r < n_rows; ++r)
+            out[t * out_stride + r] = DOT(k, wb + r * w_stride, ab + t * a_stride);
+}
+
+// --- attention helpers --------------------------------------------------------------------------
+
+static float dot_f16_ref(int64_t n, const uint16_t* x, const float* y) {
+    float sum = 0.0f;
+    for (int64_t i = 0; i < n; ++i) sum += fp16_to_f32(x[i]) * y[i];
+    return sum;
+}
+static void axpy_f16_ref(int64_t n, float alpha, const uint16_t* x, float* y) {
+    for (int64_t i = 0; i < n; ++i) y[i] += alpha * fp16_to_f32(x[i]);
+}
+
+// --- the table ----------------------------------------------------------------------------------
+
+static KernelTable make_ref_table() {
+    KernelTable t{};
+    t.isa = "ref";
+    t.gemm[TYPE_F32] = gemm_from_dot<vec_dot_f32_ref>;
+    t.gemm[TYPE_F16] = gemm_from_dot<vec_dot_f16_ref>;
+    t.gemm[TYPE_BF16] = gemm_from_dot<vec_dot_bf16_ref>;
+    t.gemm[TYPE_Q4_0] = gemm_from_dot<vec_dot_q4_0_q8_0_ref>;
+    t.gemm[TYPE_Q4_1] = gemm_from_dot<vec_dot_q4_1_q8_1_ref>;
+    t.gemm[TYPE_Q5_0] = gemm_from_dot<vec_dot_q5_0_q8_0_ref>;
+    t.gemm[TYPE_Q5_1] = gemm_from_dot<vec_dot_q5_1_q8_1_ref>;
+    t.gemm[TYPE_Q8_0] = gemm_from_dot<vec_dot_q8_0_q8_0_ref>;
+    register_kquant_ref_kernels(t);
+    t.quantize_act[TYPE_F32] = quantize_row_f32;
+    t.quantize_act[TYPE_Q8_0] = quantize_row_q8_0;
+    t.quantize_act[TYPE_Q8_1] = quantize_row_q8_1;
+    t.quantize_act[TYPE_Q8_K] = quantize_row_q8_K;
+    for (int i = 0; i < TYPE_COUNT; ++i)
+        if (type_is_known(i)) t.to_float[i] = type_traits((Type)i).to_float;
+    t.dot_f16 = dot_f16_ref;
+    t.axpy_f16 = axpy_f16_ref;
+    t.f32_to_f16 = [](const float* x, uint16_t* y, int64_t n) { quantize_row_f16(x, y, n); };
+    return t;
+}
+
+const KernelTable* kernel_table_ref() {
+    static const KernelTable table = make_ref_table();
+    return &table;
+}
+
+void fill_missing_from_ref(KernelTable& t) {
+    const KernelTable& r = *kernel_table_ref();
+    for (int i = 0; i < TYPE_COUNT; ++i) {
+        if (!t.gemm[i]) t.gemm[i] = r.gemm[i];
+        if (!t.quantize_act[i]) t.quantize_act[i] = r.quantize_act[i];
+        if (!t.to_float[i]) t.to_float[i] = r.to_float[i];
+    }
+    if (!t.dot_f16) t.dot_f16 = r.dot_f16;
+    if (!t.axpy_f16) t.axpy_f16 = r.axpy_f16;
+    if (!t.f32_to_f16) t.f32_to_f16 = r.f32_to_f16;
+}
+
+} // namespace pyllm

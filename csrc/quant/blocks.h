@@ -1,0 +1,40 @@
+// Packed block layouts of the GGUF quantized types (byte-for-byte the file format).
+// Half floats are stored as raw uint16_t bits; see core/fp16.h.
+#pragma once
+#include <cstdint>
+
+namespace pyllm {
+
+constexpr int QK4_0 = 32, QK4_1 = 32, QK5_0 = 32, QK5_1 = 32, QK8_0 = 32, QK8_1 = 32;
+constexpr int QK_K = 256;         // K-quant super-block
+constexpr int K_SCALE_SIZE = 12;  // 8 six-bit scales + 8 six-bit mins, packed
+
+struct block_q4_0 { uint16_t d; uint8_t qs[QK4_0 / 2]; };                       // x = d*(q-8)
+struct block_q4_1 { uint16_t d, m; uint8_t qs[QK4_1 / 2]; };                    // x = d*q + m
+struct block_q5_0 { uint16_t d; uint8_t qh[4]; uint8_t qs[QK5_0 / 2]; };        // x = d*(q-16)
+struct block_q5_1 { uint16_t d, m; uint8_t qh[4]; uint8_t qs[QK5_1 / 2]; };     // x = d*q + m
+struct block_q8_0 { uint16_t d; int8_t qs[QK8_0]; };                            // x = d*q
+struct block_q8_1 { uint16_t d, s; int8_t qs[QK8_1]; };                         // s = d*sum(q)
+
+// K-quants: super-blocks of 256 with sub-block scales.
+struct block_q2_K { uint8_t scales[QK_K / 16]; uint8_t qs[QK_K / 4]; uint16_t d, dmin; };
+struct block_q3_K { uint8_t hmask[QK_K / 8]; uint8_t qs[QK_K / 4]; uint8_t scales[12]; uint16_t d; };
+struct block_q4_K { uint16_t d, dmin; uint8_t scales[K_SCALE_SIZE]; uint8_t qs[QK_K / 2]; };
+struct block_q5_K { uint16_t d, dmin; uint8_t scales[K_SCALE_SIZE]; uint8_t qh[QK_K / 8]; uint8_t qs[QK_K / 2]; };
+struct block_q6_K { uint8_t ql[QK_K / 2]; uint8_t qh[QK_K / 4]; int8_t scales[QK_K / 16]; uint16_t d; };
+struct block_q8_K { float d; int8_t qs[QK_K]; int16_t bsums[QK_K / 16]; };    // activations only
+
+static_assert(sizeof(block_q4_0) == 18, "q4_0 block");
+static_assert(sizeof(block_q4_1) == 20, "q4_1 block");
+static_assert(sizeof(block_q5_0) == 22, "q5_0 block");
+static_assert(sizeof(block_q5_1) == 24, "q5_1 block");
+static_assert(sizeof(block_q8_0) == 34, "q8_0 block");
+static_assert(sizeof(block_q8_1) == 36, "q8_1 block");
+static_assert(sizeof(block_q2_K) == 84, "q2_K block");
+static_assert(sizeof(block_q3_K) == 110, "q3_K block");
+static_assert(sizeof(block_q4_K) == 144, "q4_K block");
+static_assert(sizeof(block_q5_K) == 176, "q5_K block");
+static_assert(sizeof(block_q6_K) == 210, "q6_K block");
+static_assert(sizeof(block_q8_K) == 292, "q8_K block");
+
+} // namespace pyllm

@@ -1,0 +1,34 @@
+"""Exception types. Every error pyllm raises on bad input is one of these (or a built-in
+ValueError/OSError/KeyboardInterrupt), with a message that names the problem."""
+
+
+class PyllmError(Exception):
+    """Base class of pyllm's own errors."""
+
+
+class GGUFError(PyllmError, ValueError):
+    """A GGUF file is malformed, truncated or hostile. The message names the field and byte offset."""
+
+
+class UnsupportedModelError(PyllmError):
+    """A well-formed model that pyllm cannot run (architecture, tensor type)."""
+
+
+class ContextOverflowError(PyllmError, ValueError):
+    """More tokens than the context holds."""
+
+
+class InvalidTokenError(PyllmError, ValueError):
+    """A token id outside the vocabulary."""
+
+
+class ChatTemplateError(PyllmError):
+    """A chat template is missing, broken, or tried to escape its sandbox."""
+
+
+class QuantizeError(PyllmError):
+    """The quantizer could not produce the requested output."""
+
+
+class ModelNotFoundError(PyllmError, FileNotFoundError):
+    """A model name or path that resolves to nothing."""
