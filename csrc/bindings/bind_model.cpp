@@ -1,3 +1,168 @@
-// PLACEHOLDER until the model lands.
+// Model, Context and Sampler bindings. Compute runs with the GIL released; between layers the
+// compute thread briefly takes it back to let Python notice Ctrl-C.
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <memory>
+#include <mutex>
+
 #include "bindings/bindings.h"
-namespace pyllm { void register_model(pybind11::module_&) {} }
+#include "core/common.h"
+#include "model/llama.h"
+#include "sampling/sampler.h"
+
+namespace py = pybind11;
+
+namespace pyllm {
+
+namespace {
+
+// Owns the Python objects whose buffers the model's weights point into (the mapped file).
+struct PyModel {
+    std::shared_ptr<const LlamaModel> model;
+    py::object keep_alive;
+};
+
+struct PyContext {
+    std::unique_ptr<Context> ctx;
+    py::object model_ref;          // keeps the weights alive
+    std::vector<float> last_logits;// (n_vocab) logits of the last evaluated token
+    std::mutex busy;               // one evaluation at a time, whatever Python threads do
+};
+
+// Polled between layers with the GIL released: takes the GIL, runs Python's pending signal
+// handlers; a KeyboardInterrupt there abandons the evaluation.
+bool python_interrupted() {
+    py::gil_scoped_acquire gil;
+    if (PyErr_CheckSignals() != 0) {
+        PyErr_Clear();
+        return true;
+    }
+    return false;
+}
+
+LlamaConfig config_from_dict(const py::dict& d) {
+    LlamaConfig c;
+    c.arch = d["arch"].cast<std::string>();
+    c.n_vocab = d["n_vocab"].cast<int>();
+    c.n_embd = d["n_embd"].cast<int>();
+    c.n_layer = d["n_layer"].cast<int>();
+    c.n_head = d["n_head"].cast<int>();
+    c.n_head_kv = d["n_head_kv"].cast<int>();
+    c.n_ff = d["n_ff"].cast<int>();
+    c.head_dim = d["head_dim"].cast<int>();
+    c.n_rot = d["n_rot"].cast<int>();
+    c.rms_eps = d["rms_eps"].cast<float>();
+    c.rope_freq_base = d["rope_freq_base"].cast<float>();
+    c.rope_freq_scale = d["rope_freq_scale"].cast<float>();
+    c.rope_neox = d["rope_neox"].cast<bool>();
+    c.n_ctx_train = d["n_ctx_train"].cast<int>();
+    return c;
+}
+
+std::unique_ptr<PyModel> make_model(const py::dict& cfg, const py::dict& tensors, py::object keep_alive) {
+    std::unordered_map<std::string, TensorView> views;
+    for (auto item : tensors) {
+        const std::string name = item.first.cast<std::string>();
+        py::tuple t = item.second.cast<py::tuple>();  // (type_id, ne list, uint8 buffer)
+        const int type = t[0].cast<int>();
+        if (!type_is_known(type)) fail(ErrorKind::unsupported, "tensor '" + name + "' has unknown type id " + std::to_string(type));
+        auto ne = t[1].cast<std::vector<int64_t>>();
+        if (ne.empty() || ne.size() > 4) fail(ErrorKind::gguf, "tensor '" + name + "' has a bad number of dimensions");
+        py::buffer_info buf = t[2].cast<py::buffer>().request();
+        TensorView v{(Type)type, (int)ne.size(), {1, 1, 1, 1}, static_cast<const uint8_t*>(buf.ptr), (uint64_t)(buf.size * buf.itemsize)};
+        for (size_t i = 0; i < ne.size(); ++i) v.ne[i] = ne[i];
+        const uint64_t need = row_size(v.type, v.ne[0]) * (uint64_t)(v.ne[1] * v.ne[2] * v.ne[3]);
+        if (v.ne[0] % type_traits(v.type).block_size || need != v.nbytes)
+            fail(ErrorKind::gguf, "tensor '" + name + "': buffer of " + std::to_string(v.nbytes) + " bytes does not match its shape and type");
+        views.emplace(name, v);
+    }
+    auto m = std::make_unique<PyModel>();
+    const LlamaConfig c = config_from_dict(cfg);
+    m->model = std::make_shared<LlamaModel>(c, views);
+    m->keep_alive = std::move(keep_alive);
+    return m;
+}
+
+py::array_t<int32_t, py::array::c_style | py::array::forcecast> as_tokens(py::handle h) {
+    return py::array_t<int32_t, py::array::c_style | py::array::forcecast>::ensure(h);
+}
+
+} // namespace
+
+void register_model(py::module_& m) {
+    py::class_<PyModel>(m, "LlamaModel")
+        .def(py::init(&make_model), py::arg("config"), py::arg("tensors"), py::arg("keep_alive") = py::none())
+        .def_property_readonly("weight_bytes", [](const PyModel& pm) { return pm.model->weight_bytes(); })
+        .def_property_readonly("n_vocab", [](const PyModel& pm) { return pm.model->config().n_vocab; })
+        .def_static("kv_cache_bytes", [](const py::dict& cfg, int n_ctx) { return Context::kv_cache_bytes(config_from_dict(cfg), n_ctx); });
+
+    py::class_<PyContext>(m, "Context")
+        .def(py::init([](py::object model, int n_ctx, int n_batch, int n_threads) {
+                 auto& pm = model.cast<PyModel&>();
+                 auto pc = std::make_unique<PyContext>();
+                 pc->ctx = std::make_unique<Context>(pm.model, n_ctx, n_batch, n_threads);
+                 pc->model_ref = model;
+                 pc->last_logits.assign(pm.model->config().n_vocab, 0.0f);
+                 return pc;
+             }),
+             py::arg("model"), py::arg("n_ctx"), py::arg("n_batch") = 512, py::arg("n_threads") = 0)
+        .def_property_readonly("n_ctx", [](PyContext& c) { return c.ctx->n_ctx(); })
+        .def_property_readonly("n_past", [](PyContext& c) { return c.ctx->n_past(); })
+        .def_property_readonly("n_threads", [](PyContext& c) { return c.ctx->n_threads(); })
+        .def("truncate", [](PyContext& c, int64_t n) { std::lock_guard<std::mutex> l(c.busy); c.ctx->truncate(n); })
+        // Evaluates tokens; returns (n, n_vocab) logits of all of them, or (n_vocab,) of the last.
+        .def("eval", [](PyContext& c, py::handle tokens, bool all_logits) {
+                 auto ids = as_tokens(tokens);
+                 const int64_t n = ids.size();
+                 const int64_t nv = (int64_t)c.last_logits.size();
+                 py::array_t<float> out = all_logits ? py::array_t<float>({(py::ssize_t)n, (py::ssize_t)nv}) : py::array_t<float>(nv);
+                 float* o = out.mutable_data();
+                 const int32_t* t = ids.data();
+                 {
+                     py::gil_scoped_release nogil;
+                     std::lock_guard<std::mutex> l(c.busy);
+                     c.ctx->eval(t, n, o, all_logits, python_interrupted);
+                     std::copy(o + (all_logits ? (n - 1) * nv : 0), o + (all_logits ? n * nv : nv), c.last_logits.begin());
+                 }
+                 return out;
+             }, py::arg("tokens"), py::arg("all_logits") = false)
+        // One step of generation, one crossing: evaluate `tokens`, then sample the next token.
+        .def("eval_sample", [](PyContext& c, py::handle tokens, Sampler& s) {
+                 auto ids = as_tokens(tokens);
+                 const int64_t n = ids.size();
+                 const int32_t* t = ids.data();
+                 int32_t next;
+                 {
+                     py::gil_scoped_release nogil;
+                     std::lock_guard<std::mutex> l(c.busy);
+                     c.ctx->eval(t, n, c.last_logits.data(), false, python_interrupted);
+                     for (int64_t i = 0; i < n; ++i) s.accept(t[i]);
+                     next = s.sample(c.last_logits.data());
+                 }
+                 return next;
+             }, py::arg("tokens"), py::arg("sampler"))
+        .def("last_logits", [](PyContext& c) { return py::array_t<float>(c.last_logits.size(), c.last_logits.data()); });
+
+    py::class_<Sampler>(m, "Sampler")
+        .def(py::init([](int n_vocab, float temperature, int top_k, float top_p, float min_p, float repeat_penalty,
+                         float presence_penalty, float frequency_penalty, int penalty_last_n, uint64_t seed) {
+                 SamplerParams p;
+                 p.temperature = temperature; p.top_k = top_k; p.top_p = top_p; p.min_p = min_p;
+                 p.repeat_penalty = repeat_penalty; p.presence_penalty = presence_penalty;
+                 p.frequency_penalty = frequency_penalty; p.penalty_last_n = penalty_last_n;
+                 return std::make_unique<Sampler>(n_vocab, p, seed);
+             }),
+             py::arg("n_vocab"), py::arg("temperature") = 0.8f, py::arg("top_k") = 40, py::arg("top_p") = 0.95f,
+             py::arg("min_p") = 0.05f, py::arg("repeat_penalty") = 1.0f, py::arg("presence_penalty") = 0.0f,
+             py::arg("frequency_penalty") = 0.0f, py::arg("penalty_last_n") = 64, py::arg("seed") = 0)
+        .def("accept", &Sampler::accept)
+        .def("reset", &Sampler::reset)
+        .def("sample", [](Sampler& s, py::array_t<float, py::array::c_style | py::array::forcecast> logits) {
+            if (logits.ndim() != 1) fail(ErrorKind::invalid_argument, "sample expects a 1-D logits array");
+            return s.sample(logits.data());
+        });
+}
+
+} // namespace pyllm

@@ -1,0 +1,288 @@
+#include "model/llama.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+
+#include "core/common.h"
+
+namespace pyllm {
+
+// --- weights ------------------------------------------------------------------------------------
+
+namespace {
+
+std::string shape_str(const TensorView& t) {
+    std::string s = "[";
+    for (int i = 0; i < t.n_dims; ++i) s += (i ? ", " : "") + std::to_string(t.ne[i]);
+    return s + "]";
+}
+
+struct TensorFinder {
+    const std::unordered_map<std::string, TensorView>& tensors;
+    uint64_t* bytes;
+
+    const TensorView* find(const std::string& name) const {
+        auto it = tensors.find(name);
+        return it == tensors.end() ? nullptr : &it->second;
+    }
+    const TensorView& need(const std::string& name) const {
+        const TensorView* t = find(name);
+        if (!t) fail(ErrorKind::gguf, "tensor '" + name + "' is missing: the model's architecture needs it");
+        return *t;
+    }
+    // A 1-D F32 vector of n elements (norm weights, biases).
+    const float* vector(const std::string& name, int64_t n, bool required = true) const {
+        const TensorView* t = required ? &need(name) : find(name);
+        if (!t) return nullptr;
+        if (t->type != TYPE_F32)
+            fail(ErrorKind::unsupported, "tensor '" + name + "' has type " + type_traits(t->type).name + "; pyllm expects F32 for 1-D weights");
+        if (t->n_elements() != n)
+            fail(ErrorKind::gguf, "tensor '" + name + "' has shape " + shape_str(*t) + " but the hyper-parameters say [" + std::to_string(n) + "]");
+        *bytes += t->nbytes;
+        return reinterpret_cast<const float*>(t->data);
+    }
+    // A matrix of `rows` outputs by `cols` inputs (ggml shape [cols, rows]).
+    Matrix matrix(const std::string& name, int64_t rows, int64_t cols, bool required = true) const {
+        const TensorView* t = required ? &need(name) : find(name);
+        if (!t) return Matrix{};
+        if (t->n_dims != 2 || t->ne[0] != cols || t->ne[1] != rows)
+            fail(ErrorKind::gguf, "tensor '" + name + "' has shape " + shape_str(*t) + " but the hyper-parameters say [" +
+                 std::to_string(cols) + ", " + std::to_string(rows) + "]");
+        if (!kernels().gemm[t->type] || !type_traits(t->type).to_float)
+            fail(ErrorKind::unsupported, "tensor '" + name + "' has type " + type_traits(t->type).name + ", which pyllm cannot multiply");
+        Matrix m;
+        m.type = t->type;
+        m.rows = rows;
+        m.cols = cols;
+        m.row_bytes = row_size(t->type, cols);
+        m.data = t->data;
+        *bytes += t->nbytes;
+        return m;
+    }
+};
+
+} // namespace
+
+LlamaModel::LlamaModel(const LlamaConfig& cfg, const std::unordered_map<std::string, TensorView>& tensors)
+    : cfg_(cfg) {
+    auto positive = [](const char* what, int64_t v, int64_t limit) {
+        if (v <= 0 || v > limit)
+            fail(ErrorKind::gguf, std::string("hyper-parameter ") + what + " = " + std::to_string(v) +
+                 " is out of range (1.." + std::to_string(limit) + ")");
+    };
+    positive("vocab_size", cfg.n_vocab, 1 << 24);
+    positive("embedding_length", cfg.n_embd, 1 << 16);
+    positive("block_count", cfg.n_layer, 4096);
+    positive("attention.head_count", cfg.n_head, 4096);
+    positive("attention.head_count_kv", cfg.n_head_kv, cfg.n_head);
+    positive("feed_forward_length", cfg.n_ff, 1 << 20);
+    positive("head_dim", cfg.head_dim, 4096);
+    if (cfg.n_head % cfg.n_head_kv)
+        fail(ErrorKind::gguf, "attention.head_count (" + std::to_string(cfg.n_head) + ") is not a multiple of head_count_kv (" +
+             std::to_string(cfg.n_head_kv) + ")");
+    if (cfg.n_rot <= 0 || cfg.n_rot > cfg.head_dim || cfg.n_rot % 2)
+        fail(ErrorKind::gguf, "rope.dimension_count = " + std::to_string(cfg.n_rot) + " must be even and at most the head size " + std::to_string(cfg.head_dim));
+    if (!(cfg.rms_eps > 0) || !(cfg.rope_freq_base > 0) || !(cfg.rope_freq_scale > 0))
+        fail(ErrorKind::gguf, "layer_norm_rms_epsilon, rope.freq_base and rope scaling must be positive");
+
+    const TensorFinder f{tensors, &weight_bytes_};
+    const int64_t d = cfg.n_embd, hd = cfg.head_dim;
+    const int64_t nq = (int64_t)cfg.n_head * hd, nkv = (int64_t)cfg.n_head_kv * hd;
+    tok_embd = f.matrix("token_embd.weight", cfg.n_vocab, d);
+    output_norm = f.vector("output_norm.weight", d);
+    output = f.matrix("output.weight", cfg.n_vocab, d, /*required=*/false);
+    if (!output) output = tok_embd;  // tied embeddings
+    layers.resize(cfg.n_layer);
+    for (int l = 0; l < cfg.n_layer; ++l) {
+        const std::string p = "blk." + std::to_string(l) + ".";
+        LayerWeights& L = layers[l];
+        L.attn_norm = f.vector(p + "attn_norm.weight", d);
+        L.wq = f.matrix(p + "attn_q.weight", nq, d);
+        L.wk = f.matrix(p + "attn_k.weight", nkv, d);
+        L.wv = f.matrix(p + "attn_v.weight", nkv, d);
+        L.wo = f.matrix(p + "attn_output.weight", d, nq);
+        L.bq = f.vector(p + "attn_q.bias", nq, false);
+        L.bk = f.vector(p + "attn_k.bias", nkv, false);
+        L.bv = f.vector(p + "attn_v.bias", nkv, false);
+        L.ffn_norm = f.vector(p + "ffn_norm.weight", d);
+        L.w_gate = f.matrix(p + "ffn_gate.weight", cfg.n_ff, d);
+        L.w_up = f.matrix(p + "ffn_up.weight", cfg.n_ff, d);
+        L.w_down = f.matrix(p + "ffn_down.weight", d, cfg.n_ff);
+    }
+}
+
+// --- context ------------------------------------------------------------------------------------
+
+uint64_t Context::kv_cache_bytes(const LlamaConfig& cfg, int n_ctx) {
+    return 2ull * cfg.n_layer * (uint64_t)n_ctx * cfg.n_head_kv * cfg.head_dim * sizeof(uint16_t);
+}
+
+Context::Context(std::shared_ptr<const LlamaModel> model, int n_ctx, int n_batch, int n_threads)
+    : model_(std::move(model)), kt_(kernels()), pool_(n_threads), n_ctx_(n_ctx), n_batch_(n_batch) {
+    const LlamaConfig& c = model_->config();
+    if (n_ctx < 1) fail(ErrorKind::invalid_argument, "n_ctx must be at least 1, got " + std::to_string(n_ctx));
+    if (n_batch < 1) fail(ErrorKind::invalid_argument, "n_batch must be at least 1");
+    const int64_t kv = (int64_t)c.n_head_kv * c.head_dim, nq = (int64_t)c.n_head * c.head_dim;
+    k_cache_.resize((size_t)c.n_layer * n_ctx * kv);
+    v_cache_.resize((size_t)c.n_layer * n_ctx * kv);
+    x_.resize((size_t)n_batch * c.n_embd);
+    xb_.resize(x_.size());
+    tmp_.resize(x_.size());
+    q_.resize((size_t)n_batch * nq);
+    att_.resize(q_.size());
+    k_.resize((size_t)n_batch * kv);
+    v_.resize(k_.size());
+    hb_.resize((size_t)n_batch * c.n_ff);
+    hb2_.resize(hb_.size());
+    cos_sin_.resize((size_t)n_batch * c.n_rot);
+    pos_.resize(n_batch);
+    att_scratch_.resize(attention_scratch_floats(pool_.size(), c.n_head, c.n_head_kv, c.head_dim));
+    // Largest quantized row: F32 activations (float weights) of the widest input.
+    const int64_t max_k = std::max<int64_t>({c.n_embd, c.n_ff, nq});
+    for (auto& a : act_) a.resize((size_t)n_batch * max_k * sizeof(float) + 64);
+}
+
+void Context::truncate(int64_t n) {
+    if (n < 0) n = 0;
+    if (n < n_past_) n_past_ = n;
+}
+
+const uint8_t* Context::quantize_for(const Matrix& w, const float* x, int64_t nb, size_t* row_bytes, int slot) {
+    const Type at = type_traits(w.type).vec_dot_type;
+    *row_bytes = row_size(at, w.cols);
+    quantize_rows(pool_, kt_, at, x, nb, w.cols, act_[slot].data());
+    return act_[slot].data();
+}
+
+void Context::eval(const int32_t* tokens, int64_t n, float* logits, bool all_logits, const StopCheck& stop) {
+    const LlamaConfig& c = model_->config();
+    if (n <= 0) fail(ErrorKind::invalid_argument, "eval needs at least one token");
+    if (n_past_ + n > n_ctx_)
+        fail(ErrorKind::context_overflow, std::to_string(n_past_ + n) + " tokens do not fit in the context of " +
+             std::to_string(n_ctx_) + " (" + std::to_string(n_past_) + " cached + " + std::to_string(n) + " new)");
+    for (int64_t i = 0; i < n; ++i)
+        if (tokens[i] < 0 || tokens[i] >= c.n_vocab)
+            fail(ErrorKind::invalid_token, "token id " + std::to_string(tokens[i]) + " at index " + std::to_string(i) +
+                 " is outside the vocabulary (0.." + std::to_string(c.n_vocab - 1) + ")");
+    const int64_t start_past = n_past_;
+    try {
+        for (int64_t s = 0; s < n; s += n_batch_) {
+            const int64_t nb = std::min<int64_t>(n_batch_, n - s);
+            const bool last = s + nb == n;
+            float* out = all_logits ? logits + s * c.n_vocab : (last ? logits : nullptr);
+            forward_batch(tokens + s, nb, out, all_logits, stop);
+            n_past_ += nb;
+        }
+    } catch (...) {
+        n_past_ = start_past;  // an interrupted eval leaves the cache as it was
+        throw;
+    }
+}
+
+void Context::forward_batch(const int32_t* tokens, int64_t nb, float* logits, bool all_logits, const StopCheck& stop) {
+    const LlamaModel& m = *model_;
+    const LlamaConfig& c = m.config();
+    const int64_t d = c.n_embd, hd = c.head_dim;
+    const int64_t nq = (int64_t)c.n_head * hd, nkv = (int64_t)c.n_head_kv * hd;
+    const int64_t pos0 = n_past_;
+
+    // Rows of elementwise work split across threads only when there are enough of them.
+    auto for_rows = [&](int64_t rows, auto&& fn) {
+        if (rows < 4) { for (int64_t r = 0; r < rows; ++r) fn(r); return; }
+        pool_.parallel_for(rows, [&](int64_t r, int) { fn(r); });
+    };
+
+    for (int64_t t = 0; t < nb; ++t) {
+        kt_.to_float[m.tok_embd.type](m.tok_embd.data + (int64_t)tokens[t] * m.tok_embd.row_bytes, x_.data() + t * d, d);
+        pos_[t] = (int32_t)(pos0 + t);
+    }
+    rope_cache(pos_.data(), nb, c.n_rot, c.rope_freq_base, c.rope_freq_scale, cos_sin_.data());
+    const float scale = 1.0f / std::sqrt((float)hd);
+
+    for (int l = 0; l < c.n_layer; ++l) {
+        if (stop && stop()) fail(ErrorKind::interrupted, "interrupted");
+        const LayerWeights& L = m.layers[l];
+
+        // --- attention block
+        for_rows(nb, [&](int64_t t) { rmsnorm(x_.data() + t * d, L.attn_norm, xb_.data() + t * d, 1, d, c.rms_eps); });
+        {
+            size_t rq, rk, rv;
+            const uint8_t* aq = quantize_for(L.wq, xb_.data(), nb, &rq, 0);
+            // k and v usually share q's activation type; quantize again only when they don't.
+            const bool same_k = type_traits(L.wk.type).vec_dot_type == type_traits(L.wq.type).vec_dot_type;
+            const bool same_v = type_traits(L.wv.type).vec_dot_type == type_traits(L.wq.type).vec_dot_type;
+            const uint8_t* ak = same_k ? aq : quantize_for(L.wk, xb_.data(), nb, &rk, 1);
+            const uint8_t* av = same_v ? aq : (type_traits(L.wv.type).vec_dot_type == type_traits(L.wk.type).vec_dot_type ? ak : quantize_for(L.wv, xb_.data(), nb, &rv, 2));
+            if (same_k) rk = rq;
+            if (same_v) rv = rq; else if (av == ak) rv = rk;
+            const MatmulJob jobs[3] = {{&L.wq, aq, rq, q_.data(), nq}, {&L.wk, ak, rk, k_.data(), nkv}, {&L.wv, av, rv, v_.data(), nkv}};
+            matmul(pool_, kt_, jobs, 3, nb);
+        }
+        for_rows(nb, [&](int64_t t) {
+            float* qr = q_.data() + t * nq;
+            float* kr = k_.data() + t * nkv;
+            float* vr = v_.data() + t * nkv;
+            if (L.bq) for (int64_t i = 0; i < nq; ++i) qr[i] += L.bq[i];
+            if (L.bk) for (int64_t i = 0; i < nkv; ++i) kr[i] += L.bk[i];
+            if (L.bv) for (int64_t i = 0; i < nkv; ++i) vr[i] += L.bv[i];
+            const float* cs = cos_sin_.data() + t * c.n_rot;
+            rope(qr, 1, nq, c.n_head, (int)hd, c.n_rot, c.rope_neox, cs);
+            rope(kr, 1, nkv, c.n_head_kv, (int)hd, c.n_rot, c.rope_neox, cs);
+            const size_t row = ((size_t)l * n_ctx_ + pos0 + t) * nkv;
+            kt_.f32_to_f16(kr, k_cache_.data() + row, nkv);
+            kt_.f32_to_f16(vr, v_cache_.data() + row, nkv);
+        });
+        const size_t layer_off = (size_t)l * n_ctx_ * nkv;
+        attention(pool_, kt_, q_.data(), nq, k_cache_.data() + layer_off, v_cache_.data() + layer_off, nkv,
+                  att_.data(), nq, nb, pos0, c.n_head, c.n_head_kv, (int)hd, scale, att_scratch_.data());
+        {
+            size_t ro;
+            const uint8_t* ao = quantize_for(L.wo, att_.data(), nb, &ro, 0);
+            const MatmulJob job{&L.wo, ao, ro, tmp_.data(), d};
+            matmul(pool_, kt_, &job, 1, nb);
+        }
+        // --- feed-forward block
+        for_rows(nb, [&](int64_t t) {
+            float* xr = x_.data() + t * d;
+            const float* tr = tmp_.data() + t * d;
+            for (int64_t i = 0; i < d; ++i) xr[i] += tr[i];
+            rmsnorm(xr, L.ffn_norm, xb_.data() + t * d, 1, d, c.rms_eps);
+        });
+        {
+            size_t rg, ru;
+            const uint8_t* ag = quantize_for(L.w_gate, xb_.data(), nb, &rg, 0);
+            const bool same = type_traits(L.w_up.type).vec_dot_type == type_traits(L.w_gate.type).vec_dot_type;
+            const uint8_t* au = same ? ag : quantize_for(L.w_up, xb_.data(), nb, &ru, 1);
+            if (same) ru = rg;
+            const MatmulJob jobs[2] = {{&L.w_gate, ag, rg, hb_.data(), c.n_ff}, {&L.w_up, au, ru, hb2_.data(), c.n_ff}};
+            matmul(pool_, kt_, jobs, 2, nb);
+        }
+        for_rows(nb, [&](int64_t t) { swiglu(hb_.data() + t * c.n_ff, hb2_.data() + t * c.n_ff, c.n_ff); });
+        {
+            size_t rd;
+            const uint8_t* ad = quantize_for(L.w_down, hb_.data(), nb, &rd, 0);
+            const MatmulJob job{&L.w_down, ad, rd, tmp_.data(), d};
+            matmul(pool_, kt_, &job, 1, nb);
+        }
+        for_rows(nb, [&](int64_t t) {
+            float* xr = x_.data() + t * d;
+            const float* tr = tmp_.data() + t * d;
+            for (int64_t i = 0; i < d; ++i) xr[i] += tr[i];
+        });
+    }
+    if (!logits) return;
+
+    // --- output: logits of every token, or only of the last
+    const int64_t first = all_logits ? 0 : nb - 1;
+    const int64_t n_out = nb - first;
+    for_rows(n_out, [&](int64_t t) {
+        rmsnorm(x_.data() + (first + t) * d, m.output_norm, xb_.data() + t * d, 1, d, c.rms_eps);
+    });
+    size_t ro;
+    const uint8_t* ao = quantize_for(m.output, xb_.data(), n_out, &ro, 0);
+    const MatmulJob job{&m.output, ao, ro, logits, c.n_vocab};
+    matmul(pool_, kt_, &job, 1, n_out);
+}
+
+} // namespace pyllm

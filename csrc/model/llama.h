@@ -1,0 +1,118 @@
+// The llama family (llama, mistral, smollm, qwen2): hyper-parameters, weights as views into the
+// mapped file, and a Context that owns one sequence's KV cache and scratch and runs forward().
+// Not the tokenizer or the sampler; not file parsing (weights arrive as TensorViews).
+#pragma once
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+#include "core/threadpool.h"
+#include "kernels/kernels.h"
+#include "ops/ops.h"
+
+namespace pyllm {
+
+// Built in Python from GGUF metadata (pyllm/model.py), validated here.
+struct LlamaConfig {
+    std::string arch;
+    int n_vocab = 0, n_embd = 0, n_layer = 0, n_head = 0, n_head_kv = 0, n_ff = 0;
+    int head_dim = 0;          // per-head size of q/k/v
+    int n_rot = 0;             // rotated dims per head (<= head_dim)
+    float rms_eps = 1e-5f;
+    float rope_freq_base = 10000.0f;
+    float rope_freq_scale = 1.0f;  // 1/factor for linear scaling
+    bool rope_neox = false;        // qwen2 and friends rotate (i, i+n_rot/2)
+    int n_ctx_train = 0;
+};
+
+struct TensorView {
+    Type type;
+    int n_dims;
+    int64_t ne[4];
+    const uint8_t* data;
+    uint64_t nbytes;
+    int64_t n_elements() const { return ne[0] * ne[1] * ne[2] * ne[3]; }
+};
+
+struct LayerWeights {
+    const float* attn_norm;  // (n_embd)
+    Matrix wq, wk, wv, wo;   // (n_head*hd, n_embd), (n_kv*hd, n_embd) x2, (n_embd, n_head*hd)
+    const float* bq = nullptr;  // qwen2 biases, (n_head*hd) / (n_kv*hd)
+    const float* bk = nullptr;
+    const float* bv = nullptr;
+    const float* ffn_norm;   // (n_embd)
+    Matrix w_gate, w_up, w_down;  // (n_ff, n_embd) x2, (n_embd, n_ff)
+};
+
+class LlamaModel {
+public:
+    // Checks every tensor the architecture needs: present, F32 where it must be, shapes that
+    // agree with the config. Throws Error(gguf) naming the tensor, or Error(unsupported).
+    LlamaModel(const LlamaConfig& cfg, const std::unordered_map<std::string, TensorView>& tensors);
+
+    const LlamaConfig& config() const { return cfg_; }
+    uint64_t weight_bytes() const { return weight_bytes_; }
+
+    Matrix tok_embd;           // (n_vocab, n_embd)
+    const float* output_norm;  // (n_embd)
+    Matrix output;             // (n_vocab, n_embd); tok_embd when tied
+    std::vector<LayerWeights> layers;
+
+private:
+    LlamaConfig cfg_;
+    uint64_t weight_bytes_ = 0;
+};
+
+// Called between layers; returning true abandons the evaluation (Ctrl-C).
+using StopCheck = std::function<bool()>;
+
+class Context {
+public:
+    // Sizes the KV cache for n_ctx positions and the scratch for n_batch tokens per forward.
+    Context(std::shared_ptr<const LlamaModel> model, int n_ctx, int n_batch, int n_threads);
+
+    int n_ctx() const { return n_ctx_; }
+    int n_threads() const { return pool_.size(); }
+    int64_t n_past() const { return n_past_; }
+    // Forgets cached positions from n on (keeps the first n: a shared prompt prefix).
+    void truncate(int64_t n);
+
+    // Evaluates n tokens at positions n_past.. and appends them to the cache. Writes logits of
+    // every token ((n, n_vocab)) when all_logits, else only of the last ((1, n_vocab)).
+    // Throws Error(context_overflow) before any compute if they don't fit, Error(invalid_token)
+    // for an id outside the vocabulary, Error(interrupted) if stop() says so (cache unchanged).
+    void eval(const int32_t* tokens, int64_t n, float* logits, bool all_logits, const StopCheck& stop);
+
+    static uint64_t kv_cache_bytes(const LlamaConfig& cfg, int n_ctx);
+
+private:
+    void forward_batch(const int32_t* tokens, int64_t nb, float* logits, bool all_logits, const StopCheck& stop);
+
+    // A row buffer for activations quantized to one vec_dot_type.
+    const uint8_t* quantize_for(const Matrix& w, const float* x, int64_t nb, size_t* row_bytes, int slot);
+
+    std::shared_ptr<const LlamaModel> model_;
+    const KernelTable& kt_;
+    ThreadPool pool_;
+    int n_ctx_, n_batch_;
+    int64_t n_past_ = 0;
+
+    std::vector<uint16_t> k_cache_, v_cache_;  // (n_layer, n_ctx, n_kv*hd), f16
+    // Scratch, sized for n_batch tokens:
+    std::vector<float> x_;        // (n_batch, n_embd) residual stream
+    std::vector<float> xb_;       // (n_batch, n_embd) normed
+    std::vector<float> q_;        // (n_batch, n_head*hd)
+    std::vector<float> k_, v_;    // (n_batch, n_kv*hd)
+    std::vector<float> att_;      // (n_batch, n_head*hd)
+    std::vector<float> tmp_;      // (n_batch, n_embd)
+    std::vector<float> hb_, hb2_; // (n_batch, n_ff)
+    std::vector<float> cos_sin_;  // (n_batch, n_rot)
+    std::vector<int32_t> pos_;    // (n_batch)
+    std::vector<float> att_scratch_;
+    std::vector<uint8_t> act_[3]; // quantized activations, one per concurrently used act type
+};
+
+} // namespace pyllm

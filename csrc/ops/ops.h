@@ -1,0 +1,63 @@
+// Model-level operations on float rows: norms, rope, activation functions, quantized matmul and
+// attention. Each op takes the thread pool and splits its own work; none allocates.
+#pragma once
+#include <cstddef>
+#include <cstdint>
+
+#include "core/threadpool.h"
+#include "kernels/kernels.h"
+#include "quant/types.h"
+
+namespace pyllm {
+
+// A weight matrix view: `rows` rows of `cols` elements of `type`, row r at data + r*row_bytes.
+// Shape in ggml order: ne[0] = cols (the contiguous input dimension), ne[1] = rows (outputs).
+struct Matrix {
+    Type type = TYPE_F32;
+    int64_t rows = 0, cols = 0;
+    size_t row_bytes = 0;
+    const uint8_t* data = nullptr;
+    explicit operator bool() const { return data != nullptr; }
+};
+
+// y = x / sqrt(mean(x^2) + eps) * w, for n_tok rows of n floats (y may alias x).
+void rmsnorm(const float* x, const float* w, float* y, int64_t n_tok, int64_t n, float eps);
+
+// Quantizes n_tok rows of k floats (row stride k) to `act_type` rows of row_size(act_type, k) bytes.
+void quantize_rows(ThreadPool& pool, const KernelTable& kt, Type act_type, const float* x, int64_t n_tok,
+                   int64_t k, uint8_t* out);
+
+// Up to four matmuls over the same n_tok tokens: out_i (n_tok, W_i.rows) = A_i . W_i^T, run as
+// one parallel job over all their rows so one barrier serves all of them (q/k/v, gate/up).
+// A_i holds the n_tok rows quantized to W_i's vec_dot_type.
+struct MatmulJob {
+    const Matrix* w;
+    const uint8_t* act;  // row t at act + t*act_row_bytes
+    size_t act_row_bytes;
+    float* out;          // row t at out + t*out_stride
+    int64_t out_stride;
+};
+void matmul(ThreadPool& pool, const KernelTable& kt, const MatmulJob* jobs, int n_jobs, int64_t n_tok);
+
+// Rotary embedding in place on n_tok rows, each n_heads heads of head_dim floats (row stride
+// `stride` floats). Only the first n_rot dims of each head rotate. `neox` pairs (i, i+n_rot/2)
+// instead of (2i, 2i+1). cos_sin holds, per token, n_rot/2 (cos, sin) pairs.
+void rope(float* x, int64_t n_tok, int64_t stride, int n_heads, int head_dim, int n_rot, bool neox,
+          const float* cos_sin);
+// Fills cos_sin (n_tok, n_rot/2, 2) for positions pos[0..n_tok), as ggml computes theta.
+void rope_cache(const int32_t* pos, int64_t n_tok, int n_rot, float freq_base, float freq_scale, float* cos_sin);
+
+// gate = silu(gate) * up, n elements.
+void swiglu(float* gate, const float* up, int64_t n);
+
+// Causal attention for n_tok new tokens at positions pos0..pos0+n_tok-1 against the F16 cache
+// holding positions [0, pos0+n_tok).  q: (n_tok, n_head*head_dim) f32 row stride q_stride;
+// k_cache/v_cache: (n_ctx, n_kv*head_dim) f16 rows of kv_stride elements;
+// out: (n_tok, n_head*head_dim) f32; scratch: n_threads * (n_group*head_dim + n_group*2) floats.
+void attention(ThreadPool& pool, const KernelTable& kt, const float* q, int64_t q_stride,
+               const uint16_t* k_cache, const uint16_t* v_cache, int64_t kv_stride,
+               float* out, int64_t out_stride, int64_t n_tok, int64_t pos0,
+               int n_head, int n_kv_head, int head_dim, float scale, float* scratch);
+size_t attention_scratch_floats(int n_threads, int n_head, int n_kv_head, int head_dim);
+
+} // namespace pyllm
