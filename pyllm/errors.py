@@ -10,6 +10,11 @@ class GGUFError(PyllmError, ValueError):
     """A GGUF file is malformed, truncated or hostile. The message names the field and byte offset."""
 
 
+class TokenizerError(GGUFError):
+    """The tokenizer metadata of a model is malformed (wrong element types, lengths that disagree
+    with the vocabulary, special-token ids outside it, bad byte tokens). Names the key and value."""
+
+
 class UnsupportedModelError(PyllmError):
     """A well-formed model that pyllm cannot run (architecture, tensor type)."""
 
