@@ -425,10 +425,11 @@ void GGUFFile::parse() {
         const GGUFTensorInfo& prev = tensors_[order[k - 1]];
         const GGUFTensorInfo& cur = tensors_[order[k]];
         if (prev.file_offset + prev.nbytes > cur.file_offset) {
+            // Blame the one listed later in the file; name the other.
             const size_t later = std::max(order[k - 1], order[k]);
-            const GGUFTensorInfo& a = tensors_[order[k - 1]];
+            const size_t other = later == order[k] ? order[k - 1] : order[k];
             c.error(offset_at[later], "tensor " + quoted(tensors_[later].name) + " (index " + str(later) +
-                                          "): data overlaps tensor " + quoted(later == order[k] ? a.name : cur.name) +
+                                          "): data overlaps tensor " + quoted(tensors_[other].name) +
                                           " (offsets " + str(prev.offset) + " + " + str(prev.nbytes) + " bytes > " +
                                           str(cur.offset) + ")");
         }
