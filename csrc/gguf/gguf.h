@@ -19,7 +19,14 @@ enum class GGUFValueType : uint32_t {
     STRING = 8, ARRAY = 9, UINT64 = 10, INT64 = 11, FLOAT64 = 12,
 };
 
-// One metadata value. Strings and arrays of scalars point into the mapping (zero copy).
+// "UINT32", "STRING", "ARRAY", ...; nullptr for ids that are not value types.
+const char* gguf_value_type_name(uint32_t type);
+// Bytes of one fixed-size value (1..8); 0 for STRING, ARRAY and unknown ids.
+size_t gguf_value_type_size(uint32_t type);
+
+// One metadata value. Strings and arrays of scalars point into the mapping (zero copy), so they
+// live as long as the GGUFFile. `elems` is raw little-endian data and may be unaligned: memcpy
+// each element out (or use the typed getters of the caller's choice), never cast the pointer.
 struct GGUFValue {
     GGUFValueType type = GGUFValueType::UINT8;
     union {
@@ -33,7 +40,7 @@ struct GGUFValue {
     uint64_t count = 0;                   // number of elements
     const uint8_t* elems = nullptr;       // arrays of fixed-size scalars: raw little-endian data
     std::vector<std::string_view> strs;   // arrays of strings
-    std::vector<GGUFValue> items;         // arrays of arrays
+    std::vector<GGUFValue> items;         // arrays of arrays (each item has type ARRAY)
 };
 
 struct GGUFTensorInfo {
@@ -72,6 +79,7 @@ public:
 
 private:
     GGUFFile() = default;
+    void parse();  // validates the mapping and fills the members below
     std::string path_;
     int fd_ = -1;
     const uint8_t* base_ = nullptr;

@@ -1,0 +1,72 @@
+"""Reading GGUF files from Python: a thin wrapper over the C++ reader `_core.GGUFReader`, which
+maps the file, validates it and raises `pyllm.GGUFError` on any malformed field. Not a writer."""
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import numpy as np
+
+from pyllm import _core
+
+
+class GGUFFile:
+    """A validated, memory-mapped GGUF file.
+
+    `metadata` maps keys to int | float | bool | str | bytes (strings that are not UTF-8) | list
+    (arrays, nested arrays as nested lists). `tensors` maps names to dicts with `type`,
+    `type_name`, `shape` (ne order: the row length first, like the `gguf` package), `n_elements`,
+    `nbytes` and `offset` (absolute in the file).
+    """
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = os.fspath(path)
+        self._reader = _core.GGUFReader(self.path)
+        self.tensors = {t["name"]: t for t in self._reader.tensors}
+
+    @property
+    def metadata(self) -> dict[str, Any]:
+        return self._reader.metadata
+
+    @property
+    def metadata_types(self) -> dict[str, str]:
+        return self._reader.metadata_types
+
+    @property
+    def version(self) -> int:
+        return self._reader.version
+
+    @property
+    def architecture(self) -> str | None:
+        return self.metadata.get("general.architecture")
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return self.metadata.get(key, default)
+
+    def tensor_bytes(self, name: str) -> np.ndarray:
+        """The tensor's raw bytes: a read-only uint8 view into the mapping (zero copy)."""
+        return self._reader.tensor_data(name)
+
+    def tensor_array(self, name: str) -> np.ndarray:
+        """The tensor dequantized to float32, in numpy order (shape = ne reversed)."""
+        info = self.tensors[name]
+        row_length = info["shape"][0]
+        rows = info["n_elements"] // row_length
+        raw = self.tensor_bytes(name).reshape(rows, info["nbytes"] // rows)
+        return _core.dequantize(info["type"], raw, row_length).reshape(tuple(reversed(info["shape"])))
+
+    def close(self) -> None:
+        """Drops the reader's hold on the mapping; arrays from tensor_bytes() stay valid."""
+        self._reader.close()
+
+    def __enter__(self) -> GGUFFile:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        if self._reader.closed:
+            return f"GGUFFile({self.path!r}, closed)"
+        return (f"GGUFFile({self.path!r}, version={self.version}, architecture={self.architecture!r}, "
+                f"{len(self.metadata_types)} metadata keys, {len(self.tensors)} tensors)")
