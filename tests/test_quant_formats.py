@@ -1,6 +1,8 @@
 """Quantization formats: our reference (de)quantizers against the `gguf` package (the oracle for
 every format it implements), Q8_K against a numpy model of ggml's rule, and the K-quant . Q8_K
 reference matmul against a float computation on the dequantized operands."""
+import hashlib
+
 import numpy as np
 import pytest
 
@@ -247,3 +249,46 @@ def test_kquant_matmul_matches_float(name):
         # of a round-trip error of the type's rms size on each weight, plus Q8_K's).
         sigma = (RT_REL_RMS[name] + RT_REL_RMS["Q8_K"]) * np.sqrt((x.astype(np.float64) ** 2) @ (w.T ** 2))
         assert np.all(np.abs(out - x @ w.T) <= 6 * sigma + 1e-6)
+
+
+# --- against ggml itself: the K-quant quantizers the gguf package lacks -------------------------
+
+def _uniforms(count, stream):
+    """`count` uniforms in [0, 1) from splitmix64: pure integer arithmetic, so the inputs (and the
+    recorded ggml hashes) do not depend on numpy's random streams or libm."""
+    z = (np.arange(count, dtype=np.uint64) + np.uint64(stream) * np.uint64(1 << 40)) * np.uint64(0x9E3779B97F4A7C15)
+    z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    z = z ^ (z >> np.uint64(31))
+    return (z >> np.uint64(11)).astype(np.float64) * 2.0 ** -53
+
+
+def ggml_fixture_inputs(rows=32, n=1024):
+    """name -> (rows, n) float32 inputs of tests/data/ggml_quant_sha256.json."""
+    u = [_uniforms(rows * n, s).reshape(rows, n) for s in range(4)]
+    bell = u[0] + u[1] + u[2] + u[3] - 2.0                        # Irwin-Hall: gaussian-like
+    row_scale = 2.0 ** (np.arange(rows) % 13 - 6)[:, None]
+    group_scale = 2.0 ** np.floor(u[1][:, ::16] * 9 - 4).repeat(16, axis=1)
+    special = np.zeros((4, n))
+    special[1], special[2], special[3, ::7] = 0.37, -2.5, 2.0
+    data = {
+        "bell": bell * row_scale,
+        "bell_group_scales": bell * group_scale,
+        "heavy_tails": (u[0] - 0.5) / (u[1] + 0.01),
+        "sparse": np.where(u[2] < 0.1, bell, 0.0),
+        "positive": u[3] * row_scale,
+        "special": special,
+    }
+    return {k: v.astype(np.float32) for k, v in data.items()}
+
+
+def test_quantize_bytes_equal_ggml_fixture(fixture_json):
+    fx = fixture_json("ggml_quant_sha256.json")["sha256"]
+    inputs = ggml_fixture_inputs()
+    assert set(K_WEIGHTS + ["Q8_K"]) <= set(fx)
+    mismatched = []
+    for name, per_input in fx.items():
+        for key, digest in per_input.items():
+            if hashlib.sha256(quantize(name, inputs[key]).tobytes()).hexdigest() != digest:
+                mismatched.append((name, key))
+    assert not mismatched
