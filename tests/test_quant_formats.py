@@ -292,3 +292,14 @@ def test_quantize_bytes_equal_ggml_fixture(fixture_json):
             if hashlib.sha256(quantize(name, inputs[key]).tobytes()).hexdigest() != digest:
                 mismatched.append((name, key))
     assert not mismatched
+
+
+@pytest.mark.parametrize("name", K_WEIGHTS)
+def test_kquant_matmul_equals_ggml_fixture(name, fixture_json):
+    # Bit for bit what ggml's generic (scalar) K-quant . Q8_K dot products return.
+    expect = fixture_json("ggml_quant_sha256.json")["matmul_sha256"][name]
+    inputs = ggml_fixture_inputs()
+    w, x = inputs["bell_group_scales"], inputs["heavy_tails"][:8]
+    out = _core.matmul("ref", tid(name), quantize(name, w), w.shape[1], x)
+    assert out.dtype == np.float32 and out.shape == (8, 32)
+    assert hashlib.sha256(out.tobytes()).hexdigest() == expect
