@@ -3,6 +3,9 @@ from pyllm import _core
 from pyllm.errors import (ChatTemplateError, ContextOverflowError, GGUFError, InvalidTokenError,
                           ModelNotFoundError, PyllmError, QuantizeError, UnsupportedModelError)
 
+from pyllm.model import Completion, Model, ModelConfig, SamplingParams
+from pyllm.errors import TokenizerError
+
 __version__ = "0.1.0"
 
 

@@ -1,0 +1,330 @@
+"""The user-facing model: load a GGUF file (or a known model name), tokenize, evaluate, generate.
+
+Python owns the surface (config from metadata, tokenizer, streaming text, stop strings); C++
+owns everything that runs per token. A generation step crosses into C++ once: evaluate the new
+token and sample the next one there, with the GIL released.
+"""
+from __future__ import annotations
+
+import os
+import random
+import threading
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import numpy as np
+
+from pyllm import _core, hub
+from pyllm.errors import ContextOverflowError, GGUFError, UnsupportedModelError
+from pyllm.gguffile import GGUFFile
+from pyllm.tokenizer import StopMatcher, Tokenizer
+
+SUPPORTED_ARCHITECTURES = ("llama", "mistral", "qwen2")
+# Architectures whose rope rotates (i, i + n_rot/2) pairs rather than adjacent ones.
+NEOX_ROPE_ARCHITECTURES = ("qwen2",)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    arch: str
+    n_vocab: int
+    n_embd: int
+    n_layer: int
+    n_head: int
+    n_head_kv: int
+    n_ff: int
+    head_dim: int
+    n_rot: int
+    rms_eps: float
+    rope_freq_base: float
+    rope_freq_scale: float
+    rope_neox: bool
+    n_ctx_train: int
+
+    @classmethod
+    def from_metadata(cls, md: dict) -> "ModelConfig":
+        arch = md.get("general.architecture")
+        if not isinstance(arch, str):
+            raise GGUFError("metadata key 'general.architecture' is missing or not a string")
+        if arch not in SUPPORTED_ARCHITECTURES:
+            raise UnsupportedModelError(
+                f"architecture {arch!r} is not supported; pyllm runs: {', '.join(SUPPORTED_ARCHITECTURES)}")
+
+        def get(key, default=None, kind=int):
+            full = f"{arch}.{key}"
+            value = md.get(full, default)
+            if value is None:
+                raise GGUFError(f"metadata key {full!r} is missing")
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise GGUFError(f"metadata key {full!r} should be a number, got {value!r}")
+            if kind is int and value != int(value):
+                raise GGUFError(f"metadata key {full!r} should be an integer, got {value!r}")
+            return kind(value)
+
+        n_embd = get("embedding_length")
+        n_head = get("attention.head_count")
+        if n_head <= 0:
+            raise GGUFError(f"metadata key '{arch}.attention.head_count' must be positive, got {n_head}")
+        head_dim = get("attention.key_length", n_embd // n_head)
+        tokens = md.get("tokenizer.ggml.tokens")
+        n_vocab = get("vocab_size", len(tokens) if isinstance(tokens, list) else None)
+        scale = 1.0
+        if md.get(f"{arch}.rope.scaling.type", "none") == "linear":
+            scale = 1.0 / get("rope.scaling.factor", 1.0, float)
+        elif f"{arch}.rope.scale_linear" in md:
+            scale = 1.0 / get("rope.scale_linear", 1.0, float)
+        return cls(
+            arch=arch, n_vocab=n_vocab, n_embd=n_embd, n_layer=get("block_count"), n_head=n_head,
+            n_head_kv=get("attention.head_count_kv", n_head), n_ff=get("feed_forward_length"),
+            head_dim=head_dim, n_rot=get("rope.dimension_count", head_dim),
+            rms_eps=get("attention.layer_norm_rms_epsilon", 1e-5, float),
+            rope_freq_base=get("rope.freq_base", 10000.0, float), rope_freq_scale=scale,
+            rope_neox=arch in NEOX_ROPE_ARCHITECTURES, n_ctx_train=get("context_length", 2048))
+
+
+@dataclass
+class SamplingParams:
+    temperature: float = 0.8
+    top_k: int = 40
+    top_p: float = 0.95
+    min_p: float = 0.05
+    repeat_penalty: float = 1.0
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    penalty_last_n: int = 64
+    seed: int | None = None
+
+
+@dataclass
+class Completion:
+    """What one generation produced (filled in as it streams)."""
+    text: str = ""
+    token_ids: list[int] | None = None
+    finish_reason: str | None = None  # "stop" (end-of-generation token or stop string) or "length"
+    n_prompt_tokens: int = 0
+    n_reused_tokens: int = 0          # prompt tokens found already in the KV cache
+
+
+def _physical_memory() -> int | None:
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+class Model:
+    """A GGUF model ready to run.
+
+        m = pyllm.Model("smollm2-135m-instruct")      # a known name (pulled once), or a path
+        m.generate("Once upon a time", max_tokens=32)
+    """
+
+    def __init__(self, path_or_name: str | os.PathLike | None = None, n_ctx: int | None = None,
+                 n_threads: int | None = None, n_batch: int = 512):
+        self.path = hub.resolve(path_or_name if path_or_name is not None else hub.DEFAULT_MODEL)
+        self._file = GGUFFile(self.path)
+        self.metadata = self._file.metadata
+        self.config = ModelConfig.from_metadata(self.metadata)
+        self.tokenizer = Tokenizer.from_metadata(self.metadata)
+        if self.tokenizer.n_vocab != self.config.n_vocab:
+            raise GGUFError(f"the tokenizer has {self.tokenizer.n_vocab} tokens but "
+                            f"{self.config.arch}.vocab_size is {self.config.n_vocab}")
+        cfg = asdict(self.config)
+        tensors = {name: (t["type"], t["shape"], self._file.tensor_bytes(name))
+                   for name, t in self._file.tensors.items()}
+        self._model = _core.LlamaModel(cfg, tensors, keep_alive=self._file)
+
+        self.n_ctx = int(n_ctx) if n_ctx is not None else min(self.config.n_ctx_train, 4096)
+        if self.n_ctx < 1:
+            raise ValueError(f"n_ctx must be at least 1, got {self.n_ctx}")
+        kv_bytes = _core.LlamaModel.kv_cache_bytes(cfg, self.n_ctx)
+        mem = _physical_memory()
+        if mem is not None and kv_bytes > mem // 2:
+            raise ValueError(f"n_ctx={self.n_ctx} needs {kv_bytes / 2**30:.1f} GiB of KV cache; this machine "
+                             f"has {mem / 2**30:.1f} GiB of memory. Use a smaller n_ctx.")
+        self.n_threads = int(n_threads) if n_threads else _core.default_threads()
+        self._ctx = _core.Context(self._model, self.n_ctx, min(n_batch, self.n_ctx), self.n_threads)
+        self._cached: list[int] = []  # the tokens whose keys/values are in the cache, in order
+        self._lock = threading.RLock()  # one call at a time, whatever the caller's threads do
+        self.name = str(self.metadata.get("general.name") or Path(self.path).stem)
+
+    # --- lifecycle
+
+    def close(self) -> None:
+        """Releases the weights and cache. The model cannot be used afterwards."""
+        with self._lock:
+            self._ctx = None
+            self._model = None
+            self._file.close()
+
+    def __enter__(self) -> "Model":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"Model({self.name!r}, arch={self.config.arch}, n_ctx={self.n_ctx}, n_threads={self.n_threads})"
+
+    @property
+    def n_vocab(self) -> int:
+        return self.config.n_vocab
+
+    # --- tokens
+
+    def tokenize(self, text: str | bytes, special: bool = False, add_bos: bool | None = None) -> list[int]:
+        """Text to token ids. special=True turns special-token text (e.g. <|im_start|>) into its id."""
+        return self.tokenizer.tokenize(text, add_special=add_bos, parse_special=special)
+
+    def detokenize(self, ids: Sequence[int], special: bool = False) -> str:
+        return self.tokenizer.detokenize(ids, special=special)
+
+    # --- evaluation
+
+    def _context(self):
+        if self._ctx is None:
+            raise ValueError("the model is closed")
+        return self._ctx
+
+    def _check_ids(self, ids: Sequence[int]) -> np.ndarray:
+        arr = np.asarray(ids, dtype=np.int64).reshape(-1)
+        if arr.size and (arr.min() < 0 or arr.max() >= self.n_vocab):
+            from pyllm.errors import InvalidTokenError
+            bad = int(arr[(arr < 0) | (arr >= self.n_vocab)][0])
+            raise InvalidTokenError(f"token id {bad} is outside the vocabulary (0..{self.n_vocab - 1})")
+        return arr.astype(np.int32)
+
+    def logits(self, ids: Sequence[int]) -> np.ndarray:
+        """Teacher-forced logits, (len(ids), n_vocab) float32, evaluated from an empty cache."""
+        arr = self._check_ids(ids)
+        if arr.size == 0:
+            return np.zeros((0, self.n_vocab), np.float32)
+        if arr.size > self.n_ctx:
+            raise ContextOverflowError(f"{arr.size} tokens do not fit in the context of {self.n_ctx}")
+        with self._lock:
+            ctx = self._context()
+            ctx.truncate(0)
+            self._cached = []
+            out = ctx.eval(arr, True)
+            self._cached = arr.tolist()
+            return out
+
+    def _prefill(self, ids: list[int]) -> tuple[list[int], int]:
+        """Reuses the longest cached prefix of ids; returns the tokens still to evaluate (at least
+        one, so there are logits to sample from) and how many were reused."""
+        ctx = self._context()
+        common = 0
+        for a, b in zip(self._cached, ids):
+            if a != b:
+                break
+            common += 1
+        common = min(common, len(ids) - 1)
+        ctx.truncate(common)
+        del self._cached[common:]
+        return ids[common:], common
+
+    # --- generation
+
+    def eog_ids(self) -> set[int]:
+        return set(self.tokenizer.eog_ids)
+
+    def generate_tokens(self, prompt_ids: Sequence[int], max_tokens: int | None = None,
+                        sampling: SamplingParams | None = None, info: Completion | None = None) -> Iterator[int]:
+        """Yields generated token ids (end-of-generation tokens excluded). `info` receives the
+        finish reason and counts. The KV cache keeps the conversation for prefix reuse."""
+        sampling = sampling or SamplingParams()
+        info = info if info is not None else Completion()
+        ids = self._check_ids(prompt_ids).tolist()
+        if not ids:
+            raise ValueError("the prompt is empty: give at least one token")
+        if len(ids) > self.n_ctx:
+            raise ContextOverflowError(
+                f"the prompt has {len(ids)} tokens but the context holds {self.n_ctx} (n_ctx); "
+                f"shorten the prompt or load the model with a larger n_ctx")
+        info.n_prompt_tokens = len(ids)
+        seed = sampling.seed if sampling.seed is not None else random.getrandbits(63)
+        sampler = _core.Sampler(self.n_vocab, temperature=sampling.temperature, top_k=sampling.top_k,
+                                top_p=sampling.top_p, min_p=sampling.min_p,
+                                repeat_penalty=sampling.repeat_penalty,
+                                presence_penalty=sampling.presence_penalty,
+                                frequency_penalty=sampling.frequency_penalty,
+                                penalty_last_n=sampling.penalty_last_n, seed=seed)
+        eog = self.eog_ids()
+        limit = self.n_ctx - len(ids) + 1  # tokens we can sample before the cache is full
+        if max_tokens is not None:
+            limit = min(limit, max(0, int(max_tokens)))
+        with self._lock:
+            ctx = self._context()
+            pending, reused = self._prefill(ids)
+            info.n_reused_tokens = reused
+            for token in ids[:reused]:
+                sampler.accept(token)
+            produced = 0
+            while True:
+                if produced >= limit:
+                    info.finish_reason = "length"
+                    return
+                # On any error (Ctrl-C included) the C++ side leaves the cache as it was.
+                token = ctx.eval_sample(np.asarray(pending, np.int32), sampler)
+                self._cached.extend(pending)
+                if token in eog:
+                    info.finish_reason = "stop"
+                    return
+                produced += 1
+                yield token
+                pending = [token]
+                if ctx.n_past >= self.n_ctx:
+                    info.finish_reason = "length"
+                    return
+
+    def generate(self, prompt: str | Sequence[int], max_tokens: int | None = None, temperature: float = 0.8,
+                 top_k: int = 40, top_p: float = 0.95, min_p: float = 0.05, repeat_penalty: float = 1.0,
+                 presence_penalty: float = 0.0, frequency_penalty: float = 0.0, seed: int | None = None,
+                 stop: str | Sequence[str] | None = None, stream: bool = False,
+                 info: Completion | None = None):
+        """Continues `prompt` (text, whose special-token text is parsed as llama.cpp does, or
+        token ids). Returns the text, or with stream=True an iterator of text pieces that never
+        split a UTF-8 character and never show any part of a stop string."""
+        ids = list(prompt) if not isinstance(prompt, (str, bytes)) else self.tokenize(prompt, special=True)
+        params = SamplingParams(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
+                                repeat_penalty=repeat_penalty, presence_penalty=presence_penalty,
+                                frequency_penalty=frequency_penalty, seed=seed)
+        info = info if info is not None else Completion()
+        pieces = self._stream_text(ids, max_tokens, params, stop, info)
+        if stream:
+            return pieces
+        return "".join(pieces)
+
+    def _stream_text(self, ids: list[int], max_tokens, params: SamplingParams, stop, info: Completion) -> Iterator[str]:
+        # Validate before the generator starts, so errors surface at the call, not at first next().
+        if len(ids) > self.n_ctx:
+            raise ContextOverflowError(
+                f"the prompt has {len(ids)} tokens but the context holds {self.n_ctx} (n_ctx); "
+                f"shorten the prompt or load the model with a larger n_ctx")
+        tokens = self.generate_tokens(ids, max_tokens, params, info)
+        return self._pieces(tokens, stop, info)
+
+    def _pieces(self, tokens: Iterator[int], stop, info: Completion) -> Iterator[str]:
+        decoder = self.tokenizer.stream_decoder()
+        matcher = StopMatcher(stop or [])
+        info.token_ids = []
+        text = []
+        try:
+            for token in tokens:
+                info.token_ids.append(token)
+                piece = matcher.feed(decoder.feed(token))
+                if piece:
+                    text.append(piece)
+                    yield piece
+                if matcher.stopped:
+                    info.finish_reason = "stop"
+                    break
+            if not matcher.stopped:
+                piece = matcher.feed(decoder.flush()) + matcher.flush()
+                if piece:
+                    text.append(piece)
+                    yield piece
+        finally:
+            tokens.close()
+            info.text = "".join(text)
