@@ -1,0 +1,1 @@
+from pyllm.cli import main; import sys; sys.exit(main())

@@ -1,0 +1,173 @@
+"""The `pyllm` command: run | chat | quantize | perplexity | bench | pull | info."""
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import sys
+
+from pyllm import hub
+from pyllm.errors import PyllmError
+
+# Subcommands that live in their own modules, each with add_arguments(parser) and run(args).
+EXTERNAL_COMMANDS = {
+    "chat": ("pyllm.chat", "add_chat_arguments", "run_chat", "talk to a model in the terminal"),
+    "quantize": ("pyllm.quantize", "add_arguments", "run", "quantize a GGUF model (RTN, imatrix, GPTQ)"),
+    "perplexity": ("pyllm.perplexity", "add_arguments", "run", "perplexity / KL-divergence on a text file"),
+    "bench": ("pyllm.bench", "add_arguments", "run", "prefill and decode speed, like llama-bench"),
+}
+
+
+def _add_model_arg(p: argparse.ArgumentParser, optional: bool = True) -> None:
+    p.add_argument("model", nargs="?" if optional else None, default=hub.DEFAULT_MODEL if optional else None,
+                   help=f"a .gguf path or a known model name (default: {hub.DEFAULT_MODEL})")
+
+
+def cmd_run(args) -> int:
+    from pyllm.model import Model
+    prompt = args.prompt if args.prompt is not None else args.prompt_pos
+    if prompt is None and not _is_model(args.model):
+        # `pyllm run "Once upon a time"`: a lone positional that names no model is the prompt.
+        prompt, args.model = args.model, hub.DEFAULT_MODEL
+    if prompt is None:
+        prompt = sys.stdin.read()
+    m = Model(args.model, n_ctx=args.ctx, n_threads=args.threads)
+    out = sys.stdout
+    if args.echo:
+        out.write(prompt)
+    try:
+        for piece in m.generate(prompt, max_tokens=args.max_tokens, temperature=args.temperature, top_k=args.top_k,
+                                top_p=args.top_p, min_p=args.min_p, repeat_penalty=args.repeat_penalty,
+                                seed=args.seed, stop=args.stop or None, stream=True):
+            out.write(piece)
+            out.flush()
+    except KeyboardInterrupt:
+        out.write("\n")
+        return 130
+    out.write("\n")
+    return 0
+
+
+def _is_model(name: str) -> bool:
+    from pathlib import Path
+    return Path(name).expanduser().is_file() or hub._canonical(name) is not None or name.endswith(".gguf")
+
+
+def cmd_pull(args) -> int:
+    path = hub.pull(args.name)
+    print(path)
+    return 0
+
+
+def cmd_list(args) -> int:
+    for name, m in hub.KNOWN_MODELS.items():
+        cached = "cached" if hub.model_path(name).is_file() else "not cached"
+        print(f"{name:28s} {m.description}  [{cached}]")
+    return 0
+
+
+def _short(value, limit=80) -> str:
+    if isinstance(value, list):
+        head = ", ".join(repr(v) for v in value[:5])
+        return f"[{head}{', ...' if len(value) > 5 else ''}] ({len(value)} items)"
+    s = repr(value)
+    return s if len(s) <= limit else s[:limit] + f"... ({len(s)} chars)"
+
+
+def cmd_info(args) -> int:
+    from collections import Counter
+    from pyllm.gguffile import GGUFFile
+    f = GGUFFile(hub.resolve(args.model))
+    tensors = f.tensors
+    if args.json:
+        md = {k: v for k, v in f.metadata.items() if args.full or not isinstance(v, list) or len(v) <= 16}
+        md = {k: (v.hex() if isinstance(v, bytes) else v) for k, v in md.items()}
+        print(json.dumps({"path": f.path, "version": f.version, "metadata": md, "tensors": list(tensors.values())}, indent=1))
+        return 0
+    print(f"{f.path}: GGUF v{f.version}, {len(f.metadata)} metadata keys, {len(tensors)} tensors")
+    for key, value in f.metadata.items():
+        print(f"  {key:45s} {_short(value) if not args.full else repr(value)}")
+    by_type = Counter(t["type_name"] for t in tensors.values())
+    n_params = sum(t["n_elements"] for t in tensors.values())
+    n_bytes = sum(t["nbytes"] for t in tensors.values())
+    print(f"tensors: {n_params / 1e6:.1f}M parameters, {n_bytes / 2**20:.1f} MiB, "
+          f"{8 * n_bytes / max(n_params, 1):.2f} bits/weight; " + ", ".join(f"{k} x{v}" for k, v in by_type.most_common()))
+    if args.tensors:
+        for name, t in tensors.items():
+            print(f"  {name:40s} {t['type_name']:6s} {str(t['shape']):20s} {t['nbytes']:>12d} bytes @ {t['offset']}")
+    return 0
+
+
+def cmd_system(args) -> int:
+    import pyllm
+    print(json.dumps(pyllm.system_info(), indent=1))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="pyllm", description="Fast quantized LLM inference on laptop CPUs.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = sub.add_parser("run", help="stream a completion of a prompt to stdout")
+    _add_model_arg(p)
+    p.add_argument("prompt_pos", nargs="?", metavar="PROMPT", help=argparse.SUPPRESS)
+    p.add_argument("-p", "--prompt", help="the prompt (default: positional, else stdin)")
+    p.add_argument("-n", "--max-tokens", type=int, default=128)
+    p.add_argument("--temperature", "--temp", type=float, default=0.8)
+    p.add_argument("--top-k", type=int, default=40)
+    p.add_argument("--top-p", type=float, default=0.95)
+    p.add_argument("--min-p", type=float, default=0.05)
+    p.add_argument("--repeat-penalty", type=float, default=1.0)
+    p.add_argument("--seed", type=int)
+    p.add_argument("--stop", action="append", help="stop string (repeatable)")
+    p.add_argument("-c", "--ctx", type=int, help="context size (default: min(trained, 4096))")
+    p.add_argument("-t", "--threads", type=int)
+    p.add_argument("--echo", action="store_true", help="print the prompt before the completion")
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("pull", help="download a known model into the cache")
+    p.add_argument("name", nargs="?", default=hub.DEFAULT_MODEL)
+    p.set_defaults(func=cmd_pull)
+
+    p = sub.add_parser("list", help="known model names")
+    p.set_defaults(func=cmd_list)
+
+    p = sub.add_parser("info", help="print a GGUF file's metadata and a tensor summary")
+    _add_model_arg(p)
+    p.add_argument("--tensors", action="store_true", help="list every tensor")
+    p.add_argument("--full", action="store_true", help="print long arrays in full")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_info)
+
+    p = sub.add_parser("system", help="kernel ISA chosen for this CPU, features, threads")
+    p.set_defaults(func=cmd_system)
+
+    for name, (module, add, run, help_text) in EXTERNAL_COMMANDS.items():
+        try:
+            mod = importlib.import_module(module)
+        except ImportError:
+            continue
+        p = sub.add_parser(name, help=help_text)
+        getattr(mod, add)(p)
+        p.set_defaults(func=getattr(mod, run))
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        print("\ninterrupted", file=sys.stderr)
+        return 130
+    except (PyllmError, ValueError, OSError) as e:
+        print(f"pyllm: error: {e}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
