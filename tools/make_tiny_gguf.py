@@ -98,12 +98,18 @@ def _act_quant(x: np.ndarray, wtype: T) -> np.ndarray:
         q = np.minimum(127, np.rint(iscale[:, None] * b))
         d = np.where(iscale != 0, np.float32(1) / np.where(iscale != 0, iscale, 1), 0).astype(np.float32)
         return (q * d[:, None]).reshape(x.shape).astype(np.float64)
-    b = x32.reshape(-1, 32)
-    d = np.abs(b).max(1) / np.float32(127)
+    q, d = _q8_blocks(x32)
+    return (q * d.astype(np.float16).astype(np.float32)[..., None]).reshape(x.shape).astype(np.float64)
+
+
+def _q8_blocks(x32: np.ndarray):
+    """Q8_0/Q8_1 rounding of float32 rows: (q (rows, n_blocks, 32), d as float32 (rows, n_blocks))."""
+    b = x32.reshape(len(x32), -1, 32)
+    d = np.abs(b).max(-1) / np.float32(127)
     inv = np.where(d != 0, np.float32(1) / np.where(d != 0, d, 1), 0).astype(np.float32)
-    v = b * inv[:, None]
+    v = b * inv[..., None]
     q = np.sign(v) * np.floor(np.abs(v) + np.float32(0.5))  # roundf: half away from zero
-    return (q * d.astype(np.float16).astype(np.float32)[:, None]).reshape(x.shape).astype(np.float64)
+    return q, d
 
 
 def reference_logits(path, ids, emulate_activation_quantization: bool = True) -> np.ndarray:
@@ -111,8 +117,12 @@ def reference_logits(path, ids, emulate_activation_quantization: bool = True) ->
     matmul input is first rounded to the 8-bit activation format pyllm and llama.cpp use."""
     r = gguf.GGUFReader(str(path))
     arch = bytes(r.fields["general.architecture"].parts[-1]).decode()
-    W, wtype = {}, {}
+    W, wtype, mins = {}, {}, {}
     for t in r.tensors:
+        if emulate_activation_quantization and t.tensor_type in (T.Q4_1, T.Q5_1):
+            rows = int(t.shape[1])
+            raw = np.ascontiguousarray(t.data).reshape(rows, -1, 20 if t.tensor_type == T.Q4_1 else 24)
+            mins[t.name] = raw[:, :, 2:4].copy().view(np.float16)[:, :, 0].astype(np.float64)  # (rows, n_blocks)
         wtype[t.name] = T(t.tensor_type) if emulate_activation_quantization else T.F32
         data = t.data.view(np.uint8) if t.tensor_type == T.BF16 else t.data
         W[t.name] = gguf.quants.dequantize(data, t.tensor_type).astype(np.float64).reshape([int(x) for x in reversed(t.shape)])
@@ -123,7 +133,18 @@ def reference_logits(path, ids, emulate_activation_quantization: bool = True) ->
     neox = arch == "qwen2"
 
     def mm(x, name):  # x @ W[name].T with W's activation rounding
-        return _act_quant(x, wtype[name]) @ W[name].T
+        xq = _act_quant(x, wtype[name])
+        out = xq @ W[name].T
+        if name in mins:
+            # Q4_1/Q5_1 . Q8_1: the weights' offset m meets the activation block's sum through
+            # s = f16(d * sum(q)), stored rounded in the Q8_1 block; apply that rounding too.
+            # s is computed from the unrounded f32 scale, the q's dequantize with its f16 rounding.
+            q, d = _q8_blocks(x.astype(np.float32))
+            qsum = q.sum(-1)
+            used = (qsum * d).astype(np.float16).astype(np.float64)                 # (n, n_blocks)
+            exact = qsum * d.astype(np.float16).astype(np.float64)
+            out += (used - exact) @ mins[name].T
+        return out
 
     def rms(x, g):
         return x / np.sqrt((x * x).mean(-1, keepdims=True) + 1e-5) * g
