@@ -308,11 +308,11 @@ struct Q8_0Weights {
     static __m256i quants(const W& b) { return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b.qs)); }
 };
 
-template <class QT>
+template <class QT, int kTileRows = 4, int kTileToks = 2, int kDecode = 4>
 struct QuantMK {
     using W = typename QT::W;
     using A = typename QT::A;
-    static constexpr int kRows = 4, kToks = 2, kDecodeRows = 4;
+    static constexpr int kRows = kTileRows, kToks = kTileToks, kDecodeRows = kDecode;
 
     template <int R, int T>
     static void tile(const GemmArgs& g, int64_t r0, int64_t t0) {
