@@ -25,6 +25,7 @@ struct GemmArgs {
 //     rows r0..r0+R-1 times tokens t0..t0+T-1, all of k
 //   kRows, kToks      the prefill tile (n_tok > 1): each unpacked weight block feeds kToks tokens
 //   kDecodeRows       rows per step when n_tok == 1
+//   kChunkBytes       activation bytes a row tile sweeps before the next row tile
 // Tails use the same template at smaller R/T, so every tile shape is compiled, none interpreted.
 
 template <class MK, int T, int R>
@@ -43,15 +44,21 @@ inline void tile_any(const GemmArgs& g, int r_count, int t_count, int64_t r0, in
     tile_rows<MK, T, MK::kRows>(g, r_count, r0, t0);
 }
 
-// Activation bytes a row tile sweeps before the next row tile: they stay in L1 (32-48 KiB). Larger
-// chunks measured up to 1.6x slower at 256 tokens (Zen 4), the weights are cheap to re-read.
-constexpr size_t kActivationChunkBytes = 24 * 1024;
+// Quantized weights are small next to their activations' reuse: keep the swept activations in L1
+// (32-48 KiB); larger chunks measured up to 1.6x slower at 256 tokens (Zen 4). Float weights are as
+// big as the activations, so re-reading them per small chunk costs more: they use an L2-sized chunk.
+constexpr size_t kChunkL1 = 24 * 1024, kChunkL2 = 256 * 1024;
 
 template <class MK>
 void gemm_tiled(int64_t k, const void* w, size_t w_stride, int64_t n_rows,
                 const void* a, size_t a_stride, int64_t n_tok, float* out, int64_t out_stride) {
     const GemmArgs g{k, static_cast<const uint8_t*>(w), w_stride, static_cast<const uint8_t*>(a), a_stride,
                      out, out_stride};
+    if (k <= 0) {  // micro-kernels assume at least one step
+        for (int64_t t = 0; t < n_tok; ++t)
+            for (int64_t r = 0; r < n_rows; ++r) out[t * out_stride + r] = 0.0f;
+        return;
+    }
     if (n_tok == 1) {  // decode: a tight walk down the rows, every weight byte read once
         int64_t r = 0;
         for (; r + MK::kDecodeRows <= n_rows; r += MK::kDecodeRows) MK::template tile<MK::kDecodeRows, 1>(g, r, 0);
@@ -60,7 +67,7 @@ void gemm_tiled(int64_t k, const void* w, size_t w_stride, int64_t n_rows,
     }
     // Prefill: rows outer, tokens inner, so a row tile's weights stay in registers/L1 while the
     // chunk's activations (in L1) stream past; the weights are re-read once per chunk.
-    int64_t chunk = (int64_t)(kActivationChunkBytes / (a_stride ? a_stride : 1));
+    int64_t chunk = (int64_t)(MK::kChunkBytes / (a_stride ? a_stride : 1));
     chunk = chunk < MK::kToks ? MK::kToks : chunk - chunk % MK::kToks;
     for (int64_t tc = 0; tc < n_tok; tc += chunk) {
         const int64_t t_end = tc + chunk < n_tok ? tc + chunk : n_tok;

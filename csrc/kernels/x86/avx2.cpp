@@ -243,6 +243,7 @@ struct BF16Weights {
 template <class WT>
 struct FloatMK {
     static constexpr int kRows = 4, kToks = 3, kDecodeRows = 4;
+    static constexpr size_t kChunkBytes = kChunkL2;
     template <int R, int T>
     static void tile(const GemmArgs& g, int64_t r0, int64_t t0) {
         using E = typename WT::elem;
@@ -313,6 +314,7 @@ struct QuantMK {
     using W = typename QT::W;
     using A = typename QT::A;
     static constexpr int kRows = kTileRows, kToks = kTileToks, kDecodeRows = kDecode;
+    static constexpr size_t kChunkBytes = kChunkL1;
 
     template <int R, int T>
     static void tile(const GemmArgs& g, int64_t r0, int64_t t0) {
@@ -326,7 +328,8 @@ struct QuantMK {
         for (int r = 0; r < R; ++r)
             for (int t = 0; t < T; ++t) acc[r][t] = _mm256_setzero_ps();
 
-        for (int64_t i = 0; i < nb; ++i) {
+        int64_t i = 0;
+        do {  // do-while (nb >= 1): with a for loop GCC may store every accumulator on every step
             __m256i y[T], y_offset[T];
             __m256 ad[T], as8[T];
             for (int t = 0; t < T; ++t) {
@@ -357,7 +360,8 @@ struct QuantMK {
                     for (int t = 0; t < T; ++t) acc[r][t] = _mm256_fmadd_ps(wm, as8[t], acc[r][t]);
                 }
             }
-        }
+            ++i;
+        } while (i < nb);
         for (int r = 0; r < R; ++r)
             for (int t = 0; t < T; ++t) g.out[(t0 + t) * g.out_stride + r0 + r] = hsum(acc[r][t]);
     }

@@ -29,6 +29,16 @@ inline __m512 rounded(__m512 v) {
     return v;
 }
 
+// Sum of 16 floats. (GCC's _mm512_reduce_add_ps made it keep tile accumulators in memory inside the
+// k loop, storing all of them every step.)
+inline float hsum(__m512 v) {
+    const __m256 h = _mm256_add_ps(_mm512_castps512_ps256(v), _mm512_extractf32x8_ps(v, 1));
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+}
+
 inline __mmask16 tail_mask16(int64_t n) { return (__mmask16)((1u << n) - 1u); }
 
 // Two blocks' f16 scales as 16 floats: lanes 0-7 block i, lanes 8-15 block i+1, matching the int32
@@ -177,16 +187,7 @@ struct BF16Weights {
 template <class WT>
 struct FloatMK {
     static constexpr int kRows = 4, kToks = 4, kDecodeRows = 4;
-
-    template <int R, int T>
-    static inline void step(const typename WT::elem* const* w, const float* const* a, int64_t i, __mmask16 m, __m512 (&acc)[R][T]) {
-        __m512 wv[R];
-        for (int r = 0; r < R; ++r) wv[r] = WT::load16(w[r] + i, m);
-        for (int t = 0; t < T; ++t) {
-            const __m512 av = _mm512_maskz_loadu_ps(m, a[t] + i);
-            for (int r = 0; r < R; ++r) acc[r][t] = _mm512_fmadd_ps(wv[r], av, acc[r][t]);
-        }
-    }
+    static constexpr size_t kChunkBytes = kChunkL2;
 
     template <int R, int T>
     static void tile(const GemmArgs& g, int64_t r0, int64_t t0) {
@@ -198,11 +199,21 @@ struct FloatMK {
         __m512 acc[R][T];
         for (int r = 0; r < R; ++r)
             for (int t = 0; t < T; ++t) acc[r][t] = _mm512_setzero_ps();
+        // One loop with the mask computed per step: a separate tail call made GCC keep the
+        // accumulators in memory (2.4x slower).
         int64_t i = 0;
-        for (; i + 16 <= g.k; i += 16) step<R, T>(w, a, i, (__mmask16)0xffff, acc);
-        if (i < g.k) step<R, T>(w, a, i, tail_mask16(g.k - i), acc);
+        do {  // k >= 1
+            const __mmask16 m = g.k - i >= 16 ? (__mmask16)0xffff : tail_mask16(g.k - i);
+            __m512 wv[R];
+            for (int r = 0; r < R; ++r) wv[r] = WT::load16(w[r] + i, m);
+            for (int t = 0; t < T; ++t) {
+                const __m512 av = _mm512_maskz_loadu_ps(m, a[t] + i);
+                for (int r = 0; r < R; ++r) acc[r][t] = _mm512_fmadd_ps(wv[r], av, acc[r][t]);
+            }
+            i += 16;
+        } while (i < g.k);
         for (int r = 0; r < R; ++r)
-            for (int t = 0; t < T; ++t) g.out[(t0 + t) * g.out_stride + r0 + r] = _mm512_reduce_add_ps(acc[r][t]);
+            for (int t = 0; t < T; ++t) g.out[(t0 + t) * g.out_stride + r0 + r] = hsum(acc[r][t]);
     }
 };
 
@@ -255,6 +266,7 @@ struct QuantMK {
     using W = typename QT::W;
     using A = typename QT::A;
     static constexpr int kRows = kTileRows, kToks = kTileToks, kDecodeRows = kDecode;
+    static constexpr size_t kChunkBytes = kChunkL1;
 
     template <int R, int T>
     static void tile(const GemmArgs& g, int64_t r0, int64_t t0) {
@@ -267,7 +279,8 @@ struct QuantMK {
         for (int r = 0; r < R; ++r)
             for (int t = 0; t < T; ++t) acc[r][t] = _mm512_setzero_ps();
 
-        for (int64_t i = 0; i < nb; i += 2) {
+        int64_t i = 0;
+        do {  // do-while (nb >= 1): with a for loop GCC stores every accumulator on every step
             const bool pair = i + 1 < nb;
             const int64_t j = pair ? i + 1 : i;
             __m512i y[T], start[T];
@@ -294,9 +307,10 @@ struct QuantMK {
                     for (int t = 0; t < T; ++t) acc[r][t] = _mm512_fmadd_ps(wm, as8[t], acc[r][t]);
                 }
             }
-        }
+            i += 2;
+        } while (i < nb);
         for (int r = 0; r < R; ++r)
-            for (int t = 0; t < T; ++t) g.out[(t0 + t) * g.out_stride + r0 + r] = _mm512_reduce_add_ps(acc[r][t]);
+            for (int t = 0; t < T; ++t) g.out[(t0 + t) * g.out_stride + r0 + r] = hsum(acc[r][t]);
     }
 };
 
