@@ -116,18 +116,6 @@ float vec_dot_q8_0_q8_0_ref(int64_t k, const void* w, const void* a) {
     return sum;
 }
 
-// --- gemm from a row dot ------------------------------------------------------------------------
-
-template <vec_dot_fn DOT>
-static void gemm_from_dot(int64_t k, const void* w, size_t w_stride, int64_t n_rows,
-                          const void* a, size_t a_stride, int64_t n_tok, float* out, int64_t out_stride) {
-    const uint8_t* wb = static_cast<const uint8_t*>(w);
-    const uint8_t* ab = static_cast<const uint8_t*>(a);
-    for (int64_t t = 0; t < n_tok; ++t)
-        for (int64_t r = 0; r < n_rows; ++r)
-            out[t * out_stride + r] = DOT(k, wb + r * w_stride, ab + t * a_stride);
-}
-
 // --- attention helpers --------------------------------------------------------------------------
 
 static float dot_f16_ref(int64_t n, const uint16_t* x, const float* y) {

@@ -1,5 +1,6 @@
 // Reference row dot products, shared by the reference table and by SIMD files for their tails.
 #pragma once
+#include <cstddef>
 #include <cstdint>
 #include "kernels/kernels.h"
 
@@ -15,6 +16,25 @@ float vec_dot_q4_1_q8_1_ref(int64_t k, const void* w, const void* a);
 float vec_dot_q5_0_q8_0_ref(int64_t k, const void* w, const void* a);
 float vec_dot_q5_1_q8_1_ref(int64_t k, const void* w, const void* a);
 float vec_dot_q8_0_q8_0_ref(int64_t k, const void* w, const void* a);
+
+// gemm by calling a row dot for every (token, row) pair: the reference gemm of every weight type.
+// `static` on purpose: each file that uses it gets its own copy compiled with its own flags, so the
+// linker can never pick up a copy built for a wider ISA (the SIGILL trap of shared inline code).
+template <vec_dot_fn DOT>
+static void gemm_from_dot(int64_t k, const void* w, size_t w_stride, int64_t n_rows,
+                          const void* a, size_t a_stride, int64_t n_tok, float* out, int64_t out_stride) {
+    const uint8_t* wb = static_cast<const uint8_t*>(w);
+    const uint8_t* ab = static_cast<const uint8_t*>(a);
+    for (int64_t t = 0; t < n_tok; ++t)
+        for (int64_t r = 0; r < n_rows; ++r)
+            out[t * out_stride + r] = DOT(k, wb + r * w_stride, ab + t * a_stride);
+}
+
+float vec_dot_q2_K_q8_K_ref(int64_t k, const void* w, const void* a);
+float vec_dot_q3_K_q8_K_ref(int64_t k, const void* w, const void* a);
+float vec_dot_q4_K_q8_K_ref(int64_t k, const void* w, const void* a);
+float vec_dot_q5_K_q8_K_ref(int64_t k, const void* w, const void* a);
+float vec_dot_q6_K_q8_K_ref(int64_t k, const void* w, const void* a);
 
 // K-quant dot products against Q8_K (kernels/ref/kquants_ref.cpp) register themselves here.
 void register_kquant_ref_kernels(KernelTable& t);
