@@ -18,20 +18,20 @@ SIMD_ISAS = [isa for isa in _core.available_isas() if isa != "ref"]
 F32, F16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q8_1 = 0, 1, 2, 3, 6, 7, 8, 9
 Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, Q8_K, BF16 = 10, 11, 12, 13, 14, 15, 30
 
-# Byte layout facts per weight type: offsets of the f16 scale fields (kept finite when the
-# quant bytes are randomized) and the byte ranges holding quants (zeroed to expose the offset part
-# of a type with mins).
+# Byte layout facts per weight type: offsets of the f16 scale fields (kept finite and of ordinary
+# size), the byte ranges holding quants (zeroed to expose the offset part of a type with mins), and
+# for K-quants the sub-block scale bytes, randomized along with the quants.
 LAYOUT = {
     Q4_0: dict(halves=[0], quants=[(2, 18)]),
     Q4_1: dict(halves=[0, 2], quants=[(4, 20)], has_min=True),
     Q5_0: dict(halves=[0], quants=[(2, 22)]),
     Q5_1: dict(halves=[0, 2], quants=[(4, 24)], has_min=True),
     Q8_0: dict(halves=[0], quants=[(2, 34)]),
-    Q2_K: dict(halves=[80, 82], quants=[(16, 80)], has_min=True),
-    Q3_K: dict(halves=[108], quants=[(0, 96)]),
-    Q4_K: dict(halves=[0, 2], quants=[(16, 144)], has_min=True),
-    Q5_K: dict(halves=[0, 2], quants=[(16, 176)], has_min=True),
-    Q6_K: dict(halves=[208], quants=[(0, 192)]),
+    Q2_K: dict(halves=[80, 82], quants=[(16, 80)], scales=[(0, 16)], has_min=True),
+    Q3_K: dict(halves=[108], quants=[(0, 96)], scales=[(96, 108)]),
+    Q4_K: dict(halves=[0, 2], quants=[(16, 144)], scales=[(4, 16)], has_min=True),
+    Q5_K: dict(halves=[0, 2], quants=[(16, 176)], scales=[(4, 16)], has_min=True),
+    Q6_K: dict(halves=[208], quants=[(0, 192)], scales=[(192, 208)]),
 }
 FLOAT_TYPES = [F32, F16, BF16]
 BLOCK32_TYPES = [Q4_0, Q4_1, Q5_0, Q5_1, Q8_0]
@@ -39,17 +39,6 @@ KQUANT_TYPES = [Q2_K, Q3_K, Q4_K, Q5_K, Q6_K]
 
 N_ROWS = [1, 3, 8, 17, 33]
 N_TOK = [1, 2, 3, 5, 8, 17]
-
-
-def has_gemm(type_id):
-    """True when the reference table has a kernel for the type (K-quants land separately)."""
-    try:
-        _core.matmul("ref", type_id, np.zeros((1, _core.type_info(type_id)["type_size"]), np.uint8),
-                     _core.type_info(type_id)["block_size"],
-                     np.zeros((1, _core.type_info(type_id)["block_size"]), np.float32))
-        return True
-    except ValueError:
-        return False
 
 
 def sizes_for(type_id):
@@ -69,7 +58,7 @@ def random_weights(rng, type_id, rows, k):
     if type_id in LAYOUT:
         info = _core.type_info(type_id)
         blocks = q.reshape(rows, -1, info["type_size"])
-        for lo, hi in LAYOUT[type_id]["quants"]:
+        for lo, hi in LAYOUT[type_id]["quants"] + LAYOUT[type_id].get("scales", []):
             blocks[:, :, lo:hi] = rng.integers(0, 256, blocks[:, :, lo:hi].shape, dtype=np.uint8)
         for off in LAYOUT[type_id]["halves"]:
             h = (rng.standard_normal(blocks.shape[:2]) * 0.05).astype(np.float16)
@@ -105,8 +94,6 @@ GEMM_CASES = [(isa, t, k) for isa in SIMD_ISAS for t in FLOAT_TYPES + BLOCK32_TY
 
 @pytest.mark.parametrize("isa,type_id,k", GEMM_CASES)
 def test_gemm_matches_reference(isa, type_id, k):
-    if not has_gemm(type_id):
-        pytest.skip(f"reference table has no gemm for type {type_id} yet")
     rng = np.random.default_rng(1000 * type_id + k)
     w = random_weights(rng, type_id, max(N_ROWS), k)
     x = rng.standard_normal((max(N_TOK), k)).astype(np.float32)
@@ -158,10 +145,6 @@ ACT_CASES = [(isa, t) for isa in SIMD_ISAS for t in (Q8_0, Q8_1, Q8_K)]
 def test_quantize_act_bit_identical(isa, act_type):
     rng = np.random.default_rng(act_type)
     k = 4352 if act_type == Q8_K else 4128
-    try:
-        want = _core.quantize_act("ref", act_type, np.zeros((1, k), np.float32))
-    except Exception:
-        pytest.skip(f"reference quantizer for type {act_type} not available yet")
     x = activation_rows(rng, k)
     want = _core.quantize_act("ref", act_type, x)
     got = _core.quantize_act(isa, act_type, x)
@@ -181,10 +164,7 @@ def test_to_float_bit_identical(isa, type_id):
     if type_id == Q8_1:
         q = _core.quantize_act("ref", Q8_1, rng.standard_normal((5, k)).astype(np.float32))
     else:
-        try:
-            q = random_weights(rng, type_id, 5, k)
-        except Exception:
-            pytest.skip(f"reference quantizer for type {type_id} not available yet")
+        q = random_weights(rng, type_id, 5, k)
     want = dequant(type_id, q, k, "ref")
     got = dequant(type_id, q, k, isa)
     np.testing.assert_array_equal(got.view(np.uint32), want.view(np.uint32))
