@@ -7,7 +7,7 @@
 
 #include "kernels/kernels.h"
 #include "kernels/tiling.h"
-#include "kernels/x86/kquant_scales.h"
+#include "kernels/x86/kquant_scales.h"  // per-type unpacking (AVX2)
 #include "quant/blocks.h"
 
 namespace pyllm {
@@ -31,17 +31,6 @@ inline int hsum_i32(__m256i v) {
 }
 
 inline __m256i load32(const void* p) { return _mm256_loadu_si256(static_cast<const __m256i*>(p)); }
-
-// Bytes equal to `value` where the byte of `bits` has bit `bit` set, else 0.
-inline __m256i bit_to_bytes(__m256i bits, int bit, char value) {
-    const __m256i m = _mm256_set1_epi8((char)(1 << bit));
-    return _mm256_and_si256(_mm256_cmpeq_epi8(_mm256_and_si256(bits, m), m), _mm256_set1_epi8(value));
-}
-
-// (bytes >> shift) & mask, per byte (16-bit shifts leak only into bits the mask drops).
-inline __m256i bits_at(__m256i bytes, int shift, char mask) {
-    return _mm256_and_si256(_mm256_srli_epi16(bytes, shift), _mm256_set1_epi8(mask));
-}
 
 // --- Q8_K activation quantizer ---------------------------------------------------------------------
 
@@ -83,67 +72,19 @@ void quantize_row_q8_K_avx2(const float* x, void* dst, int64_t n) {
     }
 }
 
-// --- per-type unpacking: chunk c (0..7) = the 32 unsigned quants of elements 32c..32c+31 -----------
-
-struct Q2_KWeights {
-    using W = block_q2_K;
-    static constexpr bool kHasMin = true;
-    static void scales(const W& b, KScales& s) { kscales_q2_K(b, s); }
-    static float d(const W& b) { return half_to_f32(b.d); }
-    static float dmin(const W& b) { return half_to_f32(b.dmin); }
-    // 128-element halves; in each, shift 2s of the 32 bytes holds chunk s.
-    static __m256i chunk(const W& b, int c) { return bits_at(load32(b.qs + 32 * (c / 4)), 2 * (c % 4), 3); }
-};
-struct Q3_KWeights {
-    using W = block_q3_K;
-    static constexpr bool kHasMin = false;
-    static void scales(const W& b, KScales& s) { kscales_q3_K(b, s); }
-    static float d(const W& b) { return half_to_f32(b.d); }
-    static float dmin(const W&) { return 0.0f; }
-    // Low two bits as Q2_K; hmask bit c is the third bit (level = q - 4).
-    static __m256i chunk(const W& b, int c) {
-        return _mm256_or_si256(bits_at(load32(b.qs + 32 * (c / 4)), 2 * (c % 4), 3), bit_to_bytes(load32(b.hmask), c, 4));
-    }
-};
-struct Q4_KWeights {
-    using W = block_q4_K;
-    static constexpr bool kHasMin = true;
-    static void scales(const W& b, KScales& s) { kscales_q45_K(b.scales, s); }
-    static float d(const W& b) { return half_to_f32(b.d); }
-    static float dmin(const W& b) { return half_to_f32(b.dmin); }
-    // 32 bytes per 64 elements: low nibbles are chunk 2j, high nibbles chunk 2j+1.
-    static __m256i chunk(const W& b, int c) { return bits_at(load32(b.qs + 32 * (c / 2)), 4 * (c % 2), 0xF); }
-};
-struct Q5_KWeights {
-    using W = block_q5_K;
-    static constexpr bool kHasMin = true;
-    static void scales(const W& b, KScales& s) { kscales_q45_K(b.scales, s); }
-    static float d(const W& b) { return half_to_f32(b.d); }
-    static float dmin(const W& b) { return half_to_f32(b.dmin); }
-    static __m256i chunk(const W& b, int c) {
-        return _mm256_or_si256(bits_at(load32(b.qs + 32 * (c / 2)), 4 * (c % 2), 0xF), bit_to_bytes(load32(b.qh), c, 0x10));
-    }
-};
-struct Q6_KWeights {
-    using W = block_q6_K;
-    static constexpr bool kHasMin = false;
-    static void scales(const W& b, KScales& s) { kscales_q6_K(b, s); }
-    static float d(const W& b) { return half_to_f32(b.d); }
-    static float dmin(const W&) { return 0.0f; }
-    // Per 128-element half h: chunk w has the low nibbles (w < 2) or high nibbles of ql[64h + 32(w%2) ..],
-    // and bits 2w..2w+1 of qh[32h ..] on top (level = q - 32).
-    static __m256i chunk(const W& b, int c) {
-        const int h = c / 4, w = c % 4;
-        const __m256i low = bits_at(load32(b.ql + 64 * h + 32 * (w % 2)), 4 * (w / 2), 0xF);
-        const __m256i high = _mm256_slli_epi16(bits_at(load32(b.qh + 32 * h), 2 * w, 3), 4);
-        return _mm256_or_si256(low, high);
-    }
+// Byte shuffles picking, from a lane of 8 int16 group scales, group 2c' into every word of the low
+// lane and group 2c'+1 into every word of the high lane (c' = chunk % 4).
+alignas(32) const int8_t kChunkScaleShuffle[4][32] = {
+    {0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 2, 3, 2, 3, 2, 3, 2, 3, 2, 3, 2, 3, 2, 3, 2, 3},
+    {4, 5, 4, 5, 4, 5, 4, 5, 4, 5, 4, 5, 4, 5, 4, 5, 6, 7, 6, 7, 6, 7, 6, 7, 6, 7, 6, 7, 6, 7, 6, 7},
+    {8, 9, 8, 9, 8, 9, 8, 9, 8, 9, 8, 9, 8, 9, 8, 9, 10, 11, 10, 11, 10, 11, 10, 11, 10, 11, 10, 11, 10, 11, 10, 11},
+    {12, 13, 12, 13, 12, 13, 12, 13, 12, 13, 12, 13, 12, 13, 12, 13, 14, 15, 14, 15, 14, 15, 14, 15, 14, 15, 14, 15, 14, 15, 14, 15},
 };
 
 // --- GEMM micro-kernel -----------------------------------------------------------------------------
 //
 // One weight super-block is unpacked chunk by chunk and each chunk feeds T tokens: maddubs
-// (unsigned quants x int8 activations -> int16 pairs, at most 2*63*127), madd with the groups'
+// (unsigned quants x int8 activations -> int16 pairs, at most 2*63*127), madd with the two groups'
 // scales -> int32 lanes. The bsums correction is one madd per super-block and token.
 
 template <class KT>
@@ -166,17 +107,17 @@ struct KQuantMK {
         do {  // nb >= 1
             for (int r = 0; r < R; ++r) {
                 const W& b = w[r][i];
-                KScales s;
-                KT::scales(b, s);
+                __m256i sc, coef;
+                KT::scales(b, sc, coef);
+                const __m256i sc_lanes[2] = {_mm256_permute2x128_si256(sc, sc, 0x00), _mm256_permute2x128_si256(sc, sc, 0x11)};
                 __m256i isum[T];
                 for (int t = 0; t < T; ++t) isum[t] = _mm256_setzero_si256();
                 for (int c = 0; c < 8; ++c) {
                     const __m256i q = KT::chunk(b, c);
-                    const __m256i scv = _mm256_setr_m128i(_mm_set1_epi16(s.sc[2 * c]), _mm_set1_epi16(s.sc[2 * c + 1]));
+                    const __m256i scv = _mm256_shuffle_epi8(sc_lanes[c / 4], _mm256_load_si256(reinterpret_cast<const __m256i*>(kChunkScaleShuffle[c % 4])));
                     for (int t = 0; t < T; ++t)
                         isum[t] = _mm256_add_epi32(isum[t], _mm256_madd_epi16(_mm256_maddubs_epi16(q, load32(a[t][i].qs + 32 * c)), scv));
                 }
-                const __m256i coef = _mm256_load_si256(reinterpret_cast<const __m256i*>(s.coef));
                 const float d = KT::d(b);
                 for (int t = 0; t < T; ++t) {
                     const __m256i corr = _mm256_madd_epi16(load32(a[t][i].bsums), coef);
@@ -199,11 +140,11 @@ struct KQuantMK {
 } // namespace
 
 void register_kquant_avx2_kernels(KernelTable& t) {
-    t.gemm[TYPE_Q2_K] = gemm_tiled<KQuantMK<Q2_KWeights>>;
-    t.gemm[TYPE_Q3_K] = gemm_tiled<KQuantMK<Q3_KWeights>>;
-    t.gemm[TYPE_Q4_K] = gemm_tiled<KQuantMK<Q4_KWeights>>;
-    t.gemm[TYPE_Q5_K] = gemm_tiled<KQuantMK<Q5_KWeights>>;
-    t.gemm[TYPE_Q6_K] = gemm_tiled<KQuantMK<Q6_KWeights>>;
+    t.gemm[TYPE_Q2_K] = gemm_tiled<KQuantMK<Q2_KBase>>;
+    t.gemm[TYPE_Q3_K] = gemm_tiled<KQuantMK<Q3_KBase>>;
+    t.gemm[TYPE_Q4_K] = gemm_tiled<KQuantMK<Q4_KBase>>;
+    t.gemm[TYPE_Q5_K] = gemm_tiled<KQuantMK<Q5_KBase>>;
+    t.gemm[TYPE_Q6_K] = gemm_tiled<KQuantMK<Q6_KBase>>;
     t.quantize_act[TYPE_Q8_K] = quantize_row_q8_K_avx2;
 }
 
