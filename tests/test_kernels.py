@@ -132,6 +132,8 @@ def activation_rows(rng, k):
     halves = np.resize(np.array([127.0, 0.5, 1.5, 2.5, -0.5, -1.5, -2.5, 126.5, -126.5, 3.49999]), k)
     rows.append(halves)
     rows.append(np.resize(np.array([0.0, -0.0, 1e-35, -3e-36]), k))  # d far below the f16 range
+    ties = np.where(np.arange(k) % 7 == 3, -5.0, np.where(np.arange(k) % 7 == 5, 5.0, 0.25))
+    rows.append(ties)  # +-amax ties: Q8_K keeps the sign of the first
     spiky = rng.standard_normal(k) * 1e-2
     spiky[::37] = 50.0
     rows.append(spiky)

@@ -3,6 +3,8 @@
 // attention helpers. K-quants live in kquants_avx2.cpp. Compiled with -mavx2 -mfma -mf16c -mbmi2
 // and entered only after dispatch.cpp has checked the CPU. Nothing but kernel_table_avx2() (and
 // the K-quant registrar) has external linkage, so no AVX2 code can leak into baseline callers.
+#if defined(__x86_64__) || defined(__i386__)
+
 #include <immintrin.h>
 
 #include <cstring>
@@ -405,3 +407,12 @@ const KernelTable* kernel_table_avx2() {
 }
 
 } // namespace pyllm
+
+#else  // not x86: this ISA is not compiled here
+
+#include "kernels/kernels.h"
+namespace pyllm {
+const KernelTable* kernel_table_avx2() { return nullptr; }
+} // namespace pyllm
+
+#endif

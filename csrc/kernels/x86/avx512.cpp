@@ -3,6 +3,8 @@
 // activation quantizers and the F16 attention helpers. K-quants live in kquants_avx512.cpp; the
 // block-type dequantizers come from the AVX2 table (every AVX-512 CPU here runs AVX2).
 // Only kernel_table_avx512() has external linkage (see kernels/tiling.h for why).
+#if defined(__x86_64__) || defined(__i386__)
+
 #include <immintrin.h>
 
 #include <cstring>
@@ -355,3 +357,12 @@ const KernelTable* kernel_table_avx512() {
 }
 
 } // namespace pyllm
+
+#else  // not x86: this ISA is not compiled here
+
+#include "kernels/kernels.h"
+namespace pyllm {
+const KernelTable* kernel_table_avx512() { return nullptr; }
+} // namespace pyllm
+
+#endif

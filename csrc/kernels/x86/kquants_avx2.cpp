@@ -1,6 +1,8 @@
 // AVX2 K-quant kernels: GEMM of Q2_K..Q6_K weights against Q8_K activations, and the Q8_K
 // activation quantizer (byte-identical to quantize_row_q8_K). Compiled with the AVX2 flags.
 // The integer formulation is in kquant_scales.h.
+#if defined(__x86_64__) || defined(__i386__)
+
 #include <immintrin.h>
 
 #include <cstring>
@@ -149,3 +151,12 @@ void register_kquant_avx2_kernels(KernelTable& t) {
 }
 
 } // namespace pyllm
+
+#else  // not x86: nothing to register
+
+#include "kernels/kernels.h"
+namespace pyllm {
+void register_kquant_avx2_kernels(KernelTable&) {}
+} // namespace pyllm
+
+#endif

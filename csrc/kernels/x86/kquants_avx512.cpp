@@ -1,6 +1,8 @@
 // AVX-512 (BW, VNNI) K-quant kernels: GEMM of Q2_K..Q6_K weights against Q8_K activations, 64
 // elements per register, vpdpwssd fusing the scale multiply with the accumulation. The Q8_K
 // quantizer comes from the AVX2 table. The integer formulation is in kquant_scales.h.
+#if defined(__x86_64__) || defined(__i386__)
+
 #include <immintrin.h>
 
 #include "kernels/kernels.h"
@@ -137,3 +139,12 @@ void register_kquant_avx512_kernels(KernelTable& t) {
 }
 
 } // namespace pyllm
+
+#else  // not x86: nothing to register
+
+#include "kernels/kernels.h"
+namespace pyllm {
+void register_kquant_avx512_kernels(KernelTable&) {}
+} // namespace pyllm
+
+#endif
