@@ -100,6 +100,49 @@ py::array matmul(const std::string& isa, int type_id, u8_array w, int64_t k, f32
     return out;
 }
 
+// (rows, n) float32 -> (rows, row_size) uint8 with the ISA's activation quantizer (tests compare ISAs).
+py::array quantize_act(const std::string& isa, int type_id, f32_array x) {
+    const Type t = checked_type(type_id);
+    const KernelTable& kt = checked_table(isa);
+    if (x.ndim() != 2) fail(ErrorKind::invalid_argument, "quantize_act expects a 2-D float32 array");
+    const int64_t rows = x.shape(0), n = x.shape(1);
+    const TypeTraits& tt = type_traits(t);
+    if (n % tt.block_size) fail(ErrorKind::invalid_argument, std::string(tt.name) + " needs rows of a multiple of " + std::to_string(tt.block_size) + " elements");
+    if (!kt.quantize_act[t]) fail(ErrorKind::invalid_argument, std::string("no activation quantizer for ") + tt.name);
+    const size_t rs = row_size(t, n);
+    py::array_t<uint8_t> out({(py::ssize_t)rows, (py::ssize_t)rs});
+    const float* src = x.data();
+    uint8_t* dst = out.mutable_data();
+    {
+        py::gil_scoped_release nogil;
+        for (int64_t r = 0; r < rows; ++r) kt.quantize_act[t](src + r * n, dst + r * rs, n);
+    }
+    return out;
+}
+
+// The F16 attention helpers of one ISA, for tests.
+using u16_array = py::array_t<uint16_t, py::array::c_style | py::array::forcecast>;
+
+float dot_f16(const std::string& isa, u16_array x, f32_array y) {
+    if (x.ndim() != 1 || y.ndim() != 1 || x.shape(0) != y.shape(0)) fail(ErrorKind::invalid_argument, "dot_f16: x and y must be 1-D of one length");
+    return checked_table(isa).dot_f16(x.shape(0), x.data(), y.data());
+}
+
+py::array axpy_f16(const std::string& isa, float alpha, u16_array x, f32_array y) {
+    if (x.ndim() != 1 || y.ndim() != 1 || x.shape(0) != y.shape(0)) fail(ErrorKind::invalid_argument, "axpy_f16: x and y must be 1-D of one length");
+    py::array_t<float> out(y.shape(0));
+    std::memcpy(out.mutable_data(), y.data(), y.shape(0) * sizeof(float));
+    checked_table(isa).axpy_f16(x.shape(0), alpha, x.data(), out.mutable_data());
+    return out;
+}
+
+py::array f32_to_f16(const std::string& isa, f32_array x) {
+    if (x.ndim() != 1) fail(ErrorKind::invalid_argument, "f32_to_f16: x must be 1-D");
+    py::array_t<uint16_t> out(x.shape(0));
+    checked_table(isa).f32_to_f16(x.data(), out.mutable_data(), x.shape(0));
+    return out;
+}
+
 } // namespace
 
 void register_core(py::module_& m) {
@@ -132,6 +175,10 @@ void register_core(py::module_& m) {
     });
     m.def("quantize", &quantize, py::arg("type_id"), py::arg("x"));
     m.def("dequantize", &dequantize, py::arg("type_id"), py::arg("q"), py::arg("n"), py::arg("isa") = "");
+    m.def("quantize_act", &quantize_act, py::arg("isa"), py::arg("type_id"), py::arg("x"));
+    m.def("dot_f16", &dot_f16, py::arg("isa"), py::arg("x"), py::arg("y"));
+    m.def("axpy_f16", &axpy_f16, py::arg("isa"), py::arg("alpha"), py::arg("x"), py::arg("y"));
+    m.def("f32_to_f16", &f32_to_f16, py::arg("isa"), py::arg("x"));
     m.def("matmul", &matmul, py::arg("isa"), py::arg("type_id"), py::arg("w"), py::arg("k"), py::arg("x"));
 }
 

@@ -1,0 +1,232 @@
+// Standalone kernel test (no Python): every kernel table this CPU runs against the reference
+// table. Built by tools/test_neon.sh, cross-compiled for aarch64 and run under qemu, or natively
+// (x86: AVX2/AVX-512, optionally with sanitizers). The same checks as tests/test_kernels.py:
+//   gemm          within 1e-6 of the sum of |products| (float accumulation order only)
+//   quantize_act  byte-identical      to_float, f32_to_f16  bit-identical
+//   dot_f16/axpy  within float rounding
+// Prints "kernel_test: N passed, M failed" and exits non-zero on any failure.
+#include <cmath>
+#include <cstdio>
+#include <cstring>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "core/fp16.h"
+#include "kernels/kernels.h"
+#include "quant/blocks.h"
+#include "quant/types.h"
+
+using namespace pyllm;
+
+namespace {
+
+int g_passed = 0, g_failed = 0;
+
+void check(bool ok, const std::string& what) {
+    if (ok) { ++g_passed; return; }
+    ++g_failed;
+    if (g_failed <= 40) std::printf("FAIL %s\n", what.c_str());
+}
+
+// --- test data ------------------------------------------------------------------------------------
+
+struct Range { int lo, hi; };
+// Per weight type: offsets of f16 scale fields (kept finite and ordinary), byte ranges of quants
+// (randomized; zeroed to expose the offset part of a type with mins), and sub-block scale bytes
+// (randomized too).
+struct Layout { std::vector<int> halves; std::vector<Range> quants, scales; bool has_min; };
+
+const Layout* layout_of(Type t) {
+    static const Layout q4_0{{0}, {{2, 18}}, {}, false}, q4_1{{0, 2}, {{4, 20}}, {}, true},
+        q5_0{{0}, {{2, 22}}, {}, false}, q5_1{{0, 2}, {{4, 24}}, {}, true}, q8_0{{0}, {{2, 34}}, {}, false},
+        q2_K{{80, 82}, {{16, 80}}, {{0, 16}}, true}, q3_K{{108}, {{0, 96}}, {{96, 108}}, false},
+        q4_K{{0, 2}, {{16, 144}}, {{4, 16}}, true}, q5_K{{0, 2}, {{16, 176}}, {{4, 16}}, true},
+        q6_K{{208}, {{0, 192}}, {{192, 208}}, false};
+    switch (t) {
+        case TYPE_Q4_0: return &q4_0; case TYPE_Q4_1: return &q4_1; case TYPE_Q5_0: return &q5_0;
+        case TYPE_Q5_1: return &q5_1; case TYPE_Q8_0: return &q8_0; case TYPE_Q2_K: return &q2_K;
+        case TYPE_Q3_K: return &q3_K; case TYPE_Q4_K: return &q4_K; case TYPE_Q5_K: return &q5_K;
+        case TYPE_Q6_K: return &q6_K; default: return nullptr;
+    }
+}
+
+std::mt19937 g_rng(12345);
+
+std::vector<float> normal(size_t n, float scale = 1.0f) {
+    std::normal_distribution<float> nd(0.0f, scale);
+    std::vector<float> v(n);
+    for (auto& x : v) x = nd(g_rng);
+    return v;
+}
+
+// rows x k weights of type t, every bit pattern of quants and sub-block scales.
+std::vector<uint8_t> random_weights(Type t, int rows, int64_t k) {
+    const TypeTraits& tt = type_traits(t);
+    const size_t rs = row_size(t, k);
+    std::vector<uint8_t> w(rs * rows);
+    const std::vector<float> x = normal((size_t)rows * k);
+    for (int r = 0; r < rows; ++r) tt.from_float(x.data() + (size_t)r * k, w.data() + r * rs, k);
+    if (const Layout* L = layout_of(t)) {
+        std::uniform_int_distribution<int> byte(0, 255);
+        std::normal_distribution<float> nd(0.0f, 0.05f);
+        for (size_t b = 0; b < w.size(); b += tt.type_size) {
+            for (const auto* ranges : {&L->quants, &L->scales})
+                for (const Range& rg : *ranges)
+                    for (int j = rg.lo; j < rg.hi; ++j) w[b + j] = (uint8_t)byte(g_rng);
+            for (int off : L->halves) {
+                const uint16_t h = f32_to_fp16(nd(g_rng));
+                std::memcpy(&w[b + off], &h, 2);
+            }
+        }
+    }
+    return w;
+}
+
+std::vector<float> dequant(const KernelTable& ref, Type t, const uint8_t* q, int rows, int64_t k) {
+    std::vector<float> out((size_t)rows * k);
+    const size_t rs = row_size(t, k);
+    for (int r = 0; r < rows; ++r) ref.to_float[t](q + r * rs, out.data() + (size_t)r * k, k);
+    return out;
+}
+
+// --- checks ---------------------------------------------------------------------------------------
+
+void test_gemm(const KernelTable& kt, const KernelTable& ref, Type t, int64_t k) {
+    const TypeTraits& tt = type_traits(t);
+    const Type at = tt.vec_dot_type;
+    const int max_rows = 17, max_tok = 5;
+    const std::vector<uint8_t> w = random_weights(t, max_rows, k);
+    const std::vector<float> x = normal((size_t)max_tok * k);
+    const size_t w_rs = row_size(t, k), a_rs = row_size(at, k);
+    std::vector<uint8_t> act(a_rs * max_tok);
+    for (int i = 0; i < max_tok; ++i) ref.quantize_act[at](x.data() + (size_t)i * k, act.data() + i * a_rs, k);
+
+    // |w_j * a_j| summed, with w = d*q + m split into |d*q| + |m| for types with mins.
+    const std::vector<float> wf = dequant(ref, t, w.data(), max_rows, k);
+    const std::vector<float> af = at == TYPE_F32 ? x : dequant(ref, at, act.data(), max_tok, k);
+    std::vector<float> offset(wf.size(), 0.0f);
+    if (const Layout* L = layout_of(t); L && L->has_min) {
+        std::vector<uint8_t> zeroed = w;
+        for (size_t b = 0; b < zeroed.size(); b += tt.type_size)
+            for (const Range& rg : L->quants) std::memset(&zeroed[b + rg.lo], 0, rg.hi - rg.lo);
+        offset = dequant(ref, t, zeroed.data(), max_rows, k);
+    }
+
+    for (int rows : {1, 3, 8, 17}) {
+        for (int n_tok : {1, 2, 3, 5}) {
+            std::vector<float> got((size_t)rows * n_tok), want((size_t)rows * n_tok);
+            kt.gemm[t](k, w.data(), w_rs, rows, act.data(), a_rs, n_tok, got.data(), rows);
+            ref.gemm[t](k, w.data(), w_rs, rows, act.data(), a_rs, n_tok, want.data(), rows);
+            double worst = 0.0;
+            for (int tk = 0; tk < n_tok; ++tk)
+                for (int r = 0; r < rows; ++r) {
+                    double mag = 0.0;
+                    for (int64_t j = 0; j < k; ++j) {
+                        const double o = offset[(size_t)r * k + j];
+                        mag += (std::fabs(wf[(size_t)r * k + j] - o) + std::fabs(o)) * std::fabs(af[(size_t)tk * k + j]);
+                    }
+                    const double err = std::fabs((double)got[tk * rows + r] - want[tk * rows + r]) / (mag + 1e-30);
+                    if (!(err <= worst)) worst = err;  // NaN counts as worst
+                }
+            check(worst <= 1e-6, std::string(kt.isa) + " gemm " + tt.name + " k=" + std::to_string(k) + " rows=" +
+                  std::to_string(rows) + " n_tok=" + std::to_string(n_tok) + " rel err " + std::to_string(worst));
+        }
+    }
+}
+
+void test_quantize_act(const KernelTable& kt, const KernelTable& ref, Type at) {
+    const int64_t k = at == TYPE_Q8_K ? 4352 : 4128;
+    std::vector<std::vector<float>> rows;
+    for (float s : {1.0f, 1e-3f, 1e3f, 1e-8f, 3e6f}) rows.push_back(normal(k, s));
+    rows.push_back(std::vector<float>(k, 0.0f));
+    const float halves[] = {127.0f, 0.5f, 1.5f, 2.5f, -0.5f, -1.5f, -2.5f, 126.5f, -126.5f, 3.49999f};
+    const float tiny[] = {0.0f, -0.0f, 1e-35f, -3e-36f};
+    std::vector<float> h(k), ty(k), ties(k);
+    for (int64_t j = 0; j < k; ++j) { h[j] = halves[j % 10]; ty[j] = tiny[j % 4]; ties[j] = (j % 7 == 3) ? -5.0f : ((j % 7 == 5) ? 5.0f : 0.25f); }
+    rows.push_back(h);
+    rows.push_back(ty);
+    rows.push_back(ties);  // +-amax ties: the first one's sign wins (Q8_K)
+    const size_t rs = row_size(at, k);
+    for (size_t i = 0; i < rows.size(); ++i) {
+        std::vector<uint8_t> got(rs), want(rs);
+        kt.quantize_act[at](rows[i].data(), got.data(), k);
+        ref.quantize_act[at](rows[i].data(), want.data(), k);
+        check(got == want, std::string(kt.isa) + " quantize_act " + type_traits(at).name + " row " + std::to_string(i));
+    }
+}
+
+void test_to_float(const KernelTable& kt, const KernelTable& ref, Type t) {
+    const int64_t k = type_traits(t).block_size == QK_K ? 4352 : (type_traits(t).block_size == 1 ? 4131 : 4128);
+    std::vector<uint8_t> q;
+    if (t == TYPE_Q8_1) {
+        const std::vector<float> x = normal(3 * k);
+        q.resize(row_size(t, k) * 3);
+        for (int r = 0; r < 3; ++r) ref.quantize_act[t](x.data() + r * k, q.data() + r * row_size(t, k), k);
+    } else {
+        q = random_weights(t, 3, k);
+    }
+    const std::vector<float> got = dequant(kt, t, q.data(), 3, k), want = dequant(ref, t, q.data(), 3, k);
+    check(std::memcmp(got.data(), want.data(), got.size() * sizeof(float)) == 0,
+          std::string(kt.isa) + " to_float " + type_traits(t).name);
+}
+
+void test_f16_helpers(const KernelTable& kt, const KernelTable& ref) {
+    for (int n : {1, 7, 8, 31, 64, 129, 1001}) {
+        std::vector<float> x = normal(n), y = normal(n);
+        x.push_back(65520.0f); x.push_back(65519.99f); x.push_back(std::ldexp(1.0f, -25)); x.push_back(3 * std::ldexp(1.0f, -26));
+        std::vector<uint16_t> got(x.size()), want(x.size());
+        kt.f32_to_f16(x.data(), got.data(), (int64_t)x.size());
+        ref.f32_to_f16(x.data(), want.data(), (int64_t)x.size());
+        check(got == want, std::string(kt.isa) + " f32_to_f16 n=" + std::to_string(n));
+
+        std::vector<uint16_t> xh(n);
+        ref.f32_to_f16(x.data(), xh.data(), n);
+        double mag = 0.0;
+        for (int i = 0; i < n; ++i) mag += std::fabs(fp16_to_f32(xh[i]) * y[i]);
+        const float d1 = kt.dot_f16(n, xh.data(), y.data()), d2 = ref.dot_f16(n, xh.data(), y.data());
+        check(std::fabs(d1 - d2) <= 1e-6 * mag + 1e-30, std::string(kt.isa) + " dot_f16 n=" + std::to_string(n));
+
+        std::vector<float> y1 = y, y2 = y;
+        kt.axpy_f16(n, 0.37f, xh.data(), y1.data());
+        ref.axpy_f16(n, 0.37f, xh.data(), y2.data());
+        bool ok = true;
+        for (int i = 0; i < n; ++i) ok &= std::fabs(y1[i] - y2[i]) <= 2e-7 * (std::fabs(y[i]) + std::fabs(0.37f * fp16_to_f32(xh[i]))) + 1e-30;
+        check(ok, std::string(kt.isa) + " axpy_f16 n=" + std::to_string(n));
+    }
+}
+
+} // namespace
+
+int main() {
+    const KernelTable& ref = *kernel_table_ref();
+    int n_isa = 0;
+    const char* const* isas = available_isas(&n_isa);
+    std::printf("kernel_test: cpu features '%s', tables:", cpu_features());
+    for (int i = 0; i < n_isa; ++i) std::printf(" %s", isas[i]);
+    std::printf("\n");
+    int tested = 0;
+    for (int i = 0; i < n_isa; ++i) {
+        if (std::strcmp(isas[i], "ref") == 0) continue;
+        const KernelTable& kt = *kernel_table_by_name(isas[i]);
+        ++tested;
+        for (int id = 0; id < TYPE_COUNT; ++id) {
+            if (!type_is_known(id)) continue;
+            const Type t = (Type)id;
+            const TypeTraits& tt = type_traits(t);
+            if (kt.gemm[t] && ref.gemm[t]) {
+                std::vector<int64_t> ks;
+                if (tt.block_size == 1) ks = {1, 31, 33, 257, 4128};
+                else if (tt.block_size == QK_K) ks = {256, 768, 4352};
+                else ks = {32, 64, 96, 256, 4128};
+                for (int64_t k : ks) test_gemm(kt, ref, t, k);
+            }
+            if (kt.to_float[t] && t != TYPE_Q8_K && t != TYPE_F32) test_to_float(kt, ref, t);
+        }
+        for (Type at : {TYPE_Q8_0, TYPE_Q8_1, TYPE_Q8_K}) test_quantize_act(kt, ref, at);
+        test_f16_helpers(kt, ref);
+    }
+    if (tested == 0) check(false, "no SIMD table runs on this CPU/build");
+    std::printf("kernel_test: %d passed, %d failed\n", g_passed, g_failed);
+    return g_failed ? 1 : 0;
+}

@@ -1,0 +1,237 @@
+"""Every SIMD kernel table against the reference table (kernels/ref, the truth).
+
+GEMM results may differ from the reference only by float accumulation order (the integer parts are
+exact), so they are compared within a small multiple of float epsilon times the sum of |products|.
+Activation quantizers, dequantizers and f32->f16 must be bit-identical to the reference.
+"""
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from pyllm import _core
+
+SIMD_ISAS = [isa for isa in _core.available_isas() if isa != "ref"]
+
+F32, F16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q8_1 = 0, 1, 2, 3, 6, 7, 8, 9
+Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, Q8_K, BF16 = 10, 11, 12, 13, 14, 15, 30
+
+# Byte layout facts per weight type: offsets of the f16 scale fields (kept finite and of ordinary
+# size), the byte ranges holding quants (zeroed to expose the offset part of a type with mins), and
+# for K-quants the sub-block scale bytes, randomized along with the quants.
+LAYOUT = {
+    Q4_0: dict(halves=[0], quants=[(2, 18)]),
+    Q4_1: dict(halves=[0, 2], quants=[(4, 20)], has_min=True),
+    Q5_0: dict(halves=[0], quants=[(2, 22)]),
+    Q5_1: dict(halves=[0, 2], quants=[(4, 24)], has_min=True),
+    Q8_0: dict(halves=[0], quants=[(2, 34)]),
+    Q2_K: dict(halves=[80, 82], quants=[(16, 80)], scales=[(0, 16)], has_min=True),
+    Q3_K: dict(halves=[108], quants=[(0, 96)], scales=[(96, 108)]),
+    Q4_K: dict(halves=[0, 2], quants=[(16, 144)], scales=[(4, 16)], has_min=True),
+    Q5_K: dict(halves=[0, 2], quants=[(16, 176)], scales=[(4, 16)], has_min=True),
+    Q6_K: dict(halves=[208], quants=[(0, 192)], scales=[(192, 208)]),
+}
+FLOAT_TYPES = [F32, F16, BF16]
+BLOCK32_TYPES = [Q4_0, Q4_1, Q5_0, Q5_1, Q8_0]
+KQUANT_TYPES = [Q2_K, Q3_K, Q4_K, Q5_K, Q6_K]
+
+N_ROWS = [1, 3, 8, 17, 33]
+N_TOK = [1, 2, 3, 5, 8, 17]
+
+
+def sizes_for(type_id):
+    """Row lengths: odd block counts, and for float types lengths no SIMD width divides."""
+    if type_id in FLOAT_TYPES:
+        return [1, 31, 33, 257, 4128]
+    if type_id in KQUANT_TYPES:
+        return [256, 768, 4352]
+    return [32, 96, 256, 4128]
+
+
+def random_weights(rng, type_id, rows, k):
+    """Weights of every bit pattern: quantize random floats, then randomize the quant bytes while
+    keeping the f16 scales finite and of ordinary size."""
+    x = rng.standard_normal((rows, k)).astype(np.float32)
+    q = _core.quantize(type_id, x)
+    if type_id in LAYOUT:
+        info = _core.type_info(type_id)
+        blocks = q.reshape(rows, -1, info["type_size"])
+        for lo, hi in LAYOUT[type_id]["quants"] + LAYOUT[type_id].get("scales", []):
+            blocks[:, :, lo:hi] = rng.integers(0, 256, blocks[:, :, lo:hi].shape, dtype=np.uint8)
+        for off in LAYOUT[type_id]["halves"]:
+            h = (rng.standard_normal(blocks.shape[:2]) * 0.05).astype(np.float16)
+            blocks[:, :, off:off + 2] = h.view(np.uint8).reshape(rows, -1, 2)
+    return q
+
+
+def dequant(type_id, q, k, isa="ref"):
+    return _core.dequantize(type_id, q, k, isa)
+
+
+def product_magnitude(type_id, wq, k, x):
+    """sum_j |w_j * a_j| per (token, row) as the reference sees the operands, the scale that float
+    rounding errors are relative to. For types with mins, w = d*q + m is split into |d*q| + |m|."""
+    w = dequant(type_id, wq, k).astype(np.float64)
+    act_type = _core.type_info(type_id)["vec_dot_type"]
+    a = x if act_type == F32 else dequant(act_type, _core.quantize_act("ref", act_type, x), k)
+    a = np.abs(a.astype(np.float64))
+    if not LAYOUT.get(type_id, {}).get("has_min"):
+        return a @ np.abs(w).T
+    zeroed = wq.reshape(wq.shape[0], -1, _core.type_info(type_id)["type_size"]).copy()
+    for lo, hi in LAYOUT[type_id]["quants"]:
+        zeroed[:, :, lo:hi] = 0
+    offset = dequant(type_id, zeroed.reshape(wq.shape), k).astype(np.float64)
+    return a @ (np.abs(w - offset) + np.abs(offset)).T
+
+
+# --- GEMM ----------------------------------------------------------------------------------------
+
+GEMM_CASES = [(isa, t, k) for isa in SIMD_ISAS for t in FLOAT_TYPES + BLOCK32_TYPES + KQUANT_TYPES
+              for k in sizes_for(t)]
+
+
+@pytest.mark.parametrize("isa,type_id,k", GEMM_CASES)
+def test_gemm_matches_reference(isa, type_id, k):
+    rng = np.random.default_rng(1000 * type_id + k)
+    w = random_weights(rng, type_id, max(N_ROWS), k)
+    x = rng.standard_normal((max(N_TOK), k)).astype(np.float32)
+    mag = product_magnitude(type_id, w, k, x)
+    # Seen: <= 2e-7 (a few float ulps of the magnitude). One wrong element product out of k would
+    # be ~1/k = 2e-4 at the largest k.
+    rtol = 1e-6
+    for rows in N_ROWS:
+        for n_tok in N_TOK:
+            got = _core.matmul(isa, type_id, w[:rows], k, x[:n_tok])
+            want = _core.matmul("ref", type_id, w[:rows], k, x[:n_tok])
+            assert got.shape == (n_tok, rows)
+            err = np.abs(got.astype(np.float64) - want) / (mag[:n_tok, :rows] + 1e-30)
+            assert err.max() <= rtol, f"{isa} type {type_id} k={k} rows={rows} n_tok={n_tok}: rel err {err.max():.3g}"
+
+
+@pytest.mark.parametrize("isa", SIMD_ISAS)
+def test_gemm_output_stride_and_rows_subset(isa):
+    """A tile must write exactly its own outputs: a row subset of a bigger W gives the same numbers."""
+    rng = np.random.default_rng(7)
+    k = 256
+    w = random_weights(rng, Q4_0, 40, k)
+    x = rng.standard_normal((9, k)).astype(np.float32)
+    full = _core.matmul(isa, Q4_0, w, k, x)
+    part = _core.matmul(isa, Q4_0, w[5:18], k, x)
+    np.testing.assert_array_equal(full[:, 5:18], part)
+
+
+# --- activation quantizers ------------------------------------------------------------------------
+
+def activation_rows(rng, k):
+    rows = [rng.standard_normal(k) * s for s in (1.0, 1e-3, 1e3, 1e-8, 3e6)]
+    rows.append(np.zeros(k))
+    # amax 127 makes d = 1 and id = 1: the other values are quantized as they are, so exact .5 cases
+    # test round-half-away-from-zero (half-to-even rounding would give 0, 2, 2, -0, -2, -2).
+    halves = np.resize(np.array([127.0, 0.5, 1.5, 2.5, -0.5, -1.5, -2.5, 126.5, -126.5, 3.49999]), k)
+    rows.append(halves)
+    rows.append(np.resize(np.array([0.0, -0.0, 1e-35, -3e-36]), k))  # d far below the f16 range
+    ties = np.where(np.arange(k) % 7 == 3, -5.0, np.where(np.arange(k) % 7 == 5, 5.0, 0.25))
+    rows.append(ties)  # +-amax ties: Q8_K keeps the sign of the first
+    spiky = rng.standard_normal(k) * 1e-2
+    spiky[::37] = 50.0
+    rows.append(spiky)
+    return np.array(rows, dtype=np.float32)
+
+
+ACT_CASES = [(isa, t) for isa in SIMD_ISAS for t in (Q8_0, Q8_1, Q8_K)]
+
+
+@pytest.mark.parametrize("isa,act_type", ACT_CASES)
+def test_quantize_act_bit_identical(isa, act_type):
+    rng = np.random.default_rng(act_type)
+    k = 4352 if act_type == Q8_K else 4128
+    x = activation_rows(rng, k)
+    want = _core.quantize_act("ref", act_type, x)
+    got = _core.quantize_act(isa, act_type, x)
+    bad = np.nonzero((got != want).any(axis=1))[0]
+    assert bad.size == 0, f"{isa} rows {bad.tolist()} differ from the reference"
+
+
+# --- dequantizers and f16 helpers -----------------------------------------------------------------
+
+DEQ_CASES = [(isa, t) for isa in SIMD_ISAS for t in FLOAT_TYPES + BLOCK32_TYPES + KQUANT_TYPES + [Q8_1]]
+
+
+@pytest.mark.parametrize("isa,type_id", DEQ_CASES)
+def test_to_float_bit_identical(isa, type_id):
+    rng = np.random.default_rng(type_id + 99)
+    k = 4352 if type_id in KQUANT_TYPES else (4128 if type_id not in FLOAT_TYPES else 4131)
+    if type_id == Q8_1:
+        q = _core.quantize_act("ref", Q8_1, rng.standard_normal((5, k)).astype(np.float32))
+    else:
+        q = random_weights(rng, type_id, 5, k)
+    want = dequant(type_id, q, k, "ref")
+    got = dequant(type_id, q, k, isa)
+    np.testing.assert_array_equal(got.view(np.uint32), want.view(np.uint32))
+
+
+@pytest.mark.parametrize("isa", SIMD_ISAS)
+def test_f32_to_f16_bit_identical(isa):
+    rng = np.random.default_rng(3)
+    x = np.concatenate([rng.standard_normal(1001) * s for s in (1.0, 1e-6, 1e4, 7e4)]).astype(np.float32)
+    x = np.concatenate([x, np.float32([65504, 65519.99, 65520, -65520, 2.0**-25, 2.0**-24, 3 * 2.0**-26, 0.0, -0.0])])
+    np.testing.assert_array_equal(_core.f32_to_f16(isa, x), _core.f32_to_f16("ref", x))
+    with np.errstate(over="ignore"):  # numpy warns on the values that become inf, as intended
+        as_numpy = x.astype(np.float16).view(np.uint16)
+    np.testing.assert_array_equal(_core.f32_to_f16(isa, x), as_numpy)
+
+
+@pytest.mark.parametrize("isa", SIMD_ISAS)
+@pytest.mark.parametrize("n", [1, 7, 8, 31, 64, 129])
+def test_f16_attention_helpers(isa, n):
+    rng = np.random.default_rng(n)
+    xh = rng.standard_normal(n).astype(np.float16)
+    y = rng.standard_normal(n).astype(np.float32)
+    x = xh.astype(np.float64)
+    mag = np.abs(x) @ np.abs(y)
+    got = _core.dot_f16(isa, xh.view(np.uint16), y)
+    assert abs(got - x @ y) <= 1e-6 * mag + 1e-30
+    assert abs(got - _core.dot_f16("ref", xh.view(np.uint16), y)) <= 1e-6 * mag + 1e-30
+    alpha = 0.37
+    got = _core.axpy_f16(isa, alpha, xh.view(np.uint16), y)
+    want = y.astype(np.float64) + alpha * x
+    np.testing.assert_allclose(got, want, rtol=2e-7, atol=1e-7)
+
+
+# --- dispatch ---------------------------------------------------------------------------------------
+
+def _run_isa(env_value):
+    env = dict(os.environ, PYLLM_ISA=env_value)
+    code = ("import pyllm._core as c\n"
+            "try:\n    print('ISA', c.isa())\nexcept ValueError as e:\n    print('ValueError', e)\n")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    return out.stdout.strip()
+
+
+def test_pyllm_isa_forces_reference():
+    assert _run_isa("ref") == "ISA ref"
+
+
+@pytest.mark.parametrize("isa", SIMD_ISAS)
+def test_pyllm_isa_forces_each_available_table(isa):
+    assert _run_isa(isa) == f"ISA {isa}"
+
+
+def test_pyllm_isa_bogus_raises_value_error():
+    out = _run_isa("bogus")
+    assert out.startswith("ValueError") and "bogus" in out and "ref" in out
+
+
+def test_cpu_features_imply_tables():
+    feats = set(_core.cpu_features().split())
+    isas = _core.available_isas()
+    assert isas[-1] == "ref"
+    if {"avx2", "fma", "f16c"} <= feats:
+        assert "avx2" in isas
+    if {"avx512f", "avx512bw", "avx512vl", "avx512dq", "avx512vnni"} <= feats:
+        assert "avx512" in isas
+    if {"neon", "dotprod", "fp16"} <= feats:
+        assert "neon" in isas
+    assert _core.isa() == isas[0] or os.environ.get("PYLLM_ISA")
