@@ -11,14 +11,15 @@ from make_tiny_gguf import make_tiny_model, reference_logits  # noqa: E402
 
 import pyllm  # noqa: E402
 
-IDS = [5, 77, 130, 3, 250, 42, 42, 199, 12, 300, 1, 64]
+# Independent short prompts: a rounding flip (below) spoils only the prompt it happens in.
+PROMPTS = [[5, 77, 130, 3, 250, 42], [42, 199, 12, 300, 1, 64], [7, 7, 7, 260, 261, 8], [310, 0, 99, 150, 33, 201]]
 
 # The reference rounds matmul inputs to the same 8-bit activation formats and stores K/V as f16,
 # so a correct forward matches it to float rounding. But float32-vs-float64 inputs occasionally
 # land on the other side of an 8-bit rounding boundary, and this random network amplifies one
-# such flip into a few percent for that token and the tokens after it. So: several tokens must match
-# to `tol` (relative to the logits' spread), and none may be grossly off. A real bug (a wrong
-# scale, offset, layout or rope) breaks every token.
+# such flip into a few percent for that token and the tokens after it (about one prompt in six
+# here). So: some prompt must match to `tol` (relative to the logits' spread) at every token, and
+# none may be grossly off. A real bug (a wrong scale, offset, layout or rope) breaks every prompt.
 CASES = [(t, 1e-3) for t in ("F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1",
                               "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K")]
 
@@ -30,15 +31,19 @@ def test_logits_match_numpy_reference(tmp_path, weight_type, tol, arch):
         pytest.skip("qwen2's differences (biases, neox rope) are type-independent; three types cover it")
     path = tmp_path / f"tiny-{arch}-{weight_type}.gguf"
     make_tiny_model(path, weight_type, arch)
-    ref = reference_logits(path, IDS)
     with pyllm.Model(path, n_ctx=64, n_threads=2) as m:
-        got = m.logits(IDS)
-        err = np.abs(got - ref).max(1) / ref.std()  # per token
-        print(f"{arch} {weight_type}: per-token max |diff| / std:", " ".join(f"{e:.1e}" for e in err))
-        assert (err < tol).sum() >= 3  # a flip spreads to the tokens after it, a bug to all
-        assert err.max() < 0.1
-        assert (got.argmax(1) == ref.argmax(1)).mean() >= 0.9
-        # Decoding one token at a time through the cache gives the batched result.
-        stepped = np.stack([m.logits([IDS[0]])[0]] + [m._ctx.eval(np.array([t], np.int32), False) for t in IDS[1:]])
-        np.testing.assert_allclose(stepped, got, atol=0.1 * ref.std())
-        assert (np.abs(stepped - got).max(1) < tol * ref.std()).sum() >= 3
+        exact_prompts, exact_steps = 0, 0
+        for ids in PROMPTS:
+            ref = reference_logits(path, ids)
+            got = m.logits(ids)
+            err = np.abs(got - ref).max(1) / ref.std()  # per token
+            print(f"{arch} {weight_type}: per-token max |diff| / std:", " ".join(f"{e:.1e}" for e in err))
+            assert err.max() < 0.1
+            assert (got.argmax(1) == ref.argmax(1)).mean() >= 0.8
+            exact_prompts += bool(err.max() < tol)
+            # Decoding one token at a time through the cache gives the batched result.
+            stepped = np.stack([m.logits([ids[0]])[0]] + [m._ctx.eval(np.array([t], np.int32), False) for t in ids[1:]])
+            step_err = np.abs(stepped - got).max(1) / ref.std()
+            assert step_err.max() < 0.1
+            exact_steps += bool(step_err.max() < tol)
+        assert exact_prompts >= 1 and exact_steps >= 1
