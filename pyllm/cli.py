@@ -92,6 +92,13 @@ def cmd_info(args) -> int:
     n_bytes = sum(t["nbytes"] for t in tensors.values())
     print(f"tensors: {n_params / 1e6:.1f}M parameters, {n_bytes / 2**20:.1f} MiB, "
           f"{8 * n_bytes / max(n_params, 1):.2f} bits/weight; " + ", ".join(f"{k} x{v}" for k, v in by_type.most_common()))
+    if args.check:
+        bad = f.nonfinite_tensors()
+        for name, n in bad:
+            print(f"  NOT FINITE: {name}: {n} NaN/inf values")
+        print(f"check: {len(bad)} of {len(tensors)} tensors hold NaN or inf" if bad else f"check: all {len(tensors)} tensors are finite")
+        if bad:
+            return 1
     if args.tensors:
         for name, t in tensors.items():
             print(f"  {name:40s} {t['type_name']:6s} {str(t['shape']):20s} {t['nbytes']:>12d} bytes @ {t['offset']}")
@@ -137,6 +144,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tensors", action="store_true", help="list every tensor")
     p.add_argument("--full", action="store_true", help="print long arrays in full")
     p.add_argument("--json", action="store_true")
+    p.add_argument("--check", action="store_true", help="scan every tensor for NaN/inf (exit 1 if any)")
     p.set_defaults(func=cmd_info)
 
     p = sub.add_parser("system", help="kernel ISA chosen for this CPU, features, threads")

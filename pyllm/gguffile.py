@@ -55,6 +55,16 @@ class GGUFFile:
         raw = self.tensor_bytes(name).reshape(rows, info["nbytes"] // rows)
         return _core.dequantize(info["type"], raw, row_length).reshape(tuple(reversed(info["shape"])))
 
+    def nonfinite_tensors(self) -> list[tuple[str, int]]:
+        """Names of tensors holding NaN or inf, with how many such values (dequantizes each)."""
+        bad = []
+        for name in self.tensors:
+            x = self.tensor_array(name)
+            n = int(x.size - np.count_nonzero(np.isfinite(x)))
+            if n:
+                bad.append((name, n))
+        return bad
+
     def close(self) -> None:
         """Drops the reader's hold on the mapping; arrays from tensor_bytes() stay valid."""
         self._reader.close()
