@@ -61,7 +61,17 @@ void gemm_tiled(int64_t k, const void* w, size_t w_stride, int64_t n_rows,
     }
     if (n_tok == 1) {  // decode: a tight walk down the rows, every weight byte read once
         int64_t r = 0;
-        for (; r + MK::kDecodeRows <= n_rows; r += MK::kDecodeRows) MK::template tile<MK::kDecodeRows, 1>(g, r, 0);
+        // Prefetch the rows a few tiles ahead: the rows are contiguous, but each tile reads
+        // kDecodeRows separate streams, more than the hardware prefetcher tracks well.
+        constexpr int64_t kAhead = 2 * MK::kDecodeRows;
+        const size_t tile_bytes = (size_t)MK::kDecodeRows * w_stride;
+        for (; r + MK::kDecodeRows <= n_rows; r += MK::kDecodeRows) {
+            if (r + kAhead + MK::kDecodeRows <= n_rows) {
+                const uint8_t* next = g.w + (r + kAhead) * w_stride;
+                for (size_t off = 0; off < tile_bytes; off += 64) __builtin_prefetch(next + off, 0, 0);
+            }
+            MK::template tile<MK::kDecodeRows, 1>(g, r, 0);
+        }
         if (r < n_rows) tile_rows<MK, 1, MK::kDecodeRows>(g, (int)(n_rows - r), r, 0);
         return;
     }
