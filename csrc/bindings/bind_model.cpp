@@ -4,6 +4,7 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <algorithm>
 #include <memory>
 #include <mutex>
 
@@ -143,6 +144,22 @@ void register_model(py::module_& m) {
                  }
                  return next;
              }, py::arg("tokens"), py::arg("sampler"))
+        // n greedy decode steps entirely in C++ (engine-level decode speed, allocation checks):
+        // feeds `token`, then each argmax. Returns the generated ids.
+        .def("decode_steps", [](PyContext& c, int32_t token, int n) {
+                 std::vector<int32_t> out(n > 0 ? n : 0);
+                 {
+                     py::gil_scoped_release nogil;
+                     std::lock_guard<std::mutex> l(c.busy);
+                     const float* lg = c.last_logits.data();
+                     for (int i = 0; i < n; ++i) {
+                         c.ctx->eval(&token, 1, c.last_logits.data(), false, python_interrupted);
+                         token = (int32_t)(std::max_element(lg, lg + c.last_logits.size()) - lg);
+                         out[i] = token;
+                     }
+                 }
+                 return out;
+             }, py::arg("token"), py::arg("n"))
         .def("last_logits", [](PyContext& c) { return py::array_t<float>(c.last_logits.size(), c.last_logits.data()); });
 
     py::class_<Sampler>(m, "Sampler")
