@@ -207,6 +207,11 @@ class _GuardedEnvironment(ImmutableSandboxedEnvironment):
 
     checked_value = staticmethod(_check_value)
 
+    def unsafe_undefined(self, obj, attribute):
+        # jinja returns a silent Undefined (it renders as ''); a template that reaches for an
+        # unsafe attribute, even through |attr or a format string, is hostile: stop it.
+        raise SecurityError(f"access to attribute {attribute!r} of {type(obj).__name__!r} object is unsafe")
+
     def call_binop(self, context, operator, left, right):
         if operator == "*":
             for seq, n in ((left, right), (right, left)):
