@@ -21,7 +21,6 @@ from typing import Any, Iterable, Sequence
 
 import jinja2
 import jinja2.ext
-import jinja2.nodes
 from jinja2.compiler import CodeGenerator
 from jinja2.exceptions import SecurityError, TemplateError
 from jinja2.sandbox import ImmutableSandboxedEnvironment

@@ -134,8 +134,9 @@ def _timed(tokens: Iterator[int], info: Completion, stats: GenerationStats) -> I
         tokens.close()
         if first is None:
             stats.prompt_seconds = time.perf_counter() - start
-        stats.n_prompt = info.n_prompt_tokens
-        stats.n_reused = info.n_reused_tokens
+        if info.n_prompt_tokens:   # zero if generation never started
+            stats.n_prompt = info.n_prompt_tokens
+            stats.n_reused = info.n_reused_tokens
 
 
 def stream_text(model: Model, ids: list[int], max_tokens: int | None, params: SamplingParams,
