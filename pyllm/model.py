@@ -328,3 +328,21 @@ class Model:
         finally:
             tokens.close()
             info.text = "".join(text)
+
+    # --- OpenAI-shaped API (implemented in pyllm/completions.py)
+
+    def create_chat_completion(self, messages, **kwargs):
+        """OpenAI-shaped chat completion dict, or with stream=True an iterator of chunk dicts.
+        See pyllm.completions.create_chat_completion for the arguments."""
+        from pyllm import completions
+        return completions.create_chat_completion(self, messages, **kwargs)
+
+    def create_completion(self, prompt, **kwargs):
+        """OpenAI-shaped text completion dict (or chunks with stream=True) for a raw prompt."""
+        from pyllm import completions
+        return completions.create_completion(self, prompt, **kwargs)
+
+    def chat(self, messages, **kwargs) -> str:
+        """The assistant's reply to `messages` (a list of role/content dicts, or one user string)."""
+        from pyllm import completions
+        return completions.chat(self, messages, **kwargs)

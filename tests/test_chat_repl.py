@@ -1,0 +1,223 @@
+"""`python -m pyllm.chat` driven in a real pseudo-terminal (pexpect): a two-turn conversation with
+prefix reuse, the commands, Ctrl-C during a reply and then another question, context overflow,
+/save and /load, the default model, a hostile --chat-template, and clean exits."""
+import json
+import os
+import re
+import shutil
+import sys
+from pathlib import Path
+
+import pexpect
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+TIMEOUT = 300          # generation runs on the scalar kernels of a shared machine: be patient
+PROMPT = ">>> "
+
+
+def spawn(args, cache_dir: Path, model: Path | None = None) -> pexpect.spawn:
+    env = dict(os.environ, PYTHONPATH=str(ROOT), PYLLM_CACHE_DIR=str(cache_dir), TERM="dumb")
+    argv = ["-m", "pyllm.chat"] + ([str(model)] if model else []) + list(args)
+    child = pexpect.spawn(sys.executable, argv, env=env, encoding="utf-8", timeout=TIMEOUT,
+                          dimensions=(50, 200))
+    return child
+
+
+def send(child: pexpect.spawn, line: str) -> str:
+    """Sends a line and returns everything printed until the next prompt."""
+    child.sendline(line)
+    child.expect_exact(PROMPT)
+    return child.before
+
+
+def finish(child: pexpect.spawn) -> int:
+    child.sendcontrol("d")
+    child.expect(pexpect.EOF)
+    child.close()
+    return child.exitstatus
+
+
+def stats(child: pexpect.spawn) -> tuple[int, int, int]:
+    out = send(child, "/stats")
+    m = re.search(r"prompt: (\d+) tokens, (\d+) evaluated, (\d+) reused", out)
+    assert m, out
+    assert re.search(r"reply:\s+\d+ tokens", out), out
+    return tuple(int(x) for x in m.groups())
+
+
+def n_messages(child: pexpect.spawn) -> int:
+    m = re.search(r"messages:\s+(\d+)", send(child, "/show"))
+    assert m
+    return int(m.group(1))
+
+
+@pytest.fixture
+def cache_dir(tmp_path):
+    d = tmp_path / "cache"
+    d.mkdir()
+    return d
+
+
+@pytest.mark.slow
+def test_conversation_commands_and_ctrl_c(smollm2_path, cache_dir):
+    child = spawn(["--temperature", "0", "--max-tokens", "6", "--system", "Be brief.", "--ctx", "256"],
+                  cache_dir, smollm2_path)
+    child.expect_exact(PROMPT)
+    assert "/regen" in send(child, "/help")
+
+    reply1 = send(child, "Reply with one word: hello")
+    assert "Hello" in reply1
+    n_prompt1, evaluated1, reused1 = stats(child)
+    assert reused1 == 0 and evaluated1 == n_prompt1
+
+    send(child, "And in French?")
+    n_prompt2, evaluated2, reused2 = stats(child)
+    assert reused2 >= n_prompt1                      # the first turn was not evaluated again
+    assert evaluated2 == n_prompt2 - reused2 and evaluated2 < n_prompt2 - n_prompt1 + 8
+    assert n_messages(child) == 4
+
+    assert "[max_tokens = 200]" in send(child, "/set max_tokens 200")
+    assert "error" in send(child, "/set temperature warm")
+    assert "unknown setting" in send(child, "/set bogus 1")
+
+    # Ctrl-C while the reply streams: back at the prompt, the partial reply kept.
+    question = "Write a long story about a dragon and a knight."
+    child.sendline(question)
+    child.expect_exact(question)
+    child.expect(r"\r\n")
+    child.expect(r"[A-Za-z]")                        # the reply has started
+    child.sendintr()
+    child.expect_exact("[interrupted]")
+    child.expect_exact(PROMPT)
+    assert n_messages(child) == 6
+
+    assert "[max_tokens = 4]" in send(child, "/set max_tokens 4")
+    reply = send(child, "Reply with one word: yes")
+    assert re.search(r"\w", reply.split("yes", 1)[1])   # a reply after the echoed question
+    assert n_messages(child) == 8
+
+    regen = send(child, "/regen")
+    assert re.search(r"\w", regen.split("/regen", 1)[1])
+    assert n_messages(child) == 8
+
+    assert "[system prompt set: You are a pirate.]" in send(child, "/system You are a pirate.")
+    assert "You are a pirate." in send(child, "/show")
+    assert "[conversation cleared]" in send(child, "/clear")
+    assert n_messages(child) == 0
+    assert "unknown command /frobnicate" in send(child, "/frobnicate")
+    assert finish(child) == 0
+    history = (cache_dir / "chat_history").read_text()
+    assert "Reply with one word: hello" in history and "/set max_tokens 200" in history
+
+
+def test_context_overflow_drops_oldest_turns(smollm2_path, cache_dir, tmp_path):
+    """A loaded conversation that outgrows a 96-token context: the oldest turns go, the system
+    prompt stays, a one-line notice, a reply, no crash. Then a message that cannot fit at all."""
+    turns = []
+    for i in range(6):
+        turns += [{"role": "user", "content": f"Tell me fact number {i} about the sea."},
+                  {"role": "assistant", "content": f"Fact {i}: the sea is deep and wide."}]
+    saved = tmp_path / "long.json"
+    saved.write_text(json.dumps({"messages": [{"role": "system", "content": "Be brief."}] + turns}))
+    child = spawn(["--temperature", "0", "--max-tokens", "4", "--ctx", "96"], cache_dir, smollm2_path)
+    child.expect_exact(PROMPT)
+    assert "[loaded 12 messages" in send(child, f"/load {saved}")
+    out = send(child, "Reply with one word: hello")
+    notice = re.search(r"\[context full \(96 tokens\): dropped the (\d+) oldest messages; the system prompt is kept\]",
+                       out)
+    assert notice, out
+    kept = n_messages(child)
+    assert kept == 13 - int(notice.group(1)) + 1 and kept >= 2
+    assert "system prompt:  Be brief." in send(child, "/show")
+    n_prompt, _, _ = stats(child)
+    assert n_prompt + 4 <= 96
+
+    out = send(child, "word " * 200)
+    assert "too long" in out and "nothing was sent" in out
+    assert finish(child) == 0
+
+
+def test_save_then_load(smollm2_path, cache_dir, tmp_path):
+    """/save writes the conversation (system prompt first) and settings; /load in a new session
+    restores them. No generation: the conversation comes from a file."""
+    conversation = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello! How can I help?"}]
+    source = tmp_path / "in.json"
+    source.write_text(json.dumps([{"role": "system", "content": "Be kind."}] + conversation))
+    child = spawn(["--temperature", "0.3"], cache_dir, smollm2_path)
+    child.expect_exact(PROMPT)
+    assert "[loaded 2 messages" in send(child, f"/load {source}")
+    send(child, "/set top_k 7")
+    saved = tmp_path / "saved.json"
+    assert "[saved 3 messages" in send(child, f"/save {saved}")
+    assert "cannot load" in send(child, f"/load {tmp_path / 'missing.json'}")
+    assert finish(child) == 0
+
+    data = json.loads(saved.read_text())
+    assert data["messages"] == [{"role": "system", "content": "Be kind."}] + conversation
+    assert data["settings"]["top_k"] == 7 and data["settings"]["temperature"] == 0.3
+
+    child = spawn([], cache_dir, smollm2_path)
+    child.expect_exact(PROMPT)
+    assert "[loaded 2 messages from" in send(child, f"/load {saved}")
+    shown = send(child, "/show")
+    assert re.search(r"top_k:\s+7", shown) and re.search(r"temperature:\s+0.3", shown)
+    assert "system prompt:  Be kind." in shown and re.search(r"messages:\s+2", shown)
+    assert finish(child) == 0
+
+
+def test_default_model_and_ctrl_c_at_the_prompt(smollm2_path, cache_dir):
+    """No model argument: the default model, found in the cache (a pull would download it).
+    Ctrl-C at the prompt exits cleanly."""
+    models = cache_dir / "models"
+    models.mkdir()
+    (models / smollm2_path.name).symlink_to(smollm2_path)
+    stamp = smollm2_path.with_name(smollm2_path.name + ".verified")
+    if stamp.exists():
+        shutil.copy(stamp, models / stamp.name)
+    child = spawn([], cache_dir)
+    child.expect("pyllm chat · (.*) · context")
+    assert "135M" in child.match.group(1)
+    child.expect_exact(PROMPT)
+    child.sendintr()
+    child.expect(pexpect.EOF)
+    child.close()
+    assert child.exitstatus == 0 and child.signalstatus is None
+
+
+def test_multiline_input_and_ctrl_d(smollm2_path, cache_dir):
+    """Lines between \"\"\" marks are one message (checked through /save; a one-token reply)."""
+    child = spawn(["--max-tokens", "1", "--system", "Be brief."], cache_dir, smollm2_path)
+    child.expect_exact(PROMPT)
+    child.sendline('"""')
+    child.expect_exact("... ")
+    child.sendline("first line")
+    child.expect_exact("... ")
+    child.sendline('second line"""')
+    child.expect_exact(PROMPT)
+    saved = cache_dir / "ml.json"
+    send(child, f"/save {saved}")
+    assert finish(child) == 0
+    messages = json.loads(saved.read_text())["messages"]
+    assert messages[1] == {"role": "user", "content": "first line\nsecond line"}
+    assert messages[2]["role"] == "assistant" and len(messages) == 3
+
+
+def test_hostile_chat_template_is_refused(smollm2_path, cache_dir, tmp_path):
+    marker = tmp_path / "MARKER"
+    template = tmp_path / "evil.jinja"
+    template.write_text("{{ cycler.__init__.__globals__.os.popen('touch %s').read() }}" % marker)
+    child = spawn(["--chat-template", str(template)], cache_dir, smollm2_path)
+    child.expect(pexpect.EOF)
+    child.close()
+    assert child.exitstatus == 1
+    assert "error:" in child.before and "tried to leave its sandbox" in child.before
+    assert not marker.exists()
+
+
+def test_unknown_template_name_is_an_error(smollm2_path, cache_dir):
+    child = spawn(["--chat-template", "no-such-template"], cache_dir, smollm2_path)
+    child.expect(pexpect.EOF)
+    child.close()
+    assert child.exitstatus == 1
+    assert "built-ins: chatml, llama3, mistral" in child.before
