@@ -59,7 +59,6 @@ def cache_dir(tmp_path):
     return d
 
 
-@pytest.mark.slow
 def test_conversation_commands_and_ctrl_c(smollm2_path, cache_dir):
     child = spawn(["--temperature", "0", "--max-tokens", "6", "--system", "Be brief.", "--ctx", "256"],
                   cache_dir, smollm2_path)
