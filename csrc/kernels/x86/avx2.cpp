@@ -10,6 +10,7 @@
 #include <cstring>
 
 #include "kernels/kernels.h"
+#include "kernels/x86/avx2_helpers.h"
 #include "kernels/ref/ref.h"
 #include "kernels/tiling.h"
 #include "quant/blocks.h"
@@ -22,22 +23,7 @@ namespace {
 
 // --- helpers ------------------------------------------------------------------------------------
 
-inline float half_to_f32(uint16_t h) { return _cvtsh_ss(h); }
 inline uint16_t f32_to_half(float f) { return (uint16_t)_cvtss_sh(f, _MM_FROUND_TO_NEAREST_INT); }
-
-inline float hsum(__m256 v) {
-    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-    s = _mm_add_ss(s, _mm_movehdup_ps(s));
-    return _mm_cvtss_f32(s);
-}
-
-inline int hsum_i32(__m256i v) {
-    __m128i s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
-    s = _mm_add_epi32(s, _mm_shuffle_epi32(s, _MM_SHUFFLE(1, 0, 3, 2)));
-    s = _mm_add_epi32(s, _mm_shuffle_epi32(s, _MM_SHUFFLE(2, 3, 0, 1)));
-    return _mm_cvtsi128_si32(s);
-}
 
 // The compiler may fuse a multiply into a following add (FMA), which rounds once instead of twice.
 // The reference rounds the product first; passing it through this opaque register copy forbids the fusion.
