@@ -18,9 +18,17 @@ static inline void cpu_relax() {}
 
 namespace pyllm {
 
-// Spin this many rounds before sleeping: a decode step issues a job every few microseconds, so
-// workers should stay hot between them, but not burn a core when the model is idle.
-static constexpr int kSpinRounds = 1 << 16;
+// Waiting for work or for the other threads: spin with `pause` first (a decode step issues a
+// job every few microseconds, so workers should stay hot), then yield the core to whoever else
+// is runnable, then (workers only) sleep. Without the yield phase, a busy machine is a disaster:
+// when a thread we wait for is descheduled, spinning burns the whole time slice it needs.
+static constexpr int kPauseRounds = 2048;   // ~ tens of microseconds
+static constexpr int kYieldRounds = 2048;   // then sched_yield; ~ a millisecond when the core is free
+
+static inline void backoff(int round) {
+    if (round < kPauseRounds) cpu_relax();
+    else std::this_thread::yield();
+}
 
 ThreadPool::ThreadPool(int n_threads) : n_threads_(n_threads < 1 ? 1 : n_threads) {
     workers_.reserve(n_threads_ - 1);
@@ -58,7 +66,7 @@ void ThreadPool::run(int64_t n_tasks, TaskRef fn) {
         wake_.notify_all();
     }
     work(0);
-    while (n_busy_.load(std::memory_order_acquire) != 0) cpu_relax();
+    for (int round = 0; n_busy_.load(std::memory_order_acquire) != 0; ++round) backoff(round);
     job_ = nullptr;
 }
 
@@ -66,8 +74,8 @@ void ThreadPool::worker_main(int index) {
     uint64_t seen = 0;
     for (;;) {
         uint64_t gen = generation_.load(std::memory_order_acquire);
-        for (int spin = 0; gen == seen && spin < kSpinRounds; ++spin) {
-            cpu_relax();
+        for (int round = 0; gen == seen && round < kPauseRounds + kYieldRounds; ++round) {
+            backoff(round);
             gen = generation_.load(std::memory_order_acquire);
         }
         if (gen == seen) {
