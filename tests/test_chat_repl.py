@@ -11,13 +11,17 @@ from pathlib import Path
 import pexpect
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+import pyllm  # noqa: E402
+
+# The child must import the same pyllm as this process: the installed one in CI, the source
+# tree's in a developer build.
+PYLLM_PARENT = Path(pyllm.__file__).resolve().parents[1]
 TIMEOUT = 300          # generation runs on the scalar kernels of a shared machine: be patient
 PROMPT = ">>> "
 
 
 def spawn(args, cache_dir: Path, model: Path | None = None) -> pexpect.spawn:
-    env = dict(os.environ, PYTHONPATH=str(ROOT), PYLLM_CACHE_DIR=str(cache_dir), TERM="dumb")
+    env = dict(os.environ, PYTHONPATH=str(PYLLM_PARENT), PYLLM_CACHE_DIR=str(cache_dir), TERM="dumb")
     argv = ["-m", "pyllm.chat"] + ([str(model)] if model else []) + list(args)
     child = pexpect.spawn(sys.executable, argv, env=env, encoding="utf-8", timeout=TIMEOUT,
                           dimensions=(50, 200))
