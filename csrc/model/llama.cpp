@@ -124,8 +124,12 @@ Context::Context(std::shared_ptr<const LlamaModel> model, int n_ctx, int n_batch
     if (n_ctx < 1) fail(ErrorKind::invalid_argument, "n_ctx must be at least 1, got " + std::to_string(n_ctx));
     if (n_batch < 1) fail(ErrorKind::invalid_argument, "n_batch must be at least 1");
     const int64_t kv = (int64_t)c.n_head_kv * c.head_dim, nq = (int64_t)c.n_head * c.head_dim;
-    k_cache_.resize((size_t)c.n_layer * n_ctx * kv);
-    v_cache_.resize((size_t)c.n_layer * n_ctx * kv);
+    const size_t cache_elems = (size_t)c.n_layer * n_ctx * kv;
+    k_cache_.reset(static_cast<uint16_t*>(std::calloc(cache_elems, sizeof(uint16_t))));
+    v_cache_.reset(static_cast<uint16_t*>(std::calloc(cache_elems, sizeof(uint16_t))));
+    if (!k_cache_ || !v_cache_)
+        fail(ErrorKind::invalid_argument, "cannot allocate a KV cache of " + std::to_string(2 * cache_elems * 2 / (1 << 20)) +
+             " MiB for n_ctx=" + std::to_string(n_ctx));
     x_.resize((size_t)n_batch * c.n_embd);
     xb_.resize(x_.size());
     tmp_.resize(x_.size());
@@ -230,11 +234,11 @@ void Context::forward_batch(const int32_t* tokens, int64_t nb, float* logits, bo
             rope(qr, 1, nq, c.n_head, (int)hd, c.n_rot, c.rope_neox, cs);
             rope(kr, 1, nkv, c.n_head_kv, (int)hd, c.n_rot, c.rope_neox, cs);
             const size_t row = ((size_t)l * n_ctx_ + pos0 + t) * nkv;
-            kt_.f32_to_f16(kr, k_cache_.data() + row, nkv);
-            kt_.f32_to_f16(vr, v_cache_.data() + row, nkv);
+            kt_.f32_to_f16(kr, k_cache_.get() + row, nkv);
+            kt_.f32_to_f16(vr, v_cache_.get() + row, nkv);
         });
         const size_t layer_off = (size_t)l * n_ctx_ * nkv;
-        attention(pool_, kt_, q_.data(), nq, k_cache_.data() + layer_off, v_cache_.data() + layer_off, nkv,
+        attention(pool_, kt_, q_.data(), nq, k_cache_.get() + layer_off, v_cache_.get() + layer_off, nkv,
                   att_.data(), nq, nb, pos0, c.n_head, c.n_head_kv, (int)hd, scale, att_scratch_.data());
         {
             size_t ro;

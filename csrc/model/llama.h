@@ -3,6 +3,7 @@
 // Not the tokenizer or the sampler; not file parsing (weights arrive as TensorViews).
 #pragma once
 #include <cstdint>
+#include <cstdlib>
 #include <functional>
 #include <memory>
 #include <string>
@@ -100,7 +101,11 @@ private:
     int n_ctx_, n_batch_;
     int64_t n_past_ = 0;
 
-    std::vector<uint16_t> k_cache_, v_cache_;  // (n_layer, n_ctx, n_kv*hd), f16
+    // (n_layer, n_ctx, n_kv*hd), f16. calloc'd rather than a zero-filled vector: the pages stay
+    // untouched (not resident) until a position is written, so a large n_ctx costs no memory
+    // until it is used.
+    struct FreeDeleter { void operator()(void* p) const { std::free(p); } };
+    std::unique_ptr<uint16_t[], FreeDeleter> k_cache_, v_cache_;
     // Scratch, sized for n_batch tokens:
     std::vector<float> x_;        // (n_batch, n_embd) residual stream
     std::vector<float> xb_;       // (n_batch, n_embd) normed
