@@ -6,4 +6,5 @@ namespace pyllm {
 void register_core(pybind11::module_& m);   // system info, type table, kernel test hooks
 void register_gguf(pybind11::module_& m);   // GGUFReader
 void register_model(pybind11::module_& m);  // Model, Context, Sampler
+void register_quantize(pybind11::module_& m);  // tensor conversion, calibration, GPTQ
 } // namespace pyllm
