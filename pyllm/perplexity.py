@@ -63,6 +63,7 @@ class PerplexityResult:
     seconds: float
     kl: KLStats | None = None
     kld: np.ndarray | None = field(default=None, repr=False)  # (n_scored,) per-token KL
+    logprobs: "SavedLogprobs | None" = field(default=None, repr=False)  # with keep_logprobs=True
 
     def summary(self) -> str:
         lines = [f"perplexity: {self.ppl:.4f} over {self.n_chunks} chunks of {self.ctx} tokens "
@@ -107,9 +108,13 @@ def _kl_topk(base_ids: np.ndarray, base_top_lp: np.ndarray, lp: np.ndarray) -> n
 
 
 class SavedLogprobs:
-    """A base model's log-probs at the scored positions, from `save_logprobs`."""
+    """A base model's log-probs at the scored positions: from a file written by `save_logprobs`,
+    or kept in memory (PerplexityResult.logprobs) to serve as kl_base without a file."""
 
-    def __init__(self, path: str | os.PathLike):
+    def __init__(self, path: str | os.PathLike | None = None, **arrays):
+        if path is None:
+            self._set(arrays)
+            return
         with np.load(path, allow_pickle=False) as z:
             if "format" not in z or str(z["format"]) != LOGPROBS_FORMAT:
                 raise ValueError(f"{path}: not a pyllm log-probs file (format {LOGPROBS_FORMAT!r})")
@@ -120,6 +125,12 @@ class SavedLogprobs:
             self.top_ids = z["top_ids"] if "top_ids" in z else None   # (n_scored, k) or absent
             self.top_lp = z["top_lp"] if "top_lp" in z else None      # (n_scored, k)
             self.full_lp = z["full_lp"] if "full_lp" in z else None   # (n_scored, n_vocab) f16
+
+    def _set(self, a: dict) -> None:
+        self.ctx = int(a["ctx"])
+        self.tokens = np.asarray(a["tokens"], np.int64)
+        self.target_lp, self.top1 = a["target_lp"], np.asarray(a["top1"], np.int64)
+        self.top_ids, self.top_lp, self.full_lp = a.get("top_ids"), a.get("top_lp"), a.get("full_lp")
 
     @property
     def n_chunks(self) -> int:
@@ -150,12 +161,15 @@ def _chunks(model, text_or_ids, ctx: int, chunks: int | None) -> np.ndarray:
 
 def perplexity(model, text, ctx: int = 512, chunks: int | None = None, kl_base=None,
                save_logprobs: str | os.PathLike | None = None, top_k: int = 256,
+               keep_logprobs: bool = False,
                progress: Callable[[int, int, float], None] | None = None) -> PerplexityResult:
     """Perplexity of `model` (a pyllm.Model whose n_ctx >= ctx) on `text` (str or token ids).
 
-    kl_base: a pyllm.Model, a path to a GGUF file, or a path to a file written by save_logprobs;
-    then the result carries KL statistics against it. save_logprobs: write this model's log-probs
-    at the scored positions (top_k of them per token; 0 = all, as float16) for later use as a base.
+    kl_base: a pyllm.Model, a path to a GGUF file, a path to a file written by save_logprobs, or a
+    SavedLogprobs; then the result carries KL statistics against it. save_logprobs: write this
+    model's log-probs at the scored positions (top_k of them per token; 0 = all, as float16) for
+    later use as a base. keep_logprobs: keep all of them, float32, in result.logprobs (n_scored x
+    n_vocab x 4 bytes: 800 MB for 16 chunks of 512 on a 49152-token vocabulary).
     progress(chunk_index, n_chunks, running_ppl) is called after each chunk.
     """
     if ctx < 4 or ctx % 2:
@@ -169,8 +183,8 @@ def perplexity(model, text, ctx: int = 512, chunks: int | None = None, kl_base=N
 
     base_model = saved = None
     if kl_base is not None:
-        if isinstance(kl_base, (str, os.PathLike)) and str(kl_base).endswith(".npz"):
-            saved = SavedLogprobs(kl_base)
+        if isinstance(kl_base, SavedLogprobs) or (isinstance(kl_base, (str, os.PathLike)) and str(kl_base).endswith(".npz")):
+            saved = kl_base if isinstance(kl_base, SavedLogprobs) else SavedLogprobs(kl_base)
             if saved.ctx != ctx or saved.n_chunks < n_chunks or not np.array_equal(saved.tokens[:n_chunks], tokens):
                 raise ValueError(f"{kl_base}: saved for other tokens (ctx {saved.ctx}, {saved.n_chunks} chunks); "
                                  f"evaluate the base on the same text, ctx and chunk count")
@@ -186,9 +200,11 @@ def perplexity(model, text, ctx: int = 512, chunks: int | None = None, kl_base=N
     base_nll = np.empty(n_scored, np.float64) if kl_base is not None else None
     same = np.empty(n_scored, bool) if kl_base is not None else None
     save = None
-    if save_logprobs is not None:
+    if save_logprobs is not None or keep_logprobs:
         save = {"target_lp": np.empty(n_scored, np.float32), "top1": np.empty(n_scored, np.int32)}
-        if top_k > 0:
+        if keep_logprobs:
+            save["full_lp"] = np.empty((n_scored, model.n_vocab), np.float32)
+        elif top_k > 0:
             save["top_ids"] = np.empty((n_scored, top_k), np.int32)
             save["top_lp"] = np.empty((n_scored, top_k), np.float32)
         else:
@@ -207,7 +223,7 @@ def perplexity(model, text, ctx: int = 512, chunks: int | None = None, kl_base=N
         if save is not None:
             save["target_lp"][s] = target_lp
             save["top1"][s] = top1
-            if top_k > 0:
+            if "top_ids" in save:
                 k = min(top_k, lp.shape[1])
                 part = np.argpartition(-lp, k - 1, axis=-1)[:, :k]
                 order = np.argsort(-np.take_along_axis(lp, part, axis=-1), axis=-1)
@@ -233,11 +249,24 @@ def perplexity(model, text, ctx: int = 512, chunks: int | None = None, kl_base=N
             progress(c, n_chunks, running[-1])
     seconds = time.perf_counter() - t0
 
-    if save is not None:
-        np.savez(save_logprobs, format=np.array(LOGPROBS_FORMAT), ctx=np.array(ctx), tokens=tokens, **save)
+    if save is not None and save_logprobs is not None:
+        stored = dict(save)
+        if keep_logprobs and top_k == 0:
+            stored["full_lp"] = save["full_lp"].astype(np.float16)
+        elif keep_logprobs:  # the file gets the top-k form even when all were kept
+            lp_all = save["full_lp"]
+            k = min(top_k, lp_all.shape[1])
+            part = np.argpartition(-lp_all, k - 1, axis=-1)[:, :k]
+            order = np.argsort(-np.take_along_axis(lp_all, part, axis=-1), axis=-1)
+            stored["top_ids"] = np.take_along_axis(part, order, axis=-1).astype(np.int32)
+            stored["top_lp"] = np.take_along_axis(lp_all, stored["top_ids"], axis=-1)
+            del stored["full_lp"]
+        np.savez(save_logprobs, format=np.array(LOGPROBS_FORMAT), ctx=np.array(ctx), tokens=tokens, **stored)
 
     result = PerplexityResult(ppl=running[-1], n_chunks=n_chunks, ctx=ctx, n_scored=n_scored,
                               ppl_running=running, nll=nll, seconds=seconds)
+    if keep_logprobs:
+        result.logprobs = SavedLogprobs(ctx=ctx, tokens=tokens, **save)
     if kld is not None:
         base_ppl = float(math.exp(base_nll.mean()))
         result.kld = kld

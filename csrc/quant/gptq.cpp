@@ -39,6 +39,11 @@ double dot(const double* a, const double* b, int64_t n) {
 
 } // namespace
 
+#if defined(__x86_64__)
+void xtx_tile_avx2(const float* xt, int64_t n_pad, int64_t i0, int64_t ni, int64_t j0, int64_t nj, float* out, int64_t ld);  // kernels/x86/xtx_avx2.cpp
+static const bool kHaveAvx2Fma = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+#endif
+
 // --- H = XᵀX ---------------------------------------------------------------------------------------
 
 HessianAccumulator::HessianAccumulator(int64_t k, bool diag_only)
@@ -55,39 +60,60 @@ void HessianAccumulator::add(const float* x, int64_t n_tok, ThreadPool& pool) {
         return;
     }
     // Transpose so that each H entry is a dot product of two contiguous rows; pad with zeros.
-    const int64_t n_pad = (n_tok + 3) / 4 * 4;
+    const int64_t n_pad = (n_tok + 7) / 8 * 8;
     xt_.assign((size_t)k_pad_ * n_pad, 0.0f);
-    for (int64_t t = 0; t < n_tok; ++t)
-        for (int64_t j = 0; j < k_; ++j) xt_[(size_t)j * n_pad + t] = x[t * k_ + j];
-    // Task = a band of 4 rows of H, all columns from the band's first on; 4x2 register tiles,
-    // float sums over this batch (at most a few thousand tokens) added to the float64 total.
-    const int64_t n_bands = k_pad_ / 4;
-    pool.parallel_for(n_bands, [&](int64_t band, int) {
-        const int64_t i0 = band * 4;
-        const float* a[4];
-        for (int p = 0; p < 4; ++p) a[p] = xt_.data() + (size_t)(i0 + p) * n_pad;
-        for (int64_t j0 = i0; j0 < k_pad_; j0 += 2) {
-            const float* b0 = xt_.data() + (size_t)j0 * n_pad;
-            const float* b1 = b0 + n_pad;
-            v4f acc[4][2] = {};
-            for (int64_t t = 0; t < n_pad; t += 4) {
-                const v4f y0 = load4(b0 + t), y1 = load4(b1 + t);
-                for (int p = 0; p < 4; ++p) {
-                    const v4f xp = load4(a[p] + t);
-                    acc[p][0] += xp * y0;
-                    acc[p][1] += xp * y1;
+    constexpr int64_t tile = 64;  // transpose in tiles to keep both sides in cache
+    for (int64_t t0 = 0; t0 < n_tok; t0 += tile)
+        for (int64_t j0 = 0; j0 < k_; j0 += tile)
+            for (int64_t t = t0; t < std::min(n_tok, t0 + tile); ++t)
+                for (int64_t j = j0; j < std::min(k_, j0 + tile); ++j) xt_[(size_t)j * n_pad + t] = x[t * k_ + j];
+    // Task = a 64x64 tile of H's upper triangle, so both sets of rows stay in L2; 4x2 register
+    // tiles inside. Float sums over this batch (at most a few thousand tokens) are added to the
+    // float64 total.
+    constexpr int64_t T = 64;
+    const int64_t nt = ceil_div(k_pad_, T);
+    std::vector<std::pair<int64_t, int64_t>> tiles;
+    for (int64_t ti = 0; ti < nt; ++ti)
+        for (int64_t tj = ti; tj < nt; ++tj) tiles.emplace_back(ti * T, tj * T);
+    std::vector<std::vector<float>> sums(pool.size(), std::vector<float>((size_t)T * T));
+    pool.parallel_for((int64_t)tiles.size(), [&](int64_t task, int thread) {
+        const int64_t i0 = tiles[task].first, j0 = tiles[task].second;
+        const int64_t ni = std::min(T, k_pad_ - i0), nj = std::min(T, k_pad_ - j0);
+        float* out = sums[thread].data();
+#if defined(__x86_64__)
+        if (kHaveAvx2Fma) {
+            xtx_tile_avx2(xt_.data(), n_pad, i0, ni, j0, nj, out, T);
+        } else
+#endif
+        {
+            for (int64_t ib = 0; ib < ni; ib += 4) {
+                const float* a[4];
+                for (int p = 0; p < 4; ++p) a[p] = xt_.data() + (size_t)(i0 + ib + p) * n_pad;
+                for (int64_t j = j0; j < j0 + nj; j += 2) {
+                    const float* b0 = xt_.data() + (size_t)j * n_pad;
+                    const float* b1 = b0 + n_pad;
+                    v4f acc[4][2] = {};
+                    for (int64_t t = 0; t < n_pad; t += 4) {
+                        const v4f y0 = load4(b0 + t), y1 = load4(b1 + t);
+                        for (int p = 0; p < 4; ++p) {
+                            const v4f xp = load4(a[p] + t);
+                            acc[p][0] += xp * y0;
+                            acc[p][1] += xp * y1;
+                        }
+                    }
+                    for (int p = 0; p < 4; ++p)
+                        for (int q = 0; q < 2; ++q) {
+                            const v4f v = acc[p][q];
+                            out[(ib + p) * T + (j - j0) + q] = (v[0] + v[1]) + (v[2] + v[3]);
+                        }
                 }
             }
-            for (int p = 0; p < 4; ++p) {
-                const int64_t i = i0 + p;
-                if (i >= k_) break;
-                for (int q = 0; q < 2; ++q) {
-                    const int64_t j = j0 + q;
-                    if (j < i || j >= k_) continue;
-                    const v4f s = acc[p][q];
-                    h_[(size_t)i * k_ + j] += (double)((s[0] + s[1]) + (s[2] + s[3]));
-                }
-            }
+        }
+        for (int64_t p = 0; p < ni; ++p) {
+            const int64_t i = i0 + p;
+            if (i >= k_) break;
+            double* hi = h_.data() + (size_t)i * k_;
+            for (int64_t j = std::max(i, j0); j < std::min(k_, j0 + nj); ++j) hi[j] += out[p * T + (j - j0)];
         }
     });
 }
@@ -109,36 +135,36 @@ std::vector<double> HessianAccumulator::symmetric() const {
 namespace {
 
 // In-place lower Cholesky factor of a (n x n, row-major, symmetric); false if not positive definite.
-// Column by column; the rows below the diagonal of each column are independent dot products.
-bool cholesky_lower(double* a, int64_t n, ThreadPool& pool) {
-    for (int64_t j = 0; j < n; ++j) {
-        double* rj = a + j * n;
-        const double s = rj[j] - dot(rj, rj, j);
+// Row by row (each entry a dot product of two rows already computed). Single-threaded on purpose:
+// a column-parallel version needs n barriers, which costs more than it saves on a busy laptop,
+// and the factorization is a small part of a layer's work.
+bool cholesky_lower(double* a, int64_t n) {
+    for (int64_t i = 0; i < n; ++i) {
+        double* ri = a + i * n;
+        for (int64_t j = 0; j < i; ++j) {
+            const double* rj = a + j * n;
+            ri[j] = (ri[j] - dot(ri, rj, j)) / rj[j];
+        }
+        const double s = ri[i] - dot(ri, ri, i);
         if (!(s > 0) || !std::isfinite(s)) return false;
-        const double ljj = std::sqrt(s);
-        rj[j] = ljj;
-        const int64_t rows = n - j - 1;
-        constexpr int64_t chunk = 16;
-        pool.parallel_for(ceil_div(rows, chunk), [&](int64_t task, int) {
-            for (int64_t i = j + 1 + task * chunk; i < std::min(n, j + 1 + (task + 1) * chunk); ++i) {
-                double* ri = a + i * n;
-                ri[j] = (ri[j] - dot(ri, rj, j)) / ljj;
-            }
-        });
+        ri[i] = std::sqrt(s);
     }
     return true;
 }
 
 // U (n x n, float, upper) = P L⁻¹ P from the lower factor L (see above). Columns of L⁻¹ are
-// independent forward substitutions.
+// independent forward substitutions: one task per block of columns, so few barriers.
 void inverse_factor(const double* L, int64_t n, float* U, ThreadPool& pool) {
     std::fill(U, U + n * n, 0.0f);
     std::vector<std::vector<double>> scratch(pool.size(), std::vector<double>(n));
-    pool.parallel_for(n, [&](int64_t j, int thread) {
+    constexpr int64_t cols = 32;
+    pool.parallel_for(ceil_div(n, cols), [&](int64_t task, int thread) {
         double* m = scratch[thread].data();  // column j of L⁻¹, rows j..n-1
-        m[j] = 1.0 / L[j * n + j];
-        for (int64_t i = j + 1; i < n; ++i) m[i] = -dot(L + i * n + j, m + j, i - j) / L[i * n + i];
-        for (int64_t i = j; i < n; ++i) U[(n - 1 - i) * n + (n - 1 - j)] = (float)m[i];
+        for (int64_t j = task * cols; j < std::min(n, (task + 1) * cols); ++j) {
+            m[j] = 1.0 / L[j * n + j];
+            for (int64_t i = j + 1; i < n; ++i) m[i] = -dot(L + i * n + j, m + j, i - j) / L[i * n + i];
+            for (int64_t i = j; i < n; ++i) U[(n - 1 - i) * n + (n - 1 - j)] = (float)m[i];
+        }
     });
 }
 
@@ -264,7 +290,7 @@ double gptq_quantize(Type t, const float* w, int64_t rows, int64_t k, const doub
             for (int64_t j = 0; j < k; ++j) a[i * k + j] = h[pi * k + perm[k - 1 - j]];
             a[i * k + i] = diag[pi] + damp;
         }
-        if (cholesky_lower(a.data(), k, pool)) break;
+        if (cholesky_lower(a.data(), k)) break;
         if (attempt == 3)
             fail(ErrorKind::quantize, "GPTQ: the input statistics are not positive definite even with damping " +
                  std::to_string(damp / mean_diag) + "; use more calibration tokens or a larger --damp");
