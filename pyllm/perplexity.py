@@ -100,6 +100,8 @@ def _kl_topk(base_ids: np.ndarray, base_top_lp: np.ndarray, lp: np.ndarray) -> n
     q_top = np.take_along_axis(lp, base_ids.astype(np.int64), axis=-1)
     p_top = base_top_lp.astype(np.float64)
     kl = (np.exp(p_top) * (p_top - q_top)).sum(axis=-1)
+    if base_ids.shape[-1] >= lp.shape[-1]:
+        return kl  # the whole vocabulary: no rest (it would only hold rounding noise)
     p_rest = np.clip(1.0 - np.exp(p_top).sum(axis=-1), 0.0, 1.0)
     q_rest = np.clip(1.0 - np.exp(q_top).sum(axis=-1), 1e-30, 1.0)
     with np.errstate(divide="ignore", invalid="ignore"):
