@@ -475,6 +475,24 @@ def _tensor_nbytes(tid: int, info: dict) -> int:
     return rows * (n // ti["block_size"]) * ti["type_size"]
 
 
+def _assert_finite(gf, name: str, threads: int) -> None:
+    """Raises QuantizeError naming the tensor, row and column of its first NaN/inf (the decoder
+    reports it), in slices of rows so that memory stays bounded."""
+    info = gf.tensors[name]
+    rows, n = _shape_rows(info)
+    raw = gf.tensor_bytes(name).reshape(rows, -1)
+    step = max(1, (1 << 22) // n)
+    for r0 in range(0, rows, step):
+        try:
+            _core.convert_rows(name, info["type"], raw[r0:r0 + step], n, type_id("F32"), threads)
+        except QuantizeError as e:
+            msg = str(e)
+            m = re.search(r"at row (\d+)", msg)
+            if m and r0:
+                msg = msg.replace(m.group(0), f"at row {int(m.group(1)) + r0}")
+            raise QuantizeError(msg) from None
+
+
 def _check_paths(src: str, dst: str) -> None:
     if not os.path.isfile(src):
         raise QuantizeError(f"input {src!r} is not a file")
@@ -543,11 +561,10 @@ def quantize_file(src: str | os.PathLike, dst: str | os.PathLike, type_name_: st
         calibrated: dict[str, np.ndarray] = {}
         if opts.method != "rtn":
             t_cal = time.perf_counter()
-            calibrated, n_tok = _calibrate(gf, targets, opts, threads, log)
+            calibrated, used, n_tok = _calibrate(gf, targets, opts, threads, log)
             report.calib_seconds = time.perf_counter() - t_cal
             report.calib_tokens = n_tok
-            for name in calibrated:
-                methods[name] = opts.method if opts.method != "gptq" or type_name(targets[name]) in GPTQ_TYPES else "imatrix"
+            methods.update(used)
 
         def producer(name: str, tid: int):
             def produce():
@@ -556,6 +573,7 @@ def quantize_file(src: str | os.PathLike, dst: str | os.PathLike, type_name_: st
                 info = tensors[name]
                 raw = gf.tensor_bytes(name)
                 if tid == info["type"]:
+                    _assert_finite(gf, name, threads)
                     return raw
                 rows, n = _shape_rows(info)
                 return _core.convert_rows(name, info["type"], raw.reshape(rows, -1), n, tid, threads)
@@ -670,6 +688,7 @@ def _calibrate(gf, targets: dict[str, int], opts: QuantizeOptions, threads: int,
     log(f"calibration: {n_seq} sequences of {ctx} tokens, method {opts.method}")
 
     # The residual stream entering layer 0: embedding rows of the calibration tokens.
+    _assert_finite(gf, "token_embd.weight", threads)
     emb = tensors["token_embd.weight"]
     rows, n = _shape_rows(emb)
     raw = gf.tensor_bytes("token_embd.weight").reshape(rows, -1)
@@ -677,11 +696,14 @@ def _calibrate(gf, targets: dict[str, int], opts: QuantizeOptions, threads: int,
     hidden = _core.dequantize(emb["type"], np.ascontiguousarray(raw[flat]), n)
 
     out: dict[str, np.ndarray] = {}
+    used: dict[str, str] = {}   # tensor -> the method that made it
     capture = "full" if opts.method == "gptq" else "diag"
     bar = Progress(cfg.n_layer, "calibrating", opts.progress)
     for layer in range(cfg.n_layer):
         prefix = f"blk.{layer}."
         names = [k for k in tensors if k.startswith(prefix)]
+        for k in names:  # a NaN would spread through the layer's statistics: name it here
+            _assert_finite(gf, k, threads)
         src_layer = {"blk.0." + k[len(prefix):]: (tensors[k]["type"], list(tensors[k]["shape"]), gf.tensor_bytes(k))
                      for k in names}
         hidden_next, stats, n_samples = _core.calibrate_layer(cfg_dict, src_layer, hidden, ctx, threads, capture)
@@ -701,14 +723,22 @@ def _calibrate(gf, targets: dict[str, int], opts: QuantizeOptions, threads: int,
             raw_w = gf.tensor_bytes(name).reshape(r, -1)
             if opts.method == "gptq" and tname in GPTQ_TYPES:
                 w = _core.dequantize(info["type"], raw_w, k)
+                if not np.isfinite(w).all():
+                    bad = np.argwhere(~np.isfinite(w))[0]
+                    raise QuantizeError(f"tensor {name!r} holds a non-finite value at row {bad[0]}, column {bad[1]}; "
+                                        f"refusing to quantize it")
                 q, _ = _core.gptq_quantize(tid, w, stat, opts.damp, opts.block, opts.act_order,
                                            opts.gptq_scales == "search", threads)
+                used[name] = "gptq"
             elif tname in WEIGHTED_TYPES:
                 q = _core.convert_rows(name, info["type"], raw_w, k, tid, threads, importance)
+                used[name] = "imatrix"
             elif tid == info["type"]:
                 q = np.asarray(raw_w)
+                used[name] = "copy"
             else:
                 q = _core.convert_rows(name, info["type"], raw_w, k, tid, threads)
+                used[name] = "rtn"
             out[name] = q
             quant_layer["blk.0." + m + ".weight"] = (tid, list(info["shape"]), q)
         if opts.method == "gptq":
@@ -718,7 +748,7 @@ def _calibrate(gf, targets: dict[str, int], opts: QuantizeOptions, threads: int,
             hidden = hidden_next   # llama-imatrix's statistics: activations of the original model
         bar.update(layer + 1, f"layer {layer}")
     bar.close()
-    return out, int(ids.size)
+    return out, used, int(ids.size)
 
 
 # ---------------------------------------------------------------------------------------------

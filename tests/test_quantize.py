@@ -311,3 +311,13 @@ def test_nan_in_source_refused_with_tensor_name(tmp_path):
     src = write_model(tmp_path / "inf.gguf", t)
     assert pq.main([str(src), str(tmp_path / "o.gguf"), "q8_0"]) == 1
     assert sorted(os.listdir(tmp_path)) == ["inf.gguf", "nan.gguf"]
+
+
+def test_nan_in_a_copied_tensor_is_refused_too(tmp_path):
+    # Norm weights are copied, not quantized; a NaN there still must not reach an output file.
+    t = small_tensors()
+    t["blk.0.ffn_norm.weight"][5] = np.nan
+    src = write_model(tmp_path / "nan.gguf", t)
+    with pytest.raises(QuantizeError, match=r"blk\.0\.ffn_norm\.weight.*nan.*row 0, column 5"):
+        quantize_file(src, tmp_path / "o.gguf", "q8_0")
+    assert sorted(os.listdir(tmp_path)) == ["nan.gguf"]

@@ -220,3 +220,18 @@ def test_calibration_needs_text(tiny_model, tmp_path):
     with pytest.raises(QuantizeError, match="calibration text has"):
         quantize_file(tiny_model, tmp_path / "o.gguf", "q4_0", QuantizeOptions(method="gptq", calib=str(short)))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["short.txt"]
+
+
+def test_nan_refused_before_calibration(tmp_path, calib_file, smollm2_path):
+    real = GGUFFile(smollm2_path)
+    md = [(k, v, real.metadata[k]) for k, v in real.metadata_types.items() if k.startswith("tokenizer.")]
+    md += [("llama.context_length", "UINT32", 512), ("llama.embedding_length", "UINT32", 64),
+           ("llama.feed_forward_length", "UINT32", 96), ("llama.vocab_size", "UINT32", 49152)]
+    t = small_tensors(seed=3, n_vocab=49152)
+    t["blk.1.attn_k.weight"][2, 9] = np.inf
+    src = write_model(tmp_path / "inf.gguf", t, md)
+    for method in ("imatrix", "gptq"):
+        opts = QuantizeOptions(method=method, calib=str(calib_file), calib_tokens=128, calib_ctx=64)
+        with pytest.raises(QuantizeError, match=r"blk\.1\.attn_k\.weight.*inf.*row 2, column 9"):
+            quantize_file(src, tmp_path / "o.gguf", "q4_0", opts)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["inf.gguf"]
