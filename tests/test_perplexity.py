@@ -1,6 +1,7 @@
 """Perplexity and KL-divergence (pyllm.perplexity): the arithmetic on a small deterministic fake
 model, and llama-perplexity's number on the real model (tests/data/reference.json)."""
 import math
+import re
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -139,3 +140,20 @@ def test_real_model_matches_llama_cpp_sixteen_chunks(smollm2_path, fixture_json,
     assert out["n_chunks"] == 16
     assert out["ppl"] == pytest.approx(ref["ppl"], rel=0.01)
     assert np.allclose(out["ppl_running"], ref["ppl_running"], rtol=0.01)
+
+
+from test_quantize_gptq import tiny_model  # noqa: E402,F401  (a small real GGUF llama)
+
+
+def test_command_line_with_saved_base(tiny_model, tmp_path, capsys):
+    import json
+    text = DATA / "wikitext_head.txt"
+    base = tmp_path / "base.npz"
+    assert main([str(tiny_model), "-f", str(text), "--ctx", "64", "--chunks", "3", "--save-logprobs", str(base),
+                 "--json"]) == 0
+    first = json.loads(capsys.readouterr().out)
+    assert first["n_chunks"] == 3 and first["n_scored"] == 3 * 31 and "kl" not in first
+    assert main([str(tiny_model), "-f", str(text), "--ctx", "64", "--chunks", "3", "--kl-base", str(base)]) == 0
+    out = capsys.readouterr().out
+    assert f"perplexity: {first['ppl']:.4f}" in out
+    assert re.search(r"mean KLD: 0\.0000", out) and "same top-1 token: 100.00%" in out
