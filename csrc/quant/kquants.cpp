@@ -35,12 +35,13 @@ inline int nearest_int(float v) {
 
 inline int clamp_int(int v, int lo, int hi) { return std::max(lo, std::min(hi, v)); }
 
+} // namespace
+
 // Symmetric levels [-nmax, nmax-1] for a group, fitted by weighted least squares: the first guess
 // maps the signed max to -nmax, then 18 nearby inverse scales are tried and the best kept.
 // L receives level + nmax. rmse_type 1 weighs by x^2 unless explicit weights qw are given.
-// Only the paths the reference quantizers use are kept (rmse_type 0 and 1).
-// Shared with the importance-weighted quantizers (quant/fit.h), hence outside the anonymous namespace.
-} // namespace
+// Only the paths the reference quantizers use are kept (rmse_type 0 and 1). Shared with the
+// importance-weighted quantizers (quant/fit.h), hence outside the anonymous namespace.
 
 float make_qx_quants(int n, int nmax, const float* x, int8_t* L, int rmse_type, const float* qw) {
     float max = 0.0f, amax = 0.0f;
