@@ -321,3 +321,18 @@ def test_nan_in_a_copied_tensor_is_refused_too(tmp_path):
     with pytest.raises(QuantizeError, match=r"blk\.0\.ffn_norm\.weight.*nan.*row 0, column 5"):
         quantize_file(src, tmp_path / "o.gguf", "q8_0")
     assert sorted(os.listdir(tmp_path)) == ["nan.gguf"]
+
+
+def test_command_line_options(small_model, tmp_path, capsys):
+    out = tmp_path / "o.gguf"
+    assert pq.main([str(small_model), str(out), "Q4_0", "--tensor-type", "no-equals-sign"]) == 1
+    assert pq.main([str(small_model), str(out), "Q4_0", "--tensor-type", "([=q8_0"]) == 1
+    assert pq.main([str(small_model), str(out), "Q4_0", "--block", "100"]) == 1
+    assert "REGEX=TYPE" in capsys.readouterr().err
+    assert not out.exists()
+    assert pq.main([str(small_model), str(out), "q4_0", "--tensor-type", r"blk\.1\..*=q5_1", "--pure",
+                    "--threads", "1"]) == 0
+    types = {n: t["type_name"] for n, t in GGUFFile(out).tensors.items()}
+    assert types["blk.1.ffn_up.weight"] == "Q5_1" and types["blk.0.ffn_up.weight"] == "Q4_0"
+    assert types["token_embd.weight"] == "Q4_0" and types["output_norm.weight"] == "F32"
+    assert GGUFFile(out).metadata["general.file_type"] == 2
