@@ -7,4 +7,5 @@ void register_core(pybind11::module_& m);   // system info, type table, kernel t
 void register_gguf(pybind11::module_& m);   // GGUFReader
 void register_model(pybind11::module_& m);  // Model, Context, Sampler
 void register_bench(pybind11::module_& m);  // measurement hooks for `pyllm bench`
+void register_quantize(pybind11::module_& m);  // tensor conversion, calibration, GPTQ
 } // namespace pyllm

@@ -40,4 +40,5 @@ PYBIND11_MODULE(_core, m) {
     pyllm::register_gguf(m);
     pyllm::register_model(m);
     pyllm::register_bench(m);
+    pyllm::register_quantize(m);
 }

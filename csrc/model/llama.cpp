@@ -203,6 +203,9 @@ void Context::forward_batch(const int32_t* tokens, int64_t nb, float* logits, bo
     }
     rope_cache(pos_.data(), nb, c.n_rot, c.rope_freq_base, c.rope_freq_scale, cos_sin_.data());
     const float scale = 1.0f / std::sqrt((float)hd);
+    auto capture = [&](int l, LinearInput which, const float* x, int64_t k) {
+        if (capture_) capture_->on_input(l, which, x, nb, k, pool_);
+    };
 
     for (int l = 0; l < c.n_layer; ++l) {
         if (stop && stop()) fail(ErrorKind::interrupted, "interrupted");
@@ -210,6 +213,7 @@ void Context::forward_batch(const int32_t* tokens, int64_t nb, float* logits, bo
 
         // --- attention block
         for_rows(nb, [&](int64_t t) { rmsnorm(x_.data() + t * d, L.attn_norm, xb_.data() + t * d, 1, d, c.rms_eps); });
+        capture(l, LinearInput::attn_qkv, xb_.data(), d);
         {
             size_t rq, rk, rv;
             const uint8_t* aq = quantize_for(L.wq, xb_.data(), nb, &rq, 0);
@@ -240,6 +244,7 @@ void Context::forward_batch(const int32_t* tokens, int64_t nb, float* logits, bo
         const size_t layer_off = (size_t)l * n_ctx_ * nkv;
         attention(pool_, kt_, q_.data(), nq, k_cache_.get() + layer_off, v_cache_.get() + layer_off, nkv,
                   att_.data(), nq, nb, pos0, c.n_head, c.n_head_kv, (int)hd, scale, att_scratch_.data());
+        capture(l, LinearInput::attn_output, att_.data(), nq);
         {
             size_t ro;
             const uint8_t* ao = quantize_for(L.wo, att_.data(), nb, &ro, 0);
@@ -253,6 +258,7 @@ void Context::forward_batch(const int32_t* tokens, int64_t nb, float* logits, bo
             for (int64_t i = 0; i < d; ++i) xr[i] += tr[i];
             rmsnorm(xr, L.ffn_norm, xb_.data() + t * d, 1, d, c.rms_eps);
         });
+        capture(l, LinearInput::ffn_gate_up, xb_.data(), d);
         {
             size_t rg, ru;
             const uint8_t* ag = quantize_for(L.w_gate, xb_.data(), nb, &rg, 0);
@@ -263,6 +269,7 @@ void Context::forward_batch(const int32_t* tokens, int64_t nb, float* logits, bo
             matmul(pool_, kt_, jobs, 2, nb);
         }
         for_rows(nb, [&](int64_t t) { swiglu(hb_.data() + t * c.n_ff, hb2_.data() + t * c.n_ff, c.n_ff); });
+        capture(l, LinearInput::ffn_down, hb_.data(), c.n_ff);
         {
             size_t rd;
             const uint8_t* ad = quantize_for(L.w_down, hb_.data(), nb, &rd, 0);
@@ -274,6 +281,7 @@ void Context::forward_batch(const int32_t* tokens, int64_t nb, float* logits, bo
             const float* tr = tmp_.data() + t * d;
             for (int64_t i = 0; i < d; ++i) xr[i] += tr[i];
         });
+        capture(l, LinearInput::layer_output, x_.data(), d);
     }
     if (!logits) return;
 

@@ -70,6 +70,18 @@ private:
 // Called between layers; returning true abandons the evaluation (Ctrl-C).
 using StopCheck = std::function<bool()>;
 
+// The float inputs of a layer's matrix multiplications, as forward_batch is about to quantize them
+// (q/k/v share one input, gate/up share one), and the residual stream after the layer.
+enum class LinearInput : int { attn_qkv = 0, attn_output = 1, ffn_gate_up = 2, ffn_down = 3, layer_output = 4 };
+
+// Receives those inputs during evaluation; for quantization tools (calibration), not for inference.
+// x is (n_tok, k) row-major and valid only during the call; the sink may use `pool` for its work
+// (it is called between the context's parallel jobs, on the evaluating thread).
+struct CaptureSink {
+    virtual ~CaptureSink() = default;
+    virtual void on_input(int layer, LinearInput which, const float* x, int64_t n_tok, int64_t k, ThreadPool& pool) = 0;
+};
+
 class Context {
 public:
     // Sizes the KV cache for n_ctx positions and the scratch for n_batch tokens per forward.
@@ -88,6 +100,9 @@ public:
     void eval(const int32_t* tokens, int64_t n, float* logits, bool all_logits, const StopCheck& stop);
 
     static uint64_t kv_cache_bytes(const LlamaConfig& cfg, int n_ctx);
+
+    // Sends every layer's matmul inputs to `sink` during eval (nullptr: off, the default).
+    void set_capture(CaptureSink* sink) { capture_ = sink; }
 
 private:
     void forward_batch(const int32_t* tokens, int64_t nb, float* logits, bool all_logits, const StopCheck& stop);
@@ -118,6 +133,7 @@ private:
     std::vector<int32_t> pos_;    // (n_batch)
     std::vector<float> att_scratch_;
     std::vector<uint8_t> act_[3]; // quantized activations, one per concurrently used act type
+    CaptureSink* capture_ = nullptr;
 };
 
 } // namespace pyllm

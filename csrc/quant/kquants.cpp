@@ -12,6 +12,7 @@
 
 #include "core/fp16.h"
 #include "quant/blocks.h"
+#include "quant/fit.h"
 
 namespace pyllm {
 
@@ -34,10 +35,14 @@ inline int nearest_int(float v) {
 
 inline int clamp_int(int v, int lo, int hi) { return std::max(lo, std::min(hi, v)); }
 
+} // namespace
+
 // Symmetric levels [-nmax, nmax-1] for a group, fitted by weighted least squares: the first guess
 // maps the signed max to -nmax, then 18 nearby inverse scales are tried and the best kept.
 // L receives level + nmax. rmse_type 1 weighs by x^2 unless explicit weights qw are given.
-// Only the paths the reference quantizers use are kept (rmse_type 0 and 1).
+// Only the paths the reference quantizers use are kept (rmse_type 0 and 1). Shared with the
+// importance-weighted quantizers (quant/fit.h), hence outside the anonymous namespace.
+
 float make_qx_quants(int n, int nmax, const float* x, int8_t* L, int rmse_type, const float* qw) {
     float max = 0.0f, amax = 0.0f;
     for (int i = 0; i < n; ++i) {
@@ -91,6 +96,8 @@ float make_qx_quants(int n, int nmax, const float* x, int8_t* L, int rmse_type, 
     }
     return scale;
 }
+
+namespace {
 
 // Q3_K's group fit: levels [-nmax, nmax-1] weighted by x^2, then up to five passes of coordinate
 // descent that move one level at a time while the weighted fit improves. L receives level + nmax.
