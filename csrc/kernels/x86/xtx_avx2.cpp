@@ -1,5 +1,7 @@
 // XᵀX band kernel for the GPTQ Hessian (quant/gptq.cpp), AVX2 + FMA. Called only when the CPU
 // has both (checked by the caller); this file alone is compiled with those instructions.
+#if defined(__x86_64__)  // the caller (quant/gptq.cpp) uses it on x86-64 only
+
 #include <immintrin.h>
 
 #include <cstdint>
@@ -43,3 +45,5 @@ void xtx_tile_avx2(const float* xt, int64_t n_pad, int64_t i0, int64_t ni, int64
 }
 
 } // namespace pyllm
+
+#endif  // __x86_64__
