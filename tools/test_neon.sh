@@ -38,7 +38,7 @@ fi
 out=build/kernel_test/$target${sanitize:+-san}
 mkdir -p "$out"
 srcs=(csrc/kernels/dispatch.cpp csrc/kernels/ref/*.cpp csrc/kernels/x86/*.cpp csrc/kernels/arm/*.cpp
-      csrc/quant/*.cpp tests/native/kernel_test.cpp)
+      csrc/quant/*.cpp csrc/core/threadpool.cpp tests/native/kernel_test.cpp)
 objs=()
 for src in "${srcs[@]}"; do
     obj=$out/$(echo "$src" | tr / _).o
