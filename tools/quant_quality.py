@@ -43,7 +43,7 @@ def main() -> int:
     p.add_argument("--calib-ctx", type=int, default=512)
     p.add_argument("--types", default="Q4_0,Q4_1,Q5_0,Q5_1,Q8_0")
     p.add_argument("--methods", default="rtn,imatrix,gptq")
-    p.add_argument("--act-order", action="store_true")
+    p.add_argument("--act-order", action=argparse.BooleanOptionalAction, default=True)
     p.add_argument("--gptq-scales", default="search", choices=("search", "minmax"))
     p.add_argument("--damp", type=float, default=0.01)
     p.add_argument("--threads", type=int, default=None)
