@@ -100,6 +100,50 @@ py::array matmul(const std::string& isa, int type_id, u8_array w, int64_t k, f32
     return out;
 }
 
+// matmul over the x8 layout: W repacked with the ISA's repacker, then its gemm_x8 on the whole
+// groups and the plain gemm on the tail rows, as the model's matmul runs a repacked weight.
+py::array matmul_x8(const std::string& isa, int type_id, u8_array w, int64_t k, f32_array x) {
+    const Type t = checked_type(type_id);
+    const TypeTraits& tt = type_traits(t);
+    const KernelTable& kt = checked_table(isa);
+    if (w.ndim() != 2 || x.ndim() != 2 || x.shape(1) != k || k <= 0) fail(ErrorKind::invalid_argument, "matmul_x8: bad shapes");
+    if (k % tt.block_size) fail(ErrorKind::invalid_argument, "matmul_x8: k not a multiple of the block size");
+    const size_t w_rs = row_size(t, k);
+    if ((size_t)w.shape(1) != w_rs) fail(ErrorKind::invalid_argument, "matmul_x8: weight row bytes mismatch");
+    if (!kt.gemm_x8[t] || !kt.repack_x8[t]) fail(ErrorKind::invalid_argument, std::string("matmul_x8: ") + kt.isa + " does not repack " + tt.name);
+    const Type at = tt.vec_dot_type;
+    const size_t a_rs = row_size(at, k);
+    const int64_t rows = w.shape(0), n_tok = x.shape(0), full = rows / kX8Rows * kX8Rows;
+    py::array_t<float> out({(py::ssize_t)n_tok, (py::ssize_t)rows});
+    std::vector<uint8_t> act(a_rs * n_tok + 64), packed(w_rs * rows + 64);
+    const float* xs = x.data();
+    float* o = out.mutable_data();
+    {
+        py::gil_scoped_release nogil;
+        kt.repack_x8[t](w.data(), w_rs, rows, k, packed.data());
+        for (int64_t i = 0; i < n_tok; ++i) kt.quantize_act[at](xs + i * k, act.data() + i * a_rs, k);
+        if (full) kt.gemm_x8[t](k, packed.data(), w_rs, full, act.data(), a_rs, n_tok, o, rows);
+        if (rows > full) kt.gemm[t](k, packed.data() + full * w_rs, w_rs, rows - full, act.data(), a_rs, n_tok, o + full, rows);
+    }
+    return out;
+}
+
+// (rows, row_size) plain weights -> (rows, n) float32 through the x8 layout: repacked, then each
+// row read back with x8_row_to_float (the embedding lookup of a repacked matrix).
+py::array dequantize_x8(int type_id, u8_array q, int64_t n) {
+    const Type t = checked_type(type_id);
+    const KernelTable& ref = *kernel_table_ref();
+    if (!ref.repack_x8[t]) fail(ErrorKind::invalid_argument, std::string("no x8 layout for ") + type_traits(t).name);
+    if (q.ndim() != 2 || n <= 0 || n % 32 || (size_t)q.shape(1) != row_size(t, n)) fail(ErrorKind::invalid_argument, "dequantize_x8: bad shapes");
+    const int64_t rows = q.shape(0);
+    const size_t rs = row_size(t, n);
+    std::vector<uint8_t> packed(rs * rows + 64);
+    ref.repack_x8[t](q.data(), rs, rows, n, packed.data());
+    py::array_t<float> out({(py::ssize_t)rows, (py::ssize_t)n});
+    for (int64_t r = 0; r < rows; ++r) x8_row_to_float(t, packed.data(), rs, rows, r, n, out.mutable_data() + r * n);
+    return out;
+}
+
 // (rows, n) float32 -> (rows, row_size) uint8 with the ISA's activation quantizer (tests compare ISAs).
 py::array quantize_act(const std::string& isa, int type_id, f32_array x) {
     const Type t = checked_type(type_id);
@@ -180,6 +224,15 @@ void register_core(py::module_& m) {
     m.def("axpy_f16", &axpy_f16, py::arg("isa"), py::arg("alpha"), py::arg("x"), py::arg("y"));
     m.def("f32_to_f16", &f32_to_f16, py::arg("isa"), py::arg("x"));
     m.def("matmul", &matmul, py::arg("isa"), py::arg("type_id"), py::arg("w"), py::arg("k"), py::arg("x"));
+    m.def("matmul_x8", &matmul_x8, py::arg("isa"), py::arg("type_id"), py::arg("w"), py::arg("k"), py::arg("x"));
+    m.def("dequantize_x8", &dequantize_x8, py::arg("type_id"), py::arg("q"), py::arg("n"));
+    m.def("x8_types", [](const std::string& isa) {
+        const KernelTable& kt = checked_table(isa);
+        std::vector<int> ids;
+        for (int i = 0; i < TYPE_COUNT; ++i)
+            if (kt.gemm_x8[i] && kt.repack_x8[i]) ids.push_back(i);
+        return ids;
+    }, py::arg("isa"), "Weight types the ISA repacks to the x8 layout.");
 }
 
 } // namespace pyllm

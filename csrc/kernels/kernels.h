@@ -17,6 +17,21 @@ using gemm_fn = void (*)(int64_t k, const void* w, size_t w_stride, int64_t n_ro
                          const void* a, size_t a_stride, int64_t n_tok,
                          float* out, int64_t out_stride);
 
+// --- the row-interleaved ("x8") weight layout, made once at load for decode -----------------------
+//
+// Q4_0, Q4_1 and Q8_0 rows in groups of kX8Rows = 8. For each 32-element block column a group
+// stores exactly the bytes of its 8 plain blocks, rearranged:
+//   the 8 rows' f16 scales d (16 bytes), for Q4_1 then the 8 mins m (16 bytes),
+//   then the quants as 4-byte runs: run c of row L at byte 32*c + 4*L, holding the plain block's
+//   qs[4c..4c+3] (Q4: 4 runs, low nibble = element 4c+b, high = 16+4c+b; Q8_0: 8 runs).
+// So one 32-byte load is one run of all 8 rows: 4 activation bytes broadcast to 8 lanes feed the
+// 8 rows, the 8 int32 lanes are the 8 outputs (no horizontal sums), and the 8 scales convert with
+// one vcvtph2ps. A group is 8 plain rows' bytes, so the tensor keeps its size and row r (a
+// multiple of 8) still starts at r*row_bytes. Rows after the last full group stay plain.
+constexpr int kX8Rows = 8;
+// dst (same size as src) = the x8 layout of n_rows plain rows of k elements, row_bytes apart.
+using repack_fn = void (*)(const void* src, size_t row_bytes, int64_t n_rows, int64_t k, void* dst);
+
 // Attention helpers over the F16 KV cache.
 using dot_f16_fn  = float (*)(int64_t n, const uint16_t* x, const float* y);          // sum x*y
 using axpy_f16_fn = void (*)(int64_t n, float alpha, const uint16_t* x, float* y);    // y += alpha*x
@@ -25,12 +40,21 @@ using f32_to_f16_fn = void (*)(const float* x, uint16_t* y, int64_t n);
 struct KernelTable {
     const char* isa;                      // "ref", "avx2", "avx512", "neon", ...
     gemm_fn gemm[TYPE_COUNT];             // by weight type; nullptr = not supported by this ISA
+    // The x8 layout (above), by weight type; nullptr = this ISA does not repack that type (and
+    // fill_missing_from_ref leaves it so). gemm_x8 has gemm's ABI; w starts at a group boundary
+    // and n_rows is a multiple of kX8Rows (a matrix's plain tail rows go to gemm).
+    repack_fn repack_x8[TYPE_COUNT];
+    gemm_fn gemm_x8[TYPE_COUNT];
     from_float_fn quantize_act[TYPE_COUNT];// by activation type (Q8_0, Q8_1, Q8_K): one row
     to_float_fn to_float[TYPE_COUNT];     // by type: dequantize one row
     dot_f16_fn dot_f16;
     axpy_f16_fn axpy_f16;
     f32_to_f16_fn f32_to_f16;
 };
+
+// Row `row` of an x8-layout matrix (n_rows rows, row_bytes apart) dequantized to y (k floats),
+// bit-identical to the plain row's to_float: the embedding lookup of a repacked tied output.
+void x8_row_to_float(Type type, const void* w, size_t row_bytes, int64_t n_rows, int64_t row, int64_t k, float* y);
 
 // Tables, each fills missing entries from the reference table. Defined in their ISA's file;
 // an ISA that is not compiled for this architecture returns nullptr.

@@ -94,5 +94,70 @@ void gemm_tiled(int64_t k, const void* w, size_t w_stride, int64_t n_rows,
     }
 }
 
+// --- the x8 (row-interleaved) layout: 8 rows per step, outputs straight from the lanes ------------
+//
+// Per (token, activation block) numbers every group reuses, worked out once per call (per chunk)
+// so the inner loop only broadcasts them: the activation scale d, its s = d*sum(q) (Q8_1), and
+// `corr` = offset*sum(q), the integer a kernel subtracts when it multiplies unsigned quants
+// (q + offset) by the activation (Q4_0: 8; Q8_0 under VNNI: 128, see the ISA files).
+struct X8Act {
+    float d, s;
+    int32_t corr;
+};
+
+// A micro-kernel MK for the x8 layout provides
+//   kColBytes   one group's block column (8 plain blocks' bytes); kToks: tokens per prefill tile
+//   static void prepare(const uint8_t* a_blocks, int64_t nb, X8Act* pre)   one token's blocks
+//   template <int T> static void tile(const uint8_t* group_cols, int64_t nb, const uint8_t* const a[T],
+//                                     const X8Act* pre, int64_t pre_stride, float* out, int64_t out_stride, bool add)
+//     8 rows (out[t*out_stride + 0..7]) times T tokens over nb block columns; `add` accumulates into out.
+template <class MK, int T>
+inline void tile_x8_any(int t_count, const uint8_t* w, int64_t nb, const uint8_t* const* a, const X8Act* pre,
+                        int64_t pre_stride, float* out, int64_t out_stride, bool add) {
+    if constexpr (T > 1) {
+        if (t_count < T) return tile_x8_any<MK, T - 1>(t_count, w, nb, a, pre, pre_stride, out, out_stride, add);
+    }
+    MK::template tile<T>(w, nb, a, pre, pre_stride, out, out_stride, add);
+}
+
+template <class MK>
+void gemm_x8_tiled(int64_t k, const void* w, size_t w_stride, int64_t n_rows,
+                   const void* a, size_t a_stride, int64_t n_tok, float* out, int64_t out_stride) {
+    const uint8_t* wb = static_cast<const uint8_t*>(w);
+    const uint8_t* ab = static_cast<const uint8_t*>(a);
+    const int64_t nb = k / 32;
+    if (nb <= 0) {
+        for (int64_t t = 0; t < n_tok; ++t)
+            for (int64_t r = 0; r < n_rows; ++r) out[t * out_stride + r] = 0.0f;
+        return;
+    }
+    // The per-block numbers live on the stack (kernels never allocate): blocks in chunks of at
+    // most kPre / kToks (k up to 16384 in one pass), tokens in chunks whose activations stay in L1.
+    constexpr int64_t kPre = 2048;
+    X8Act pre[kPre];
+    const size_t a_block = MK::kActBlockBytes;
+    const int64_t bc = nb < kPre / MK::kToks ? nb : kPre / MK::kToks;
+    for (int64_t b0 = 0; b0 < nb; b0 += bc) {
+        const int64_t nbc = nb - b0 < bc ? nb - b0 : bc;
+        int64_t tc = (int64_t)(kChunkL1 / (nbc * a_block));
+        if (tc > kPre / nbc) tc = kPre / nbc;
+        tc = tc < MK::kToks ? MK::kToks : tc - tc % MK::kToks;
+        for (int64_t t0 = 0; t0 < n_tok; t0 += tc) {
+            const int64_t nt = n_tok - t0 < tc ? n_tok - t0 : tc;
+            for (int64_t t = 0; t < nt; ++t) MK::prepare(ab + (t0 + t) * a_stride + b0 * a_block, nbc, pre + t * nbc);
+            for (int64_t g = 0; g + 8 <= n_rows; g += 8) {
+                const uint8_t* wg = wb + g * w_stride + b0 * MK::kColBytes;
+                for (int64_t t = 0; t < nt; t += MK::kToks) {
+                    const uint8_t* at[MK::kToks];
+                    const int t_count = (int)(nt - t < MK::kToks ? nt - t : MK::kToks);
+                    for (int j = 0; j < t_count; ++j) at[j] = ab + (t0 + t + j) * a_stride + b0 * a_block;
+                    tile_x8_any<MK, MK::kToks>(t_count, wg, nbc, at, pre + t * nbc, nbc,
+                                               out + (t0 + t) * out_stride + g, out_stride, b0 > 0);
+                }
+            }
+        }
+    }
+}
+
 } // namespace
 } // namespace pyllm

@@ -39,7 +39,12 @@ float vec_dot_q6_K_q8_K_ref(int64_t k, const void* w, const void* a);
 // K-quant dot products against Q8_K (kernels/ref/kquants_ref.cpp) register themselves here.
 void register_kquant_ref_kernels(KernelTable& t);
 
-// SIMD tables call this last, so any entry they leave empty runs the reference loop.
+// The x8 layout's repackers and reference gemm (kernels/ref/x8.cpp). SIMD tables take the
+// repacker of each type they have an x8 gemm for from the reference table.
+void register_x8_ref_kernels(KernelTable& t);
+
+// SIMD tables call this last, so any entry they leave empty runs the reference loop (except the
+// x8 entries: an ISA without its own x8 kernel keeps the plain layout).
 void fill_missing_from_ref(KernelTable& t);
 
 } // namespace pyllm

@@ -18,6 +18,7 @@
 namespace pyllm {
 
 void register_kquant_avx2_kernels(KernelTable& t);  // kquants_avx2.cpp
+void register_x8_avx2_kernels(KernelTable& t);      // x8_avx2.cpp
 
 namespace {
 
@@ -381,6 +382,7 @@ KernelTable make_avx2_table() {
     t.axpy_f16 = axpy_f16_avx2;
     t.f32_to_f16 = f32_to_f16_avx2;
     register_kquant_avx2_kernels(t);
+    register_x8_avx2_kernels(t);
     fill_missing_from_ref(t);
     return t;
 }

@@ -17,6 +17,7 @@
 namespace pyllm {
 
 void register_kquant_avx512_kernels(KernelTable& t);  // kquants_avx512.cpp
+void register_x8_avx512_kernels(KernelTable& t);      // x8_avx512.cpp
 
 namespace {
 
@@ -337,6 +338,7 @@ KernelTable make_avx512_table() {
     t.axpy_f16 = axpy_f16_avx512;
     t.f32_to_f16 = f32_to_f16_avx512;
     register_kquant_avx512_kernels(t);
+    register_x8_avx512_kernels(t);
     // Whatever is still empty: the AVX2 kernel if there is one (AVX-512 CPUs run AVX2), else ref.
     if (const KernelTable* avx2 = kernel_table_avx2()) {
         for (int i = 0; i < TYPE_COUNT; ++i) {
