@@ -102,7 +102,8 @@ py::array matmul(const std::string& isa, int type_id, u8_array w, int64_t k, f32
 
 // matmul over the x8 layout: W repacked with the ISA's repacker, then its gemm_x8 on the whole
 // groups and the plain gemm on the tail rows, as the model's matmul runs a repacked weight.
-py::array matmul_x8(const std::string& isa, int type_id, u8_array w, int64_t k, f32_array x) {
+// With packed=true, w is already in the x8 layout (from repack_x8), so benchmarks time the gemm alone.
+py::array matmul_x8(const std::string& isa, int type_id, u8_array w, int64_t k, f32_array x, bool packed) {
     const Type t = checked_type(type_id);
     const TypeTraits& tt = type_traits(t);
     const KernelTable& kt = checked_table(isa);
@@ -115,16 +116,28 @@ py::array matmul_x8(const std::string& isa, int type_id, u8_array w, int64_t k, 
     const size_t a_rs = row_size(at, k);
     const int64_t rows = w.shape(0), n_tok = x.shape(0), full = rows / kX8Rows * kX8Rows;
     py::array_t<float> out({(py::ssize_t)n_tok, (py::ssize_t)rows});
-    std::vector<uint8_t> act(a_rs * n_tok + 64), packed(w_rs * rows + 64);
+    std::vector<uint8_t> act(a_rs * n_tok + 64), buf(packed ? 0 : w_rs * rows + 64);
     const float* xs = x.data();
     float* o = out.mutable_data();
+    const uint8_t* wx8 = packed ? w.data() : buf.data();
     {
         py::gil_scoped_release nogil;
-        kt.repack_x8[t](w.data(), w_rs, rows, k, packed.data());
+        if (!packed) kt.repack_x8[t](w.data(), w_rs, rows, k, buf.data());
         for (int64_t i = 0; i < n_tok; ++i) kt.quantize_act[at](xs + i * k, act.data() + i * a_rs, k);
-        if (full) kt.gemm_x8[t](k, packed.data(), w_rs, full, act.data(), a_rs, n_tok, o, rows);
-        if (rows > full) kt.gemm[t](k, packed.data() + full * w_rs, w_rs, rows - full, act.data(), a_rs, n_tok, o + full, rows);
+        if (full) kt.gemm_x8[t](k, wx8, w_rs, full, act.data(), a_rs, n_tok, o, rows);
+        if (rows > full) kt.gemm[t](k, wx8 + full * w_rs, w_rs, rows - full, act.data(), a_rs, n_tok, o + full, rows);
     }
+    return out;
+}
+
+// (rows, row_size) plain rows -> the same bytes in the x8 layout, by the ISA's repacker.
+py::array repack_x8(const std::string& isa, int type_id, u8_array w, int64_t k) {
+    const Type t = checked_type(type_id);
+    const KernelTable& kt = checked_table(isa);
+    if (!kt.repack_x8[t]) fail(ErrorKind::invalid_argument, std::string("repack_x8: ") + kt.isa + " does not repack " + type_traits(t).name);
+    if (w.ndim() != 2 || k <= 0 || k % 32 || (size_t)w.shape(1) != row_size(t, k)) fail(ErrorKind::invalid_argument, "repack_x8: bad shapes");
+    py::array_t<uint8_t> out({w.shape(0), w.shape(1)});
+    kt.repack_x8[t](w.data(), row_size(t, k), w.shape(0), k, out.mutable_data());
     return out;
 }
 
@@ -224,7 +237,9 @@ void register_core(py::module_& m) {
     m.def("axpy_f16", &axpy_f16, py::arg("isa"), py::arg("alpha"), py::arg("x"), py::arg("y"));
     m.def("f32_to_f16", &f32_to_f16, py::arg("isa"), py::arg("x"));
     m.def("matmul", &matmul, py::arg("isa"), py::arg("type_id"), py::arg("w"), py::arg("k"), py::arg("x"));
-    m.def("matmul_x8", &matmul_x8, py::arg("isa"), py::arg("type_id"), py::arg("w"), py::arg("k"), py::arg("x"));
+    m.def("matmul_x8", &matmul_x8, py::arg("isa"), py::arg("type_id"), py::arg("w"), py::arg("k"), py::arg("x"),
+          py::arg("packed") = false);
+    m.def("repack_x8", &repack_x8, py::arg("isa"), py::arg("type_id"), py::arg("w"), py::arg("k"));
     m.def("dequantize_x8", &dequantize_x8, py::arg("type_id"), py::arg("q"), py::arg("n"));
     m.def("x8_types", [](const std::string& isa) {
         const KernelTable& kt = checked_table(isa);
