@@ -133,7 +133,9 @@ class Model:
         cfg = asdict(self.config)
         tensors = {name: (t["type"], t["shape"], self._file.tensor_bytes(name))
                    for name, t in self._file.tensors.items()}
-        self._model = _core.LlamaModel(cfg, tensors, keep_alive=self._file)
+        # PYLLM_REPACK=0 keeps the weights in the file's layout (for A/B measurements).
+        repack = os.environ.get("PYLLM_REPACK", "1") != "0"
+        self._model = _core.LlamaModel(cfg, tensors, keep_alive=self._file, repack=repack)
 
         self.n_ctx = int(n_ctx) if n_ctx is not None else min(self.config.n_ctx_train, 4096)
         if self.n_ctx < 1:

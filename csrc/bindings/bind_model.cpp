@@ -62,7 +62,7 @@ LlamaConfig config_from_dict(const py::dict& d) {
     return c;
 }
 
-std::unique_ptr<PyModel> make_model(const py::dict& cfg, const py::dict& tensors, py::object keep_alive) {
+std::unique_ptr<PyModel> make_model(const py::dict& cfg, const py::dict& tensors, py::object keep_alive, bool repack) {
     std::unordered_map<std::string, TensorView> views;
     for (auto item : tensors) {
         const std::string name = item.first.cast<std::string>();
@@ -81,7 +81,9 @@ std::unique_ptr<PyModel> make_model(const py::dict& cfg, const py::dict& tensors
     }
     auto m = std::make_unique<PyModel>();
     const LlamaConfig c = config_from_dict(cfg);
-    m->model = std::make_shared<LlamaModel>(c, views);
+    ModelOptions opts;
+    opts.repack = repack;
+    m->model = std::make_shared<LlamaModel>(c, views, opts);
     m->keep_alive = std::move(keep_alive);
     return m;
 }
@@ -94,7 +96,9 @@ py::array_t<int32_t, py::array::c_style | py::array::forcecast> as_tokens(py::ha
 
 void register_model(py::module_& m) {
     py::class_<PyModel>(m, "LlamaModel")
-        .def(py::init(&make_model), py::arg("config"), py::arg("tensors"), py::arg("keep_alive") = py::none())
+        .def(py::init(&make_model), py::arg("config"), py::arg("tensors"), py::arg("keep_alive") = py::none(),
+             py::arg("repack") = true)
+        .def_property_readonly("repacked_bytes", [](const PyModel& pm) { return pm.model->repacked_bytes(); })
         .def_property_readonly("weight_bytes", [](const PyModel& pm) { return pm.model->weight_bytes(); })
         .def_property_readonly("n_vocab", [](const PyModel& pm) { return pm.model->config().n_vocab; })
         .def_static("kv_cache_bytes", [](const py::dict& cfg, int n_ctx) { return Context::kv_cache_bytes(config_from_dict(cfg), n_ctx); });

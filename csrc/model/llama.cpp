@@ -2,7 +2,13 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdio>
 #include <cstring>
+
+#if defined(__linux__)
+#include <sys/mman.h>
+#include <unistd.h>
+#endif
 
 #include "core/common.h"
 
@@ -62,9 +68,72 @@ struct TensorFinder {
     }
 };
 
+// Whether [p, p+n) lies inside one read-only, file-backed mapping (/proc/self/maps: perms "r-..",
+// inode != 0). Only there may pages be dropped: they come back from the file unchanged. Anonymous
+// memory (numpy arrays, quantized layers in calibration) would come back as zeros.
+bool in_read_only_file_mapping(const void* p, size_t n) {
+#if defined(__linux__)
+    FILE* f = std::fopen("/proc/self/maps", "r");
+    if (!f) return false;
+    const uintptr_t lo = (uintptr_t)p, hi = lo + n;
+    bool ok = false;
+    char line[512];
+    while (std::fgets(line, sizeof(line), f)) {
+        unsigned long start, end, offset, inode;
+        char perms[8];
+        unsigned dev_major, dev_minor;
+        if (std::sscanf(line, "%lx-%lx %7s %lx %x:%x %lu", &start, &end, perms, &offset, &dev_major, &dev_minor, &inode) != 7)
+            continue;
+        if (lo >= start && hi <= end) {
+            ok = perms[0] == 'r' && perms[1] == '-' && inode != 0;
+            break;
+        }
+    }
+    std::fclose(f);
+    return ok;
+#else
+    (void)p; (void)n;
+    return false;
+#endif
+}
+
+// Drops this process's pages wholly inside [begin, end) (the partial pages at either end may
+// hold a neighbouring tensor).
+void release_pages(const uint8_t* begin, const uint8_t* end) {
+#if defined(__linux__)
+    const uintptr_t page = (uintptr_t)sysconf(_SC_PAGESIZE);
+    const uintptr_t a = ((uintptr_t)begin + page - 1) / page * page, b = (uintptr_t)end / page * page;
+    if (b > a) madvise((void*)a, b - a, MADV_DONTNEED);  // advice: a failure only costs memory
+#else
+    (void)begin; (void)end;
+#endif
+}
+
 } // namespace
 
-LlamaModel::LlamaModel(const LlamaConfig& cfg, const std::unordered_map<std::string, TensorView>& tensors)
+// The copy is made in slices of whole groups (~1 MiB), each slice's source pages released as soon
+// as it is copied, so the resident peak holds one slice twice, not the whole tensor.
+void LlamaModel::repack(Matrix& m) {
+    const KernelTable& kt = kernels();
+    if (!m || m.x8 || !kt.repack_x8[m.type] || !kt.gemm_x8[m.type] || m.rows < kX8Rows) return;
+    const size_t bytes = (size_t)m.rows * m.row_bytes;
+    uint8_t* dst = static_cast<uint8_t*>(std::aligned_alloc(64, (bytes + 63) / 64 * 64));
+    if (!dst) fail(ErrorKind::invalid_argument, "cannot allocate " + std::to_string(bytes >> 20) + " MiB to repack a weight matrix");
+    x8_buffers_.emplace_back(dst);
+    const bool release = in_read_only_file_mapping(m.data, bytes);
+    const int64_t slice = std::max<int64_t>(kX8Rows, (int64_t)((1u << 20) / (m.row_bytes * kX8Rows)) * kX8Rows);
+    for (int64_t r0 = 0; r0 < m.rows; r0 += slice) {
+        const int64_t nr = std::min(slice, m.rows - r0);
+        kt.repack_x8[m.type](m.data + r0 * m.row_bytes, m.row_bytes, nr, m.cols, dst + r0 * m.row_bytes);
+        if (release) release_pages(m.data, m.data + (r0 + nr) * m.row_bytes);
+    }
+    m.data = dst;
+    m.x8 = true;
+    repacked_bytes_ += bytes;
+}
+
+LlamaModel::LlamaModel(const LlamaConfig& cfg, const std::unordered_map<std::string, TensorView>& tensors,
+                       const ModelOptions& options)
     : cfg_(cfg) {
     auto positive = [](const char* what, int64_t v, int64_t limit) {
         if (v <= 0 || v > limit)
@@ -109,6 +178,16 @@ LlamaModel::LlamaModel(const LlamaConfig& cfg, const std::unordered_map<std::str
         L.w_gate = f.matrix(p + "ffn_gate.weight", cfg.n_ff, d);
         L.w_up = f.matrix(p + "ffn_up.weight", cfg.n_ff, d);
         L.w_down = f.matrix(p + "ffn_down.weight", d, cfg.n_ff);
+    }
+    if (options.repack) {
+        // A separate token_embd is only looked up, a row per token: it stays as it is. Tied, it
+        // is the output matrix (a third of the bytes a SmolLM2 decode step reads) and the lookup
+        // reads the x8 layout (x8_row_to_float).
+        const bool tied = output.data == tok_embd.data;
+        repack(output);
+        if (tied) tok_embd = output;
+        for (LayerWeights& L : layers)
+            for (Matrix* w : {&L.wq, &L.wk, &L.wv, &L.wo, &L.w_gate, &L.w_up, &L.w_down}) repack(*w);
     }
 }
 
@@ -198,7 +277,10 @@ void Context::forward_batch(const int32_t* tokens, int64_t nb, float* logits, bo
     };
 
     for (int64_t t = 0; t < nb; ++t) {
-        kt_.to_float[m.tok_embd.type](m.tok_embd.data + (int64_t)tokens[t] * m.tok_embd.row_bytes, x_.data() + t * d, d);
+        if (m.tok_embd.x8)
+            x8_row_to_float(m.tok_embd.type, m.tok_embd.data, m.tok_embd.row_bytes, m.tok_embd.rows, tokens[t], d, x_.data() + t * d);
+        else
+            kt_.to_float[m.tok_embd.type](m.tok_embd.data + (int64_t)tokens[t] * m.tok_embd.row_bytes, x_.data() + t * d, d);
         pos_[t] = (int32_t)(pos0 + t);
     }
     rope_cache(pos_.data(), nb, c.n_rot, c.rope_freq_base, c.rope_freq_scale, cos_sin_.data());

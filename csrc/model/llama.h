@@ -48,11 +48,21 @@ struct LayerWeights {
     Matrix w_gate, w_up, w_down;  // (n_ff, n_embd) x2, (n_embd, n_ff)
 };
 
+struct ModelOptions {
+    // Repack the matrices the kernel table has an x8 kernel for into owned row-interleaved
+    // copies (kernels.h) at load; the model then reads those, never the views' bytes.
+    bool repack = true;
+};
+
 class LlamaModel {
 public:
     // Checks every tensor the architecture needs: present, F32 where it must be, shapes that
     // agree with the config. Throws Error(gguf) naming the tensor, or Error(unsupported).
-    LlamaModel(const LlamaConfig& cfg, const std::unordered_map<std::string, TensorView>& tensors);
+    // Where a repacked tensor's view lies in a read-only file mapping (the GGUF file), its pages
+    // are dropped from this process once copied (madvise DONTNEED), so repacking does not hold
+    // the weights twice; they fault back in from the file if the mapping's owner reads them.
+    LlamaModel(const LlamaConfig& cfg, const std::unordered_map<std::string, TensorView>& tensors,
+               const ModelOptions& options = {});
 
     const LlamaConfig& config() const { return cfg_; }
     uint64_t weight_bytes() const { return weight_bytes_; }
@@ -62,9 +72,16 @@ public:
     Matrix output;             // (n_vocab, n_embd); tok_embd when tied
     std::vector<LayerWeights> layers;
 
+    // Bytes of weights held in owned x8 copies (counted in weight_bytes too).
+    uint64_t repacked_bytes() const { return repacked_bytes_; }
+
 private:
+    void repack(Matrix& m);
+
     LlamaConfig cfg_;
-    uint64_t weight_bytes_ = 0;
+    uint64_t weight_bytes_ = 0, repacked_bytes_ = 0;
+    struct FreeDeleter { void operator()(void* p) const { std::free(p); } };
+    std::vector<std::unique_ptr<uint8_t, FreeDeleter>> x8_buffers_;  // 64-byte aligned, one per repacked matrix
 };
 
 // Called between layers; returning true abandons the evaluation (Ctrl-C).

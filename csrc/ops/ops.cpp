@@ -103,8 +103,15 @@ void matmul(ThreadPool& pool, const KernelTable& kt, const MatmulJob* jobs, int 
         const Matrix& w = *job.w;
         const int64_t r0 = (task - first_task[j]) * chunk;
         const int64_t nr = std::min(chunk, w.rows - r0);
-        kt.gemm[w.type](w.cols, w.data + r0 * w.row_bytes, w.row_bytes, nr, job.act, job.act_row_bytes, n_tok,
-                        job.out + r0, job.out_stride);
+        // An x8 matrix: chunks are multiples of 16 rows, so only the last can end in plain tail rows.
+        const int64_t grouped = w.x8 ? nr / kX8Rows * kX8Rows : 0;
+        assert(!w.x8 || r0 % kX8Rows == 0);
+        if (grouped)
+            kt.gemm_x8[w.type](w.cols, w.data + r0 * w.row_bytes, w.row_bytes, grouped, job.act, job.act_row_bytes, n_tok,
+                               job.out + r0, job.out_stride);
+        if (nr > grouped)
+            kt.gemm[w.type](w.cols, w.data + (r0 + grouped) * w.row_bytes, w.row_bytes, nr - grouped, job.act,
+                            job.act_row_bytes, n_tok, job.out + r0 + grouped, job.out_stride);
     });
 }
 

@@ -12,11 +12,14 @@ namespace pyllm {
 
 // A weight matrix view: `rows` rows of `cols` elements of `type`, row r at data + r*row_bytes.
 // Shape in ggml order: ne[0] = cols (the contiguous input dimension), ne[1] = rows (outputs).
+// x8: the rows are in the row-interleaved layout (kernels.h), multiplied by the table's gemm_x8
+// (whole groups) and gemm (the plain tail rows).
 struct Matrix {
     Type type = TYPE_F32;
     int64_t rows = 0, cols = 0;
     size_t row_bytes = 0;
     const uint8_t* data = nullptr;
+    bool x8 = false;
     explicit operator bool() const { return data != nullptr; }
 };
 
