@@ -122,6 +122,86 @@ def test_gemm_output_stride_and_rows_subset(isa):
     np.testing.assert_array_equal(full[:, 5:18], part)
 
 
+# --- the x8 (row-interleaved) layout ------------------------------------------------------------
+
+X8_TYPES = [Q4_0, Q4_1, Q8_0]
+X8_ROWS = [8, 13, 16, 41]  # whole groups, and groups plus a plain tail
+X8_TOK = [1, 2, 4, 5, 9]   # decode, prefill tiles of 4 and their tails
+X8_CASES = [(isa, t, k) for isa in SIMD_ISAS for t in X8_TYPES if t in _core.x8_types(isa)
+            for k in (32, 64, 576, 1536, 4128)]
+
+
+def test_x8_types():
+    """x86 tables repack the three types; the reference repacks them too (its x8 gemm is the truth)."""
+    assert set(_core.x8_types("ref")) == set(X8_TYPES)
+    for isa in SIMD_ISAS:
+        assert set(_core.x8_types(isa)) <= set(X8_TYPES)
+        if isa in ("avx2", "avx512"):
+            assert set(_core.x8_types(isa)) == set(X8_TYPES)
+
+
+@pytest.mark.parametrize("type_id", X8_TYPES)
+def test_x8_reference_is_bit_identical_to_plain(type_id):
+    """The reference x8 gemm gathers blocks back and sums in the plain dot's order: bit-identical."""
+    rng = np.random.default_rng(type_id)
+    for k in (32, 96, 576):
+        w = random_weights(rng, type_id, 21, k)
+        x = rng.standard_normal((3, k)).astype(np.float32)
+        np.testing.assert_array_equal(_core.matmul_x8("ref", type_id, w, k, x), _core.matmul("ref", type_id, w, k, x))
+
+
+@pytest.mark.parametrize("type_id", X8_TYPES)
+def test_x8_repack_is_a_permutation_and_rows_read_back(type_id):
+    rng = np.random.default_rng(type_id + 5)
+    k = 576
+    w = random_weights(rng, type_id, 19, k)
+    packed = _core.repack_x8("ref", type_id, w, k)
+    assert packed.shape == w.shape
+    np.testing.assert_array_equal(np.sort(packed[:16], axis=None), np.sort(w[:16], axis=None))
+    np.testing.assert_array_equal(packed[16:], w[16:])  # the tail stays plain
+    for isa in SIMD_ISAS:
+        if type_id in _core.x8_types(isa):
+            np.testing.assert_array_equal(_core.repack_x8(isa, type_id, w, k), packed)
+    # Embedding lookups of a repacked tied output: bit-identical to the plain rows' dequantization.
+    want = _core.dequantize(type_id, w, k)
+    np.testing.assert_array_equal(_core.dequantize_x8(type_id, w, k).view(np.uint32), want.view(np.uint32))
+
+
+@pytest.mark.parametrize("isa,type_id,k", X8_CASES)
+def test_x8_gemm_matches_reference(isa, type_id, k):
+    rng = np.random.default_rng(3000 * type_id + k)
+    w = random_weights(rng, type_id, max(X8_ROWS), k)
+    x = rng.standard_normal((max(X8_TOK), k)).astype(np.float32)
+    mag = product_magnitude(type_id, w, k, x)
+    for rows in X8_ROWS:
+        for n_tok in X8_TOK:
+            got = _core.matmul_x8(isa, type_id, w[:rows], k, x[:n_tok])
+            want = _core.matmul("ref", type_id, w[:rows], k, x[:n_tok])
+            err = np.abs(got.astype(np.float64) - want) / (mag[:n_tok, :rows] + 1e-30)
+            assert err.max() <= 1e-6, f"{isa} x8 type {type_id} k={k} rows={rows} n_tok={n_tok}: rel err {err.max():.3g}"
+
+
+@pytest.mark.parametrize("isa", [i for i in SIMD_ISAS if _core.x8_types(i)])
+def test_x8_gemm_extreme_quants(isa):
+    """All-max and all-min quants with activations of +-127: the integer sums' largest values
+    (int16 pair sums in AVX2 maddubs, the VNNI offset corrections) must not saturate."""
+    k = 256
+    for type_id in _core.x8_types(isa):
+        info = _core.type_info(type_id)
+        for fill in (0x00, 0xFF, 0x80, 0x7F):
+            w = random_weights(np.random.default_rng(fill), type_id, 16, k)
+            blocks = w.reshape(16, -1, info["type_size"])
+            for lo, hi in LAYOUT[type_id]["quants"]:
+                blocks[:, :, lo:hi] = fill
+            for sign in (1.0, -1.0):
+                x = np.full((2, k), 127.0 * sign, dtype=np.float32)
+                x[1, ::3] *= -1
+                got = _core.matmul_x8(isa, type_id, w, k, x)
+                want = _core.matmul("ref", type_id, w, k, x)
+                mag = product_magnitude(type_id, w, k, x)
+                assert (np.abs(got.astype(np.float64) - want) / (mag + 1e-30)).max() <= 1e-6, (type_id, fill, sign)
+
+
 # --- activation quantizers ------------------------------------------------------------------------
 
 def activation_rows(rng, k):

@@ -92,7 +92,7 @@ std::vector<float> dequant(const KernelTable& ref, Type t, const uint8_t* q, int
 
 // --- checks ---------------------------------------------------------------------------------------
 
-void test_gemm(const KernelTable& kt, const KernelTable& ref, Type t, int64_t k) {
+void test_gemm(const KernelTable& kt, const KernelTable& ref, Type t, int64_t k, bool x8 = false) {
     const TypeTraits& tt = type_traits(t);
     const Type at = tt.vec_dot_type;
     const int max_rows = 17, max_tok = 5;
@@ -113,10 +113,24 @@ void test_gemm(const KernelTable& kt, const KernelTable& ref, Type t, int64_t k)
         offset = dequant(ref, t, zeroed.data(), max_rows, k);
     }
 
+    // The x8 layout (where the table repacks t): whole groups through gemm_x8, the tail plain.
+    std::vector<uint8_t> packed;
+    if (x8) {
+        packed.resize(w.size());
+        kt.repack_x8[t](w.data(), w_rs, max_rows, k, packed.data());
+    }
     for (int rows : {1, 3, 8, 17}) {
+        if (x8 && rows != 8 && rows != max_rows) continue;  // x8 rows come whole from the matrix start
         for (int n_tok : {1, 2, 3, 5}) {
             std::vector<float> got((size_t)rows * n_tok), want((size_t)rows * n_tok);
-            kt.gemm[t](k, w.data(), w_rs, rows, act.data(), a_rs, n_tok, got.data(), rows);
+            if (x8) {
+                const int full = rows / kX8Rows * kX8Rows;
+                kt.gemm_x8[t](k, packed.data(), w_rs, full, act.data(), a_rs, n_tok, got.data(), rows);
+                if (rows > full)
+                    kt.gemm[t](k, packed.data() + full * w_rs, w_rs, rows - full, act.data(), a_rs, n_tok, got.data() + full, rows);
+            } else {
+                kt.gemm[t](k, w.data(), w_rs, rows, act.data(), a_rs, n_tok, got.data(), rows);
+            }
             ref.gemm[t](k, w.data(), w_rs, rows, act.data(), a_rs, n_tok, want.data(), rows);
             double worst = 0.0;
             for (int tk = 0; tk < n_tok; ++tk)
@@ -129,7 +143,8 @@ void test_gemm(const KernelTable& kt, const KernelTable& ref, Type t, int64_t k)
                     const double err = std::fabs((double)got[tk * rows + r] - want[tk * rows + r]) / (mag + 1e-30);
                     if (!(err <= worst)) worst = err;  // NaN counts as worst
                 }
-            check(worst <= 1e-6, std::string(kt.isa) + " gemm " + tt.name + " k=" + std::to_string(k) + " rows=" +
+            check(worst <= 1e-6 && (!x8 || kt.isa != ref.isa || worst == 0.0),
+                  std::string(kt.isa) + (x8 ? " gemm_x8 " : " gemm ") + tt.name + " k=" + std::to_string(k) + " rows=" +
                   std::to_string(rows) + " n_tok=" + std::to_string(n_tok) + " rel err " + std::to_string(worst));
         }
     }
@@ -220,11 +235,26 @@ int main() {
                 else if (tt.block_size == QK_K) ks = {256, 768, 4352};
                 else ks = {32, 64, 96, 256, 4128};
                 for (int64_t k : ks) test_gemm(kt, ref, t, k);
+                if (kt.gemm_x8[t])
+                    for (int64_t k : {32, 64, 576, 4128}) test_gemm(kt, ref, t, k, /*x8=*/true);
             }
             if (kt.to_float[t] && t != TYPE_Q8_K && t != TYPE_F32) test_to_float(kt, ref, t);
         }
         for (Type at : {TYPE_Q8_0, TYPE_Q8_1, TYPE_Q8_K}) test_quantize_act(kt, ref, at);
         test_f16_helpers(kt, ref);
+    }
+    // The reference x8 gemm is bit-identical to the plain one; x8 rows read back bit-identically.
+    for (Type t : {TYPE_Q4_0, TYPE_Q4_1, TYPE_Q8_0}) {
+        for (int64_t k : {32, 576}) test_gemm(ref, ref, t, k, /*x8=*/true);
+        const int rows = 19;
+        const int64_t k = 96;
+        const std::vector<uint8_t> w = random_weights(t, rows, k);
+        std::vector<uint8_t> packed(w.size());
+        ref.repack_x8[t](w.data(), row_size(t, k), rows, k, packed.data());
+        const std::vector<float> want = dequant(ref, t, w.data(), rows, k);
+        std::vector<float> got((size_t)rows * k);
+        for (int r = 0; r < rows; ++r) x8_row_to_float(t, packed.data(), row_size(t, k), rows, r, k, got.data() + (size_t)r * k);
+        check(std::memcmp(got.data(), want.data(), got.size() * sizeof(float)) == 0, std::string("x8_row_to_float ") + type_traits(t).name);
     }
     if (tested == 0) check(false, "no SIMD table runs on this CPU/build");
     std::printf("kernel_test: %d passed, %d failed\n", g_passed, g_failed);
