@@ -76,12 +76,13 @@ public:
     uint64_t repacked_bytes() const { return repacked_bytes_; }
 
 private:
-    void repack(Matrix& m);
+    static bool repackable(const Matrix& m);
+    void repack(Matrix& m, uint8_t* dst);
 
     LlamaConfig cfg_;
     uint64_t weight_bytes_ = 0, repacked_bytes_ = 0;
     struct FreeDeleter { void operator()(void* p) const { std::free(p); } };
-    std::vector<std::unique_ptr<uint8_t, FreeDeleter>> x8_buffers_;  // 64-byte aligned, one per repacked matrix
+    std::unique_ptr<uint8_t, FreeDeleter> x8_arena_;  // the repacked matrices, each 64-byte aligned
 };
 
 // Called between layers; returning true abandons the evaluation (Ctrl-C).

@@ -17,13 +17,14 @@ struct X8Format {
     int block_bytes, n_halves, quant_bytes;
 };
 
+constexpr X8Format x8_format_of(Type t) {
+    return t == TYPE_Q4_0 ? X8Format{18, 1, 16} : t == TYPE_Q4_1 ? X8Format{20, 2, 16} : X8Format{34, 1, 32};
+}
+
 bool x8_format(Type t, X8Format* f) {
-    switch (t) {
-        case TYPE_Q4_0: *f = {18, 1, 16}; return true;
-        case TYPE_Q4_1: *f = {20, 2, 16}; return true;
-        case TYPE_Q8_0: *f = {34, 1, 32}; return true;
-        default: return false;
-    }
+    if (t != TYPE_Q4_0 && t != TYPE_Q4_1 && t != TYPE_Q8_0) return false;
+    *f = x8_format_of(t);
+    return true;
 }
 
 // Copies group row L's plain block to its places in a group's block column (kToX8), or back:
@@ -38,18 +39,17 @@ inline void move_block(const X8Format& f, int L, const uint8_t* from, uint8_t* t
     for (int c = 0; c < f.quant_bytes / 4; ++c) copy(16 * f.n_halves + 32 * c + 4 * L, 2 * f.n_halves + 4 * c, 4);
 }
 
-void repack_x8(const X8Format& f, const void* src, size_t row_bytes, int64_t n_rows, int64_t k, void* dst) {
+// The format is a template argument so the copies compile to fixed moves (load time).
+template <Type T>
+void repack_x8_ref(const void* src, size_t row_bytes, int64_t n_rows, int64_t k, void* dst) {
+    constexpr X8Format f = x8_format_of(T);
     const uint8_t* s = static_cast<const uint8_t*>(src);
     uint8_t* d = static_cast<uint8_t*>(dst);
     const int64_t nb = k / 32, full = n_rows / kX8Rows * kX8Rows;
-    const int gb = kX8Rows * f.block_bytes;  // one group's block column
     for (int64_t g = 0; g < full; g += kX8Rows)
         for (int64_t i = 0; i < nb; ++i) {
-            uint8_t* out = d + g * row_bytes + i * gb;
-            for (int L = 0; L < kX8Rows; ++L) {
-                const uint8_t* blk = s + (g + L) * row_bytes + i * f.block_bytes;
-                move_block<true>(f, L, blk, out);
-            }
+            uint8_t* out = d + g * row_bytes + i * kX8Rows * f.block_bytes;
+            for (int L = 0; L < kX8Rows; ++L) move_block<true>(f, L, s + (g + L) * row_bytes + i * f.block_bytes, out);
         }
     if (n_rows > full) std::memcpy(d + full * row_bytes, s + full * row_bytes, (n_rows - full) * row_bytes);
 }
@@ -57,13 +57,6 @@ void repack_x8(const X8Format& f, const void* src, size_t row_bytes, int64_t n_r
 // Plain block i of group row L, gathered back from a group's bytes.
 void gather_block(const X8Format& f, const uint8_t* group, int L, int64_t i, uint8_t* blk) {
     move_block<false>(f, L, group + i * kX8Rows * f.block_bytes, blk);
-}
-
-template <Type T>
-void repack_x8_ref(const void* src, size_t row_bytes, int64_t n_rows, int64_t k, void* dst) {
-    X8Format f;
-    x8_format(T, &f);
-    repack_x8(f, src, row_bytes, n_rows, k, dst);
 }
 
 template <Type T, vec_dot_fn DOT>
