@@ -3,7 +3,8 @@
 
 Decode shapes (n_tok = 1) report GB/s of weight bytes streamed; the prefill shape (n_tok = 256)
 reports GFLOP/s (2*rows*k*n_tok per call). K-quants need k % 256 == 0: they run at k = 768. Each number is the best of several timed repeats, and it
-includes quantizing the activations (as the model's matmul does). SmolLM2-135M's shapes: hidden 576,
+includes quantizing the activations (as the model's matmul does). Types the ISA repacks get a second line, isa/x8: the row-interleaved
+layout the model uses (repacked once, outside the timing). SmolLM2-135M's shapes: hidden 576,
 q/o 576x576, ffn 1536x576, vocab 49152x576.
 
     PYTHONPATH=. python3 tools/kernel_bench.py [--types Q4_0,Q8_0] [--isas ref,avx2] [--quick]
@@ -44,7 +45,7 @@ def main():
     isas = [i for i in args.isas.split(",") if i]
     rng = np.random.default_rng(0)
     print(f"cpu: {_core.cpu_features()}")
-    head = f"{'type':6} {'isa':7}" + "".join(f" {f'{r}x{k} GB/s':>15}" for r, k in DECODE_SHAPES)
+    head = f"{'type':6} {'isa':10}" + "".join(f" {f'{r}x{k} GB/s':>15}" for r, k in DECODE_SHAPES)
     head += f" {'prefill GFLOP/s':>16}"
     print(head)
     for name in args.types.split(","):
@@ -66,24 +67,31 @@ def main():
         if len(weights) < len({(r, fit(k)) for r, k in DECODE_SHAPES + [PREFILL_SHAPE[:2]]}):
             continue
         for isa in isas:
-            cells = []
-            for rows, k in DECODE_SHAPES:
+            # The plain file layout, and the x8 layout the model repacks to where the ISA has it.
+            for x8 in (False, True) if tid in _core.x8_types(isa) else (False,):
+                if x8:
+                    packed = {shape: _core.repack_x8(isa, tid, w, shape[1]) for shape, w in weights.items()}
+                    mm = lambda w, k, x: _core.matmul_x8(isa, tid, packed[(w.shape[0], k)], k, x, packed=True)  # noqa: E731
+                else:
+                    mm = lambda w, k, x: _core.matmul(isa, tid, w, k, x)  # noqa: E731
+                cells = []
+                for rows, k in DECODE_SHAPES:
+                    k = fit(k)
+                    w = weights[(rows, k)]
+                    x = rng.standard_normal((1, k)).astype(np.float32)
+                    dt = best_time(lambda: mm(w, k, x), 0.1 if args.quick else 0.4)
+                    cells.append(f" {w.nbytes / dt / 1e9:15.2f}")
+                rows, k, n_tok = PREFILL_SHAPE
                 k = fit(k)
-                w = weights[(rows, k)]
-                x = rng.standard_normal((1, k)).astype(np.float32)
-                dt = best_time(lambda: _core.matmul(isa, tid, w, k, x), 0.1 if args.quick else 0.4)
-                cells.append(f" {w.nbytes / dt / 1e9:15.2f}")
-            rows, k, n_tok = PREFILL_SHAPE
-            k = fit(k)
-            if isa == "ref" and args.quick:
-                cells.append(f" {'-':>16}")
-            else:
-                w = weights[(rows, k)]
-                x = rng.standard_normal((n_tok, k)).astype(np.float32)
-                dt = best_time(lambda: _core.matmul(isa, tid, w, k, x), 0.2 if args.quick else 0.6, 3)
-                cells.append(f" {2 * rows * k * n_tok / dt / 1e9:16.1f}")
-            print(f"{name:6} {isa:7}" + "".join(cells) + ("" if fit(576) == 576 else f"   (k={fit(576)})"), flush=True)
-
+                if isa == "ref" and args.quick:
+                    cells.append(f" {'-':>16}")
+                else:
+                    w = weights[(rows, k)]
+                    x = rng.standard_normal((n_tok, k)).astype(np.float32)
+                    dt = best_time(lambda: mm(w, k, x), 0.2 if args.quick else 0.6, 3)
+                    cells.append(f" {2 * rows * k * n_tok / dt / 1e9:16.1f}")
+                label = isa + ("/x8" if x8 else "")
+                print(f"{name:6} {label:10}" + "".join(cells) + ("" if fit(576) == 576 else f"   (k={fit(576)})"), flush=True)
 
 if __name__ == "__main__":
     main()
