@@ -2,6 +2,8 @@
 
 #include <sched.h>
 
+#include <cassert>
+
 #include <fstream>
 #include <set>
 #include <string>
@@ -39,56 +41,71 @@ ThreadPool::~ThreadPool() {
     {
         std::lock_guard<std::mutex> lock(mutex_);
         stop_.store(true);
-        generation_.fetch_add(1);
+        state_.store(((uint64_t)(generation_of(state_.load()) + 1) << 32) | kClosed);
     }
     wake_.notify_all();
     for (auto& t : workers_) t.join();
 }
 
-void ThreadPool::work(int thread) {
+// Claims and runs tasks of job `generation` until there are none; then reports how many it ran.
+// The job's fields are read only after a successful claim (or, for n_tasks_, checked by it): the
+// caller changes them only once every task of the job is done, after closing state_.
+void ThreadPool::work(uint32_t generation, int thread) {
+    int64_t done = 0;
+    uint64_t s = state_.load(std::memory_order_acquire);
     for (;;) {
-        const int64_t task = next_task_.fetch_add(1, std::memory_order_relaxed);
-        if (task >= n_tasks_) break;
-        (*job_)(task, thread);
+        if (generation_of(s) != generation) break;
+        const uint64_t task = s & 0xffffffffu;
+        if ((int64_t)task >= n_tasks_.load(std::memory_order_acquire)) break;  // kClosed too
+        if (!state_.compare_exchange_weak(s, s + 1, std::memory_order_acq_rel, std::memory_order_acquire)) continue;
+        (*job_.load(std::memory_order_relaxed))((int64_t)task, thread);
+        ++done;
+        s = state_.load(std::memory_order_acquire);
     }
+    if (done) n_done_.fetch_add(done, std::memory_order_release);
 }
 
 void ThreadPool::run(int64_t n_tasks, TaskRef fn) {
-    job_ = &fn;
-    n_tasks_ = n_tasks;
-    next_task_.store(0, std::memory_order_relaxed);
-    n_busy_.store(n_threads_ - 1, std::memory_order_relaxed);
-    // seq_cst on both sides: a worker going to sleep increments n_sleeping_ then re-reads
-    // generation_; we bump generation_ then read n_sleeping_. One of the two must see the other.
-    generation_.fetch_add(1);
+    assert(n_tasks < (int64_t)kClosed);
+    const uint32_t generation = generation_of(state_.load()) + 1;
+    // Close first: whoever still looks at the previous job must fail to claim from here on.
+    state_.store(((uint64_t)generation << 32) | kClosed);
+    job_.store(&fn, std::memory_order_relaxed);
+    n_tasks_.store(n_tasks, std::memory_order_release);
+    n_done_.store(0, std::memory_order_relaxed);
+    // seq_cst: a worker going to sleep increments n_sleeping_ then re-reads state_; we publish
+    // state_ then read n_sleeping_. One of the two must see the other.
+    state_.store((uint64_t)generation << 32);
     if (n_sleeping_.load() > 0) {
         std::lock_guard<std::mutex> lock(mutex_);
         wake_.notify_all();
     }
-    work(0);
-    for (int round = 0; n_busy_.load(std::memory_order_acquire) != 0; ++round) backoff(round);
-    job_ = nullptr;
+    work(generation, 0);
+    for (int round = 0; n_done_.load(std::memory_order_acquire) != n_tasks; ++round) backoff(round);
 }
 
 void ThreadPool::worker_main(int index) {
-    uint64_t seen = 0;
+    uint32_t seen = generation_of(state_.load());
     for (;;) {
-        uint64_t gen = generation_.load(std::memory_order_acquire);
-        for (int round = 0; gen == seen && round < kPauseRounds + kYieldRounds; ++round) {
+        uint64_t s = state_.load(std::memory_order_acquire);
+        // Wait for a new job, spinning, then yielding, then sleeping; a job still being set up
+        // (closed) is waited for too, or the worker would miss it.
+        for (int round = 0; (generation_of(s) == seen || (s & 0xffffffffu) == kClosed) && !stop_.load(std::memory_order_relaxed) &&
+                            round < kPauseRounds + kYieldRounds; ++round) {
             backoff(round);
-            gen = generation_.load(std::memory_order_acquire);
+            s = state_.load(std::memory_order_acquire);
         }
-        if (gen == seen) {
+        if (stop_.load()) return;
+        if (generation_of(s) == seen) {
             std::unique_lock<std::mutex> lock(mutex_);
             n_sleeping_.fetch_add(1);
-            wake_.wait(lock, [&] { return generation_.load() != seen; });
+            wake_.wait(lock, [&] { return generation_of(state_.load()) != seen || stop_.load(); });
             n_sleeping_.fetch_sub(1);
-            gen = generation_.load(std::memory_order_acquire);
+            continue;  // re-check: the new job may still be closed for setup
         }
-        seen = gen;
-        if (stop_.load()) return;
-        work(index);
-        n_busy_.fetch_sub(1, std::memory_order_release);
+        if ((s & 0xffffffffu) == kClosed) continue;  // set-up took long: wait again
+        seen = generation_of(s);
+        work(seen, index);
     }
 }
 

@@ -1,6 +1,8 @@
 // A persistent thread pool for the compute loops: workers spin briefly, then sleep, between jobs;
-// a job's tasks are taken in order from an atomic counter, so faster threads take more of them.
-// The calling thread works too, so a pool of n threads starts n-1 workers.
+// a job's tasks are claimed in order from an atomic counter, so faster threads take more of them.
+// The calling thread works too, so a pool of n threads starts n-1 workers. A job ends when its
+// tasks are done, not when every worker has checked in: a worker the OS has descheduled (a busy
+// machine) costs the job nothing unless it holds a task.
 #pragma once
 #include <atomic>
 #include <condition_variable>
@@ -47,20 +49,25 @@ public:
     static int default_threads();  // physical cores, at least 1
 
 private:
+    // state_ packs the job's generation (high 32 bits) and its next unclaimed task (low 32 bits).
+    // A task is claimed by a compare-exchange on the whole word, so a thread still looking at an
+    // older job can never claim a task of the current one. kClosed marks a job being set up.
+    static constexpr uint64_t kClosed = 0xffffffffu;
+    static uint32_t generation_of(uint64_t s) { return (uint32_t)(s >> 32); }
+
     void run(int64_t n_tasks, TaskRef fn);
     void worker_main(int index);
-    void work(int thread);
+    void work(uint32_t generation, int thread);
 
     int n_threads_;
     std::vector<std::thread> workers_;
 
-    // The job being run. Written by the caller before `generation_` is bumped.
-    TaskRef* job_ = nullptr;
-    int64_t n_tasks_ = 0;
+    // The job being run, written by the caller while state_ is closed.
+    std::atomic<TaskRef*> job_{nullptr};
+    std::atomic<int64_t> n_tasks_{0};
 
-    alignas(64) std::atomic<int64_t> next_task_{0};
-    alignas(64) std::atomic<int> n_busy_{0};          // workers still inside the current job
-    alignas(64) std::atomic<uint64_t> generation_{0};  // bumped once per job
+    alignas(64) std::atomic<uint64_t> state_{kClosed};
+    alignas(64) std::atomic<int64_t> n_done_{0};       // tasks of the current job finished
     alignas(64) std::atomic<bool> stop_{false};
     std::atomic<int> n_sleeping_{0};
     std::mutex mutex_;

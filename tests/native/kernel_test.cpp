@@ -5,6 +5,7 @@
 //   quantize_act  byte-identical      to_float, f32_to_f16  bit-identical
 //   dot_f16/axpy  within float rounding
 // Prints "kernel_test: N passed, M failed" and exits non-zero on any failure.
+#include <atomic>
 #include <cmath>
 #include <cstdio>
 #include <cstring>
@@ -13,6 +14,7 @@
 #include <vector>
 
 #include "core/fp16.h"
+#include "core/threadpool.h"
 #include "kernels/kernels.h"
 #include "quant/blocks.h"
 #include "quant/types.h"
@@ -211,6 +213,27 @@ void test_f16_helpers(const KernelTable& kt, const KernelTable& ref) {
     }
 }
 
+// The pool under stress: many small jobs (as decode issues them), more threads than cores, every
+// task run exactly once, by a thread index in range, and done when parallel_for returns.
+void test_thread_pool() {
+    for (int n_threads : {2, 3, 5}) {
+        ThreadPool pool(n_threads);
+        std::vector<std::atomic<int>> hits(64);
+        std::uniform_int_distribution<int> count(1, 64);
+        bool ok = true;
+        for (int job = 0; job < 20000 && ok; ++job) {
+            const int n = count(g_rng);
+            for (int i = 0; i < n; ++i) hits[i].store(0, std::memory_order_relaxed);
+            pool.parallel_for(n, [&](int64_t task, int thread) {
+                if (thread < 0 || thread >= n_threads) ok = false;
+                hits[task].fetch_add(1, std::memory_order_relaxed);
+            });
+            for (int i = 0; i < n; ++i) ok = ok && hits[i].load(std::memory_order_relaxed) == 1;
+        }
+        check(ok, "thread pool with " + std::to_string(n_threads) + " threads: every task exactly once");
+    }
+}
+
 } // namespace
 
 int main() {
@@ -256,6 +279,7 @@ int main() {
         for (int r = 0; r < rows; ++r) x8_row_to_float(t, packed.data(), row_size(t, k), rows, r, k, got.data() + (size_t)r * k);
         check(std::memcmp(got.data(), want.data(), got.size() * sizeof(float)) == 0, std::string("x8_row_to_float ") + type_traits(t).name);
     }
+    test_thread_pool();
     if (tested == 0) check(false, "no SIMD table runs on this CPU/build");
     std::printf("kernel_test: %d passed, %d failed\n", g_passed, g_failed);
     return g_failed ? 1 : 0;
