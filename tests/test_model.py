@@ -200,3 +200,17 @@ def test_repacked_weights_match_the_file_layout(smollm2_path, monkeypatch):
     top2 = np.sort(want, axis=1)[:, -2:]
     clear = (top2[:, 1] - top2[:, 0]) > 0.05 * want.std()
     assert (got.argmax(1) == want.argmax(1))[clear].all()
+
+
+def test_long_context_decode_step_matches_prefill(smollm2_path):
+    """A decode step at a long context splits each KV head's positions across threads and merges
+    the partial softmaxes; its logits must agree with the batched (unsplit) evaluation."""
+    with pyllm.Model(smollm2_path, n_ctx=1024, n_threads=2) as m:
+        ids = m.tokenize(" ".join(["The quick brown fox jumps over the lazy dog."] * 60))[:700]
+        full = m.logits(ids)
+        m._ctx.truncate(0)
+        m._ctx.eval(np.array(ids[:-3], np.int32), False)
+        steps = np.stack([m._ctx.eval(np.array([t], np.int32), False) for t in ids[-3:]])
+    err = np.abs(steps - full[-3:]).max(1) / full[-3:].std()
+    assert err.max() < 0.1, err
+    assert (steps.argmax(1) == full[-3:].argmax(1)).all()

@@ -117,10 +117,49 @@ void matmul(ThreadPool& pool, const KernelTable& kt, const MatmulJob* jobs, int 
 
 // --- attention ----------------------------------------------------------------------------------
 
+// Decode (one token) splits each KV head's positions into up to kMaxSplit ranges, so that 2
+// threads are not left with 3 long tasks (SmolLM2 has 3 KV heads); each range leaves a partial
+// softmax (max, sum, unnormalized output) that the caller merges.
+constexpr int kMaxSplit = 8;
+constexpr int64_t kMinSplitPositions = 64;
+
 size_t attention_scratch_floats(int n_threads, int n_head, int n_kv_head, int head_dim) {
     const int n_group = n_head / n_kv_head;
-    return (size_t)n_threads * (size_t)(n_group * head_dim + 2 * n_group + 16);
+    const size_t per_thread = (size_t)(n_group * head_dim + 2 * n_group + 16);
+    const size_t partials = (size_t)kMaxSplit * n_kv_head * n_group * (head_dim + 2);
+    return (size_t)n_threads * per_thread + partials;
 }
+
+namespace {
+
+// Online softmax of the group's query heads over cache positions [p0, p1): a running max and sum
+// per head, rescaling the accumulator when the max grows (no score buffer of context length).
+// acc: (n_group, head_dim) unnormalized output; run_max, run_sum: (n_group).
+void attend_range(const KernelTable& kt, const float* qg, const uint16_t* k_cache, const uint16_t* v_cache,
+                  int64_t kv_stride, int g, int n_group, int head_dim, float scale, int64_t p0, int64_t p1,
+                  float* acc, float* run_max, float* run_sum) {
+    std::fill(acc, acc + n_group * head_dim, 0.0f);
+    for (int h = 0; h < n_group; ++h) { run_max[h] = -std::numeric_limits<float>::infinity(); run_sum[h] = 0.0f; }
+    for (int64_t p = p0; p < p1; ++p) {
+        const uint16_t* kr = k_cache + p * kv_stride + (int64_t)g * head_dim;
+        const uint16_t* vr = v_cache + p * kv_stride + (int64_t)g * head_dim;
+        for (int h = 0; h < n_group; ++h) {
+            const float s = kt.dot_f16(head_dim, kr, qg + h * head_dim) * scale;
+            float* a = acc + h * head_dim;
+            if (s > run_max[h]) {
+                const float r = std::exp(run_max[h] - s);  // 0 on the first position
+                run_sum[h] *= r;
+                for (int i = 0; i < head_dim; ++i) a[i] *= r;
+                run_max[h] = s;
+            }
+            const float e = std::exp(s - run_max[h]);
+            run_sum[h] += e;
+            kt.axpy_f16(head_dim, e, vr, a);
+        }
+    }
+}
+
+} // namespace
 
 void attention(ThreadPool& pool, const KernelTable& kt, const float* q, int64_t q_stride,
                const uint16_t* k_cache, const uint16_t* v_cache, int64_t kv_stride,
@@ -128,36 +167,50 @@ void attention(ThreadPool& pool, const KernelTable& kt, const float* q, int64_t 
                int n_head, int n_kv_head, int head_dim, float scale, float* scratch) {
     const int n_group = n_head / n_kv_head;
     const size_t per_thread = (size_t)(n_group * head_dim + 2 * n_group + 16);
+    const int64_t n_pos_last = pos0 + n_tok;
+    int n_split = 1;
+    if (n_tok == 1 && pool.size() > 1)
+        n_split = (int)std::min<int64_t>(kMaxSplit, std::max<int64_t>(1, n_pos_last / kMinSplitPositions));
+    if (n_split > 1) {
+        // (n_kv_head, n_split) partials of (n_group*head_dim acc, n_group max, n_group sum).
+        const size_t part = (size_t)n_group * (head_dim + 2);
+        float* partials = scratch + (size_t)pool.size() * per_thread;
+        const int64_t n_pos = n_pos_last;
+        pool.parallel_for((int64_t)n_kv_head * n_split, [&](int64_t task, int) {
+            const int g = (int)(task / n_split), j = (int)(task % n_split);
+            float* acc = partials + task * part;
+            attend_range(kt, q + (int64_t)g * n_group * head_dim, k_cache, v_cache, kv_stride, g, n_group, head_dim,
+                         scale, n_pos * j / n_split, n_pos * (j + 1) / n_split, acc, acc + n_group * head_dim,
+                         acc + n_group * head_dim + n_group);
+        });
+        for (int g = 0; g < n_kv_head; ++g)
+            for (int h = 0; h < n_group; ++h) {
+                float m = -std::numeric_limits<float>::infinity();
+                for (int j = 0; j < n_split; ++j) m = std::max(m, partials[(g * n_split + j) * part + n_group * head_dim + h]);
+                float* o = out + (int64_t)(g * n_group + h) * head_dim;
+                std::fill(o, o + head_dim, 0.0f);
+                float sum = 0.0f;
+                for (int j = 0; j < n_split; ++j) {
+                    const float* pj = partials + (g * n_split + j) * part;
+                    const float w = std::exp(pj[n_group * head_dim + h] - m);  // every range is non-empty
+                    sum += pj[n_group * head_dim + n_group + h] * w;
+                    for (int i = 0; i < head_dim; ++i) o[i] += pj[h * head_dim + i] * w;
+                }
+                const float inv = 1.0f / sum;
+                for (int i = 0; i < head_dim; ++i) o[i] *= inv;
+            }
+        return;
+    }
     // One task = one token x one KV head: the group's query heads walk the cache together, so
-    // each K and V row is read once for all of them. Online softmax: a running max and sum per
-    // head, rescaling the accumulator when the max grows (no score buffer of context length).
+    // each K and V row is read once for all of them.
     pool.parallel_for(n_tok * n_kv_head, [&](int64_t task, int thread) {
         const int64_t t = task / n_kv_head;
         const int g = (int)(task % n_kv_head);
-        const int64_t n_pos = pos0 + t + 1;  // causal: positions 0..pos0+t
         float* acc = scratch + thread * per_thread;         // (n_group, head_dim)
         float* run_max = acc + n_group * head_dim;           // (n_group)
         float* run_sum = run_max + n_group;                  // (n_group)
-        std::fill(acc, acc + n_group * head_dim, 0.0f);
-        for (int h = 0; h < n_group; ++h) { run_max[h] = -std::numeric_limits<float>::infinity(); run_sum[h] = 0.0f; }
-        const float* qg = q + t * q_stride + (int64_t)g * n_group * head_dim;
-        for (int64_t p = 0; p < n_pos; ++p) {
-            const uint16_t* kr = k_cache + p * kv_stride + (int64_t)g * head_dim;
-            const uint16_t* vr = v_cache + p * kv_stride + (int64_t)g * head_dim;
-            for (int h = 0; h < n_group; ++h) {
-                const float s = kt.dot_f16(head_dim, kr, qg + h * head_dim) * scale;
-                float* a = acc + h * head_dim;
-                if (s > run_max[h]) {
-                    const float r = std::exp(run_max[h] - s);  // 0 on the first position
-                    run_sum[h] *= r;
-                    for (int i = 0; i < head_dim; ++i) a[i] *= r;
-                    run_max[h] = s;
-                }
-                const float e = std::exp(s - run_max[h]);
-                run_sum[h] += e;
-                kt.axpy_f16(head_dim, e, vr, a);
-            }
-        }
+        attend_range(kt, q + t * q_stride + (int64_t)g * n_group * head_dim, k_cache, v_cache, kv_stride, g, n_group,
+                     head_dim, scale, 0, pos0 + t + 1, acc, run_max, run_sum);
         float* o = out + t * out_stride + (int64_t)g * n_group * head_dim;
         for (int h = 0; h < n_group; ++h) {
             const float inv = 1.0f / run_sum[h];
