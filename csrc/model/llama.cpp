@@ -68,44 +68,50 @@ struct TensorFinder {
     }
 };
 
-// Whether [p, p+n) lies inside one read-only, file-backed mapping (/proc/self/maps: perms "r-..",
-// inode != 0). Only there may pages be dropped: they come back from the file unchanged. Anonymous
-// memory (numpy arrays, quantized layers in calibration) would come back as zeros.
-bool in_read_only_file_mapping(const void* p, size_t n) {
+// The read-only, file-backed mappings of this process (/proc/self/maps: perms "r-..", inode != 0),
+// read once per model load. Only their pages may be dropped: they come back from the file
+// unchanged. Anonymous memory (numpy arrays, quantized layers in calibration) would come back as zeros.
+struct FileMappings {
+    std::vector<std::pair<uintptr_t, uintptr_t>> read_only;  // [start, end)
+
+    FileMappings() {
 #if defined(__linux__)
-    FILE* f = std::fopen("/proc/self/maps", "r");
-    if (!f) return false;
-    const uintptr_t lo = (uintptr_t)p, hi = lo + n;
-    bool ok = false;
-    char line[512];
-    while (std::fgets(line, sizeof(line), f)) {
-        unsigned long start, end, offset, inode;
-        char perms[8];
-        unsigned dev_major, dev_minor;
-        if (std::sscanf(line, "%lx-%lx %7s %lx %x:%x %lu", &start, &end, perms, &offset, &dev_major, &dev_minor, &inode) != 7)
-            continue;
-        if (lo >= start && hi <= end) {
-            ok = perms[0] == 'r' && perms[1] == '-' && inode != 0;
-            break;
+        FILE* f = std::fopen("/proc/self/maps", "r");
+        if (!f) return;
+        char line[512];
+        while (std::fgets(line, sizeof(line), f)) {
+            unsigned long start, end, offset, inode;
+            char perms[8];
+            unsigned dev_major, dev_minor;
+            if (std::sscanf(line, "%lx-%lx %7s %lx %x:%x %lu", &start, &end, perms, &offset, &dev_major, &dev_minor, &inode) == 7 &&
+                perms[0] == 'r' && perms[1] == '-' && inode != 0)
+                read_only.emplace_back(start, end);
         }
-    }
-    std::fclose(f);
-    return ok;
-#else
-    (void)p; (void)n;
-    return false;
+        std::fclose(f);
 #endif
-}
+    }
+    // Whether [p, p+n) lies inside one of them.
+    bool contain(const void* p, size_t n) const {
+        const uintptr_t lo = (uintptr_t)p, hi = lo + n;
+        for (const auto& [start, end] : read_only)
+            if (lo >= start && hi <= end) return true;
+        return false;
+    }
+};
 
 // Drops this process's pages wholly inside [begin, end) (the partial pages at either end may
-// hold a neighbouring tensor).
-void release_pages(const uint8_t* begin, const uint8_t* end) {
+// hold a neighbouring tensor). Returns where the dropped range ends (or begin): the next call
+// can start there.
+const uint8_t* release_pages(const uint8_t* begin, const uint8_t* end) {
 #if defined(__linux__)
     const uintptr_t page = (uintptr_t)sysconf(_SC_PAGESIZE);
     const uintptr_t a = ((uintptr_t)begin + page - 1) / page * page, b = (uintptr_t)end / page * page;
-    if (b > a) madvise((void*)a, b - a, MADV_DONTNEED);  // advice: a failure only costs memory
+    if (b <= a) return begin;
+    madvise((void*)a, b - a, MADV_DONTNEED);  // advice: a failure only costs memory
+    return (const uint8_t*)b;
 #else
-    (void)begin; (void)end;
+    (void)end;
+    return begin;
 #endif
 }
 
@@ -116,18 +122,18 @@ bool LlamaModel::repackable(const Matrix& m) {
     return m && !m.x8 && kt.repack_x8[m.type] && kt.gemm_x8[m.type] && m.rows >= kX8Rows;
 }
 
-// Into `dst` (64-byte aligned, in the model's arena). The copy is made in slices of whole groups
+// Into `dst` (64-byte aligned, in the model's arena); `release`: the source is in a read-only
+// file mapping, whose pages are dropped once copied. The copy is made in slices of whole groups
 // (~1 MiB), each slice's source pages released as soon as it is copied, so the resident peak
 // holds one slice twice, not the whole tensor.
-void LlamaModel::repack(Matrix& m, uint8_t* dst) {
+void LlamaModel::repack(Matrix& m, uint8_t* dst, bool release) {
     const KernelTable& kt = kernels();
-    const size_t bytes = (size_t)m.rows * m.row_bytes;
-    const bool release = in_read_only_file_mapping(m.data, bytes);
     const int64_t slice = std::max<int64_t>(kX8Rows, (int64_t)((1u << 20) / (m.row_bytes * kX8Rows)) * kX8Rows);
+    const uint8_t* released = m.data;  // pages before this are dropped
     for (int64_t r0 = 0; r0 < m.rows; r0 += slice) {
         const int64_t nr = std::min(slice, m.rows - r0);
         kt.repack_x8[m.type](m.data + r0 * m.row_bytes, m.row_bytes, nr, m.cols, dst + r0 * m.row_bytes);
-        if (release) release_pages(m.data, m.data + (r0 + nr) * m.row_bytes);
+        if (release) released = release_pages(released, m.data + (r0 + nr) * m.row_bytes);
     }
     m.data = dst;
     m.x8 = true;
@@ -204,9 +210,10 @@ LlamaModel::LlamaModel(const LlamaConfig& cfg, const std::unordered_map<std::str
 #if defined(__linux__) && defined(MADV_HUGEPAGE)
             madvise(arena, arena_bytes, MADV_HUGEPAGE);  // advice only
 #endif
+            const FileMappings mapped;
             for (Matrix* w : todo) {
                 const size_t bytes = (size_t)w->rows * w->row_bytes;
-                repack(*w, arena);
+                repack(*w, arena, mapped.contain(w->data, bytes));
                 arena += (bytes + 63) / 64 * 64;
                 repacked_bytes_ += bytes;
             }

@@ -77,7 +77,7 @@ public:
 
 private:
     static bool repackable(const Matrix& m);
-    void repack(Matrix& m, uint8_t* dst);
+    void repack(Matrix& m, uint8_t* dst, bool release);
 
     LlamaConfig cfg_;
     uint64_t weight_bytes_ = 0, repacked_bytes_ = 0;
