@@ -128,7 +128,7 @@ X8_TYPES = [Q4_0, Q4_1, Q8_0]
 X8_ROWS = [8, 13, 16, 41]  # whole groups, and groups plus a plain tail
 X8_TOK = [1, 2, 4, 5, 9]   # decode, prefill tiles of 4 and their tails
 X8_CASES = [(isa, t, k) for isa in SIMD_ISAS for t in X8_TYPES if t in _core.x8_types(isa)
-            for k in (32, 64, 576, 1536, 4128)]
+            for k in (32, 64, 576, 1536, 4128, 16480)]  # 16480: more blocks than one pass holds
 
 
 def test_x8_types():

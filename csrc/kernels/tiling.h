@@ -6,6 +6,8 @@
 #include <cstddef>
 #include <cstdint>
 
+#include "kernels/kernels.h"
+
 namespace pyllm {
 namespace {
 
@@ -110,7 +112,7 @@ struct X8Act {
 //   static void prepare(const uint8_t* a_blocks, int64_t nb, X8Act* pre)   one token's blocks
 //   template <int T> static void tile(const uint8_t* group_cols, int64_t nb, const uint8_t* const a[T],
 //                                     const X8Act* pre, int64_t pre_stride, float* out, int64_t out_stride, bool add)
-//     8 rows (out[t*out_stride + 0..7]) times T tokens over nb block columns; `add` accumulates into out.
+//     kX8Rows rows (out[t*out_stride + 0..7]) times T tokens over nb block columns; `add` accumulates into out.
 template <class MK, int T>
 inline void tile_x8_any(int t_count, const uint8_t* w, int64_t nb, const uint8_t* const* a, const X8Act* pre,
                         int64_t pre_stride, float* out, int64_t out_stride, bool add) {
@@ -145,7 +147,7 @@ void gemm_x8_tiled(int64_t k, const void* w, size_t w_stride, int64_t n_rows,
         for (int64_t t0 = 0; t0 < n_tok; t0 += tc) {
             const int64_t nt = n_tok - t0 < tc ? n_tok - t0 : tc;
             for (int64_t t = 0; t < nt; ++t) MK::prepare(ab + (t0 + t) * a_stride + b0 * a_block, nbc, pre + t * nbc);
-            for (int64_t g = 0; g + 8 <= n_rows; g += 8) {
+            for (int64_t g = 0; g + kX8Rows <= n_rows; g += kX8Rows) {
                 const uint8_t* wg = wb + g * w_stride + b0 * MK::kColBytes;
                 for (int64_t t = 0; t < nt; t += MK::kToks) {
                     const uint8_t* at[MK::kToks];
