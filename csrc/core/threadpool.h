@@ -51,7 +51,8 @@ public:
 private:
     // state_ packs the job's generation (high 32 bits) and its next unclaimed task (low 32 bits).
     // A task is claimed by a compare-exchange on the whole word, so a thread still looking at an
-    // older job can never claim a task of the current one. kClosed marks a job being set up.
+    // older job can never claim a task of the current one (unless it stalled between its load
+    // and its compare-exchange for 2^32 jobs). kClosed marks a job being set up.
     static constexpr uint64_t kClosed = 0xffffffffu;
     static uint32_t generation_of(uint64_t s) { return (uint32_t)(s >> 32); }
 
