@@ -175,3 +175,4 @@ def test_unsupported_architecture(tmp_path):
 def test_system_info():
     info = pyllm.system_info()
     assert info["isa"] in info["available_isas"] and info["default_threads"] >= 1
+

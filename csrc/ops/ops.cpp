@@ -110,9 +110,54 @@ void matmul(ThreadPool& pool, const KernelTable& kt, const MatmulJob* jobs, int 
 
 // --- attention ----------------------------------------------------------------------------------
 
+namespace {
+
+// Decode against a long context splits each KV head's positions into segments so both threads
+// (and more) have work: n_kv_head tasks alone leave cores idle (SmolLM2: 3 heads on 2 threads).
+// Segments are at least kMinSegment positions, so short contexts (and every prefill) keep the
+// single-pass order.
+constexpr int64_t kMinSegment = 256;
+constexpr int kMaxSegments = 16;
+
+// One head group's online-softmax state over positions [p0, p1): acc (n_group, head_dim) holds
+// sum(exp(s - max) * v), run_max/run_sum per head. Reads each K and V row once for the group.
+void attend_range(const KernelTable& kt, const float* qg, const uint16_t* k_cache, const uint16_t* v_cache,
+                  int64_t kv_stride, int g, int n_group, int head_dim, float scale, int64_t p0, int64_t p1,
+                  float* acc, float* run_max, float* run_sum) {
+    std::fill(acc, acc + n_group * head_dim, 0.0f);
+    for (int h = 0; h < n_group; ++h) { run_max[h] = -std::numeric_limits<float>::infinity(); run_sum[h] = 0.0f; }
+    for (int64_t p = p0; p < p1; ++p) {
+        const uint16_t* kr = k_cache + p * kv_stride + (int64_t)g * head_dim;
+        const uint16_t* vr = v_cache + p * kv_stride + (int64_t)g * head_dim;
+        for (int h = 0; h < n_group; ++h) {
+            const float s = kt.dot_f16(head_dim, kr, qg + h * head_dim) * scale;
+            float* a = acc + h * head_dim;
+            if (s > run_max[h]) {
+                const float r = std::exp(run_max[h] - s);  // 0 on the first position
+                run_sum[h] *= r;
+                for (int i = 0; i < head_dim; ++i) a[i] *= r;
+                run_max[h] = s;
+            }
+            const float e = std::exp(s - run_max[h]);
+            run_sum[h] += e;
+            kt.axpy_f16(head_dim, e, vr, a);
+        }
+    }
+}
+
+int decode_segments(int64_t n_tok, int64_t n_pos, int n_kv_head, int n_threads) {
+    if (n_tok != 1 || n_threads < 2) return 1;
+    const int64_t want = ceil_div(2 * (int64_t)n_threads, n_kv_head);  // ~2 tasks per thread
+    return (int)std::max<int64_t>(1, std::min<int64_t>({want, n_pos / kMinSegment, kMaxSegments}));
+}
+
+} // namespace
+
 size_t attention_scratch_floats(int n_threads, int n_head, int n_kv_head, int head_dim) {
     const int n_group = n_head / n_kv_head;
-    return (size_t)n_threads * (size_t)(n_group * head_dim + 2 * n_group + 16);
+    const size_t state = (size_t)(n_group * head_dim + 2 * n_group);
+    // per thread: one state (+ padding); for split decode: one state per (head group, segment)
+    return (size_t)n_threads * (state + 16) + (size_t)n_kv_head * kMaxSegments * state;
 }
 
 void attention(ThreadPool& pool, const KernelTable& kt, const float* q, int64_t q_stride,
@@ -120,37 +165,55 @@ void attention(ThreadPool& pool, const KernelTable& kt, const float* q, int64_t 
                float* out, int64_t out_stride, int64_t n_tok, int64_t pos0,
                int n_head, int n_kv_head, int head_dim, float scale, float* scratch) {
     const int n_group = n_head / n_kv_head;
-    const size_t per_thread = (size_t)(n_group * head_dim + 2 * n_group + 16);
+    const size_t state = (size_t)(n_group * head_dim + 2 * n_group);
+    const int n_seg = decode_segments(n_tok, pos0 + n_tok, n_kv_head, pool.size());
+    if (n_seg > 1) {
+        // Split decode (flash-decoding): each task runs one segment of one head group into its own
+        // state; the merge rescales the segments to the global max and sums them.
+        const int64_t n_pos = pos0 + 1;
+        float* states = scratch + (size_t)pool.size() * (state + 16);
+        pool.parallel_for((int64_t)n_kv_head * n_seg, [&](int64_t task, int) {
+            const int g = (int)(task / n_seg), seg = (int)(task % n_seg);
+            const int64_t p0 = n_pos * seg / n_seg, p1 = n_pos * (seg + 1) / n_seg;
+            float* st = states + (size_t)task * state;
+            attend_range(kt, q + (int64_t)g * n_group * head_dim, k_cache, v_cache, kv_stride, g, n_group, head_dim,
+                         scale, p0, p1, st, st + n_group * head_dim, st + n_group * head_dim + n_group);
+        });
+        for (int g = 0; g < n_kv_head; ++g) {
+            float* o = out + (int64_t)g * n_group * head_dim;
+            for (int h = 0; h < n_group; ++h) {
+                float m = -std::numeric_limits<float>::infinity();
+                for (int seg = 0; seg < n_seg; ++seg) {
+                    const float* st = states + (size_t)(g * n_seg + seg) * state;
+                    m = std::max(m, st[n_group * head_dim + h]);
+                }
+                float sum = 0.0f;
+                float* oh = o + h * head_dim;
+                std::fill(oh, oh + head_dim, 0.0f);
+                for (int seg = 0; seg < n_seg; ++seg) {
+                    const float* st = states + (size_t)(g * n_seg + seg) * state;
+                    const float r = std::exp(st[n_group * head_dim + h] - m);  // each segment is non-empty
+                    sum += st[n_group * head_dim + n_group + h] * r;
+                    const float* a = st + h * head_dim;
+                    for (int i = 0; i < head_dim; ++i) oh[i] += a[i] * r;
+                }
+                const float inv = 1.0f / sum;
+                for (int i = 0; i < head_dim; ++i) oh[i] *= inv;
+            }
+        }
+        return;
+    }
     // One task = one token x one KV head: the group's query heads walk the cache together, so
     // each K and V row is read once for all of them. Online softmax: a running max and sum per
     // head, rescaling the accumulator when the max grows (no score buffer of context length).
     pool.parallel_for(n_tok * n_kv_head, [&](int64_t task, int thread) {
         const int64_t t = task / n_kv_head;
         const int g = (int)(task % n_kv_head);
-        const int64_t n_pos = pos0 + t + 1;  // causal: positions 0..pos0+t
-        float* acc = scratch + thread * per_thread;         // (n_group, head_dim)
-        float* run_max = acc + n_group * head_dim;           // (n_group)
-        float* run_sum = run_max + n_group;                  // (n_group)
-        std::fill(acc, acc + n_group * head_dim, 0.0f);
-        for (int h = 0; h < n_group; ++h) { run_max[h] = -std::numeric_limits<float>::infinity(); run_sum[h] = 0.0f; }
-        const float* qg = q + t * q_stride + (int64_t)g * n_group * head_dim;
-        for (int64_t p = 0; p < n_pos; ++p) {
-            const uint16_t* kr = k_cache + p * kv_stride + (int64_t)g * head_dim;
-            const uint16_t* vr = v_cache + p * kv_stride + (int64_t)g * head_dim;
-            for (int h = 0; h < n_group; ++h) {
-                const float s = kt.dot_f16(head_dim, kr, qg + h * head_dim) * scale;
-                float* a = acc + h * head_dim;
-                if (s > run_max[h]) {
-                    const float r = std::exp(run_max[h] - s);  // 0 on the first position
-                    run_sum[h] *= r;
-                    for (int i = 0; i < head_dim; ++i) a[i] *= r;
-                    run_max[h] = s;
-                }
-                const float e = std::exp(s - run_max[h]);
-                run_sum[h] += e;
-                kt.axpy_f16(head_dim, e, vr, a);
-            }
-        }
+        float* acc = scratch + (size_t)thread * (state + 16);  // (n_group, head_dim), then max, sum
+        float* run_max = acc + n_group * head_dim;
+        float* run_sum = run_max + n_group;
+        attend_range(kt, q + t * q_stride + (int64_t)g * n_group * head_dim, k_cache, v_cache, kv_stride, g, n_group,
+                     head_dim, scale, 0, pos0 + t + 1, acc, run_max, run_sum);
         float* o = out + t * out_stride + (int64_t)g * n_group * head_dim;
         for (int h = 0; h < n_group; ++h) {
             const float inv = 1.0f / run_sum[h];

@@ -53,7 +53,8 @@ void swiglu(float* gate, const float* up, int64_t n);
 // Causal attention for n_tok new tokens at positions pos0..pos0+n_tok-1 against the F16 cache
 // holding positions [0, pos0+n_tok).  q: (n_tok, n_head*head_dim) f32 row stride q_stride;
 // k_cache/v_cache: (n_ctx, n_kv*head_dim) f16 rows of kv_stride elements;
-// out: (n_tok, n_head*head_dim) f32; scratch: n_threads * (n_group*head_dim + n_group*2) floats.
+// out: (n_tok, n_head*head_dim) f32; scratch: attention_scratch_floats(...) floats. A single
+// token against a long context is split across threads by position (flash-decoding).
 void attention(ThreadPool& pool, const KernelTable& kt, const float* q, int64_t q_stride,
                const uint16_t* k_cache, const uint16_t* v_cache, int64_t kv_stride,
                float* out, int64_t out_stride, int64_t n_tok, int64_t pos0,
