@@ -47,3 +47,23 @@ def test_logits_match_numpy_reference(tmp_path, weight_type, tol, arch):
             assert step_err.max() < 0.1
             exact_steps += bool(step_err.max() < tol)
         assert exact_prompts >= 1 and exact_steps >= 1
+
+
+@pytest.mark.parametrize("n_threads", [2, 3])
+def test_long_context_decode_split_across_threads(tmp_path, n_threads):
+    """One token against a long context splits the cache positions across threads
+    (flash-decoding, from 512 positions on) and merges the partial softmaxes: the result is the
+    numpy reference's, like the batched prefill's single pass. F32 weights: no 8-bit flips."""
+    path = tmp_path / "tiny-f32.gguf"
+    make_tiny_model(path, "F32", "llama")
+    rng = np.random.default_rng(1)
+    ids = [int(i) for i in rng.integers(0, 256, size=1100)]
+    ref = reference_logits(path, ids)[-1]
+    with pyllm.Model(path, n_ctx=1200, n_threads=n_threads) as m:
+        prefill = m.logits(ids)[-1]
+        m._ctx.truncate(0)
+        m._ctx.eval(np.array(ids[:-1], np.int32), False)
+        decode = np.asarray(m._ctx.eval(np.array(ids[-1:], np.int32), False))
+    print("decode vs reference", np.abs(decode - ref).max() / ref.std(), "prefill vs reference", np.abs(prefill - ref).max() / ref.std())
+    assert np.abs(prefill - ref).max() / ref.std() < 1e-3
+    assert np.abs(decode - ref).max() / ref.std() < 1e-3

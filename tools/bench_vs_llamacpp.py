@@ -8,7 +8,10 @@ the median over rounds of each side's per-round mean, and the ratio pyllm / llam
 llama-cpp-python lives in its own environment (default ~/.cache/pyllm-peer/venv, or
 $PYLLM_PEER_VENV), created here when missing (`pip install llama-cpp-python==0.3.36 numpy`, which
 builds llama.cpp from source: about 15 minutes on 2 cores).
---variants also benchmarks the first MODEL requantized by llama.cpp's own quantizer to each type."""
+--variants also benchmarks the first MODEL requantized by llama.cpp's own quantizer to each type.
+--quantize Q4_0,Q8_0,Q4_K_M times round-to-nearest quantization of the first MODEL to each type by
+`pyllm quantize` and by llama.cpp's quantizer (llama_model_quantize, its llama-quantize), each a
+fresh process, alternating, 2 threads each."""
 from __future__ import annotations
 
 import argparse
@@ -82,6 +85,28 @@ def make_variants(python: str, model: str, types: list[str], out_dir: Path) -> l
     return paths
 
 
+def time_quantize(python: str, model: str, types: list[str], rounds: int, threads: int) -> str:
+    import time
+    lines = ["| quantize to | pyllm s | llama.cpp s | llama.cpp time / pyllm time |", "|---|---:|---:|---:|"]
+    with tempfile.TemporaryDirectory() as tmp:
+        for t in types:
+            times: dict[str, list[float]] = {"pyllm": [], "llama.cpp": []}
+            for rnd in range(rounds):
+                for side in (["pyllm", "llama.cpp"] if rnd % 2 == 0 else ["llama.cpp", "pyllm"]):
+                    dst = os.path.join(tmp, f"{side}-{t}.gguf")
+                    cmd = ([sys.executable, "-m", "pyllm", "quantize", model, dst, t, "--allow-requantize",
+                            "--threads", str(threads)] if side == "pyllm"
+                           else [python, str(PEER_SCRIPT), "quantize", model, dst, t])
+                    t0 = time.perf_counter()
+                    subprocess.run(cmd, check=True, capture_output=True, env=pyllm_env() if side == "pyllm" else None)
+                    times[side].append(time.perf_counter() - t0)
+                    os.unlink(dst)
+            ours, theirs = statistics.median(times["pyllm"]), statistics.median(times["llama.cpp"])
+            print(f"quantize {t}: pyllm {times['pyllm']}, llama.cpp {times['llama.cpp']}", file=sys.stderr, flush=True)
+            lines.append(f"| {t} | {ours:.2f} | {theirs:.2f} | {theirs / ours:.2f}× |")
+    return "\n".join(lines)
+
+
 # --- report
 
 def median_of(runs: list[dict], key: str) -> float | None:
@@ -119,6 +144,7 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=3, help="alternating rounds (fresh processes each)")
     ap.add_argument("--variants", default="", help="e.g. Q4_0,Q8_0,F16: requantize the first model with llama.cpp")
     ap.add_argument("--variants-dir", default=str(Path.home() / ".cache" / "pyllm" / "bench"))
+    ap.add_argument("--quantize", default="", help="e.g. Q4_0,Q8_0,Q4_K_M: also time quantizing the first model")
     ap.add_argument("--json", help="also write every raw run here")
     a = ap.parse_args()
 
@@ -152,6 +178,10 @@ def main() -> int:
     print(f"{a.threads} threads, pp {a.n_prompt}, tg {a.n_gen}; median over {a.rounds} alternating rounds "
           f"of {a.reps}-repetition means; {platform.machine()} {os.cpu_count()} CPUs, {cpu_name()}")
     print(table(results))
+    if a.quantize:
+        print()
+        print(time_quantize(python, models[0], [t.strip() for t in a.quantize.split(",") if t.strip()],
+                            max(2, a.rounds), a.threads))
     if a.json:
         Path(a.json).write_text(json.dumps(results, indent=1))
     return 0
