@@ -3,8 +3,22 @@ from pyllm import _core
 from pyllm.errors import (ChatTemplateError, ContextOverflowError, GGUFError, InvalidTokenError,
                           ModelNotFoundError, PyllmError, QuantizeError, UnsupportedModelError)
 
-from pyllm.model import Completion, Model, ModelConfig, SamplingParams
 from pyllm.errors import TokenizerError
+
+_MODEL_NAMES = ("Completion", "Model", "ModelConfig", "SamplingParams")
+
+
+def __getattr__(name: str):
+    # The model module (tokenizer, regex, the hub's downloader) loads on first use, so commands
+    # that never build a Model (quantize, info, system) start ~0.05 s sooner.
+    if name in _MODEL_NAMES:
+        from pyllm import model
+        return getattr(model, name)
+    raise AttributeError(f"module 'pyllm' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(list(globals()) + list(_MODEL_NAMES))
 
 __version__ = "0.1.0"
 

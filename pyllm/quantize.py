@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import hashlib
+import itertools
 import os
 import re
 import struct
@@ -309,6 +310,7 @@ _SCALARS = {"UINT8": (0, "<B"), "INT8": (1, "<b"), "UINT16": (2, "<H"), "INT16":
             "UINT32": (4, "<I"), "INT32": (5, "<i"), "FLOAT32": (6, "<f"), "BOOL": (7, "<?"),
             "UINT64": (10, "<Q"), "INT64": (11, "<q"), "FLOAT64": (12, "<d")}
 _STRING, _ARRAY = 8, 9
+_U64 = struct.Struct("<Q")
 
 
 def _gguf_string(s: str | bytes) -> bytes:
@@ -354,6 +356,10 @@ def _encode_value(vtype: str, v: Any) -> bytes:
     head = struct.pack("<IQ", _value_type_id(inner), len(v))
     if inner in _SCALARS:
         return head + struct.pack("<" + _SCALARS[inner][1][1] * len(v), *v)
+    if inner == "STRING":  # a vocabulary: ~100k strings, so no Python-level loop per item
+        items = [x if isinstance(x, bytes) else x.encode("utf-8") for x in v]
+        lengths = map(_U64.pack, map(len, items))
+        return head + b"".join(itertools.chain.from_iterable(zip(lengths, items)))
     return head + b"".join(_encode_value(inner, item) for item in v)
 
 
@@ -371,8 +377,10 @@ def _align(n: int, a: int) -> int:
 
 
 def write_gguf(f, metadata: list[tuple[str, str, Any]], tensors: list[OutTensor], alignment: int,
-               on_tensor: Callable[[int, OutTensor], None] | None = None) -> int:
-    """Writes a GGUF v3 file to the open binary file f; returns the bytes written."""
+               on_tensor: Callable[[int, OutTensor], None] | None = None, workers: int = 1) -> int:
+    """Writes a GGUF v3 file to the open binary file f; returns the bytes written. With workers > 1
+    the tensors are produced ahead on that many threads (produce releases the GIL in C++) while
+    earlier ones are written, in file order."""
     header = [b"GGUF", struct.pack("<IQQ", 3, len(tensors), len(metadata))]
     for key, vtype, value in metadata:
         header.append(_gguf_string(key) + struct.pack("<I", _value_type_id(vtype)) + _encode_value(vtype, value))
@@ -387,8 +395,8 @@ def write_gguf(f, metadata: list[tuple[str, str, Any]], tensors: list[OutTensor]
     pad = _align(pos, alignment) - pos
     f.write(b"\0" * pad)
     pos += pad
-    for i, t in enumerate(tensors):
-        data = memoryview(t.produce()).cast("B")
+    for i, (t, buf) in enumerate(zip(tensors, _produced(tensors, workers))):
+        data = memoryview(buf).cast("B")
         if data.nbytes != t.nbytes:
             raise QuantizeError(f"tensor {t.name!r}: produced {data.nbytes} bytes, expected {t.nbytes}")
         f.write(data)
@@ -398,6 +406,34 @@ def write_gguf(f, metadata: list[tuple[str, str, Any]], tensors: list[OutTensor]
         if on_tensor:
             on_tensor(i, t)
     return pos
+
+
+def _produced(tensors: list[OutTensor], workers: int, max_ahead_bytes: int = 256 << 20) -> Iterable[Any]:
+    """Each tensor's data, in order. With several workers, later tensors are produced while an
+    earlier one is still being made or written: up to 4 per worker, and 256 MiB, ahead (one big
+    tensor, a vocabulary matrix say, then does not hold up the many small ones behind it)."""
+    if workers <= 1:
+        for t in tensors:
+            yield t.produce()
+        return
+    from concurrent.futures import ThreadPoolExecutor
+    pending: list = []  # futures, in file order
+    ahead_bytes = 0
+    nxt = 0
+    with ThreadPoolExecutor(workers, thread_name_prefix="pyllm-quantize") as pool:
+        try:
+            for i in range(len(tensors)):
+                while nxt < len(tensors) and (nxt == i or (len(pending) < 4 * workers and
+                                                          ahead_bytes + tensors[nxt].nbytes <= max_ahead_bytes)):
+                    pending.append(pool.submit(tensors[nxt].produce))
+                    ahead_bytes += tensors[nxt].nbytes
+                    nxt += 1
+                data = pending.pop(0).result()
+                ahead_bytes -= tensors[i].nbytes
+                yield data
+        finally:  # an error or Ctrl-C: drop what has not started, wait for what has
+            for fut in pending:
+                fut.cancel()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -573,10 +609,11 @@ def quantize_file(src: str | os.PathLike, dst: str | os.PathLike, type_name_: st
                 info = tensors[name]
                 raw = gf.tensor_bytes(name)
                 if tid == info["type"]:
-                    _assert_finite(gf, name, threads)
+                    _assert_finite(gf, name, 1)
                     return raw
                 rows, n = _shape_rows(info)
-                return _core.convert_rows(name, info["type"], raw.reshape(rows, -1), n, tid, threads)
+                # One thread per tensor: tensors are converted `threads` at a time (write_gguf).
+                return _core.convert_rows(name, info["type"], raw.reshape(rows, -1), n, tid, 1)
             return produce
 
         for t in out_tensors:
@@ -585,7 +622,7 @@ def quantize_file(src: str | os.PathLike, dst: str | os.PathLike, type_name_: st
         alignment = int(md.get("general.alignment", 32))
         bar = Progress(len(out_tensors), "writing", opts.progress)
         _write_atomically(dst, lambda f: write_gguf(f, metadata, out_tensors, alignment,
-                                                    lambda i, t: bar.update(i + 1, t.name)))
+                                                    lambda i, t: bar.update(i + 1, t.name), workers=threads))
         bar.close()
         report.seconds = time.perf_counter() - t_start
         return report

@@ -166,7 +166,11 @@ def _is_int(x) -> bool:
     return isinstance(x, numbers.Integral) and not isinstance(x, bool)
 
 
-def _check_elements(key: str, values: list, ok, what: str) -> None:
+def _check_elements(key: str, values: list, ok, what: str, fast_types: tuple = ()) -> None:
+    # A vocabulary has ~50k-150k entries: when every element's type is one of fast_types, the
+    # per-element check (ok) is not needed, and the type set is found at C speed.
+    if fast_types and set(map(type, values)) <= set(fast_types):
+        return
     for i, v in enumerate(values):
         if not ok(v):
             raise TokenizerError(f"tokenizer metadata: {key}[{i}] must be {what}, "
@@ -215,13 +219,14 @@ class Tokenizer:
         self.add_eos = add_eos
         self.add_space_prefix = add_space_prefix
 
-        self._token_to_id: dict[str, int] = {}
-        for i, text in enumerate(tokens):
-            if text in self._token_to_id:
-                raise TokenizerError(f"tokenizer metadata: 'tokenizer.ggml.tokens' has duplicate "
-                                     f"token {_short(text)} at ids {self._token_to_id[text]} "
-                                     f"and {i}")
-            self._token_to_id[text] = i
+        self._token_to_id: dict[str, int] = dict(zip(tokens, range(self.n_vocab)))
+        if len(self._token_to_id) != self.n_vocab:  # a duplicate: find the first one to name it
+            first: dict[str, int] = {}
+            for i, text in enumerate(tokens):
+                if text in first:
+                    raise TokenizerError(f"tokenizer metadata: 'tokenizer.ggml.tokens' has duplicate "
+                                         f"token {_short(text)} at ids {first[text]} and {i}")
+                first[text] = i
 
         # End-of-generation tokens, found by id and by text as llama.cpp does; tokens that look
         # like control tokens are made CONTROL so they decode to nothing unless asked.
@@ -256,10 +261,15 @@ class Tokenizer:
         if model == "gpt2":
             patterns, self._ignore_merges, _ = _PRE_TOKENIZERS.get(pre, _PRE_FALLBACK)
             self._patterns = [_compile(p) for p in patterns]
-            self._ranks: dict[tuple[str, str], int] = {}
-            for rank, merge in enumerate(merges or ()):
-                pos = merge.find(" ", 1)
-                self._ranks.setdefault((merge[:pos], merge[pos + 1:]), rank)
+            merges = merges or []
+            cuts = [m.find(" ", 1) for m in merges]
+            if cuts and min(cuts) <= 0:
+                i = next(i for i, c in enumerate(cuts) if c <= 0)
+                raise TokenizerError(f"tokenizer metadata: tokenizer.ggml.merges[{i}] must be a string "
+                                     f"'left right', got {type(merges[i]).__name__} {_short(merges[i])}")
+            pairs = [(m[:c], m[c + 1:]) for m, c in zip(merges, cuts)]
+            # The first rank of a pair that is listed twice wins: built backwards, it is set last.
+            self._ranks: dict[tuple[str, str], int] = dict(zip(reversed(pairs), range(len(pairs) - 1, -1, -1)))
         else:
             self._byte_ids = self._spm_byte_tokens()
 
@@ -285,7 +295,7 @@ class Tokenizer:
                                  f"got {_short(pre)}")
 
         tokens = _as_list(md, "tokenizer.ggml.tokens", required=True)
-        _check_elements("tokenizer.ggml.tokens", tokens, lambda v: isinstance(v, str), "a string")
+        _check_elements("tokenizer.ggml.tokens", tokens, lambda v: isinstance(v, str), "a string", (str,))
         n_vocab = len(tokens)
         if n_vocab == 0:
             raise TokenizerError("tokenizer metadata: 'tokenizer.ggml.tokens' is empty")
@@ -296,18 +306,22 @@ class Tokenizer:
         if token_types is None:
             token_types = [TOKEN_NORMAL] * n_vocab
         else:
-            _check_elements("tokenizer.ggml.token_type", token_types,
-                            lambda v: _is_int(v) and 0 <= v <= 6, "an int token type in 0..6")
-            token_types = [int(t) for t in token_types]
+            in_range = set(map(type, token_types)) <= {int} and (not token_types or 0 <= min(token_types) and max(token_types) <= 6)
+            if not in_range:
+                _check_elements("tokenizer.ggml.token_type", token_types,
+                                lambda v: _is_int(v) and 0 <= v <= 6, "an int token type in 0..6")
+                token_types = [int(t) for t in token_types]
         if len(token_types) != n_vocab:
             raise TokenizerError(f"tokenizer metadata: 'tokenizer.ggml.token_type' has "
                                  f"{len(token_types)} entries, the vocabulary has {n_vocab}")
 
         scores = _as_list(md, "tokenizer.ggml.scores", required=False)
         if scores is not None:
-            _check_elements("tokenizer.ggml.scores", scores,
-                            lambda v: isinstance(v, numbers.Real) and not isinstance(v, bool)
-                            and not math.isnan(v), "a number (not NaN)")
+            fast = set(map(type, scores)) <= {float} and not any(map(math.isnan, scores))
+            if not fast:
+                _check_elements("tokenizer.ggml.scores", scores,
+                                lambda v: isinstance(v, numbers.Real) and not isinstance(v, bool)
+                                and not math.isnan(v), "a number (not NaN)")
             if len(scores) != n_vocab:
                 raise TokenizerError(f"tokenizer metadata: 'tokenizer.ggml.scores' has "
                                      f"{len(scores)} entries, the vocabulary has {n_vocab}")
@@ -316,9 +330,8 @@ class Tokenizer:
         merges = None
         if model == "gpt2":
             merges = _as_list(md, "tokenizer.ggml.merges", required=True)
-            _check_elements("tokenizer.ggml.merges", merges,
-                            lambda v: isinstance(v, str) and v.find(" ", 1) > 0,
-                            "a string 'left right'")
+            # (Each merge's separator is checked where the merges are split, in __init__.)
+            _check_elements("tokenizer.ggml.merges", merges, lambda v: isinstance(v, str), "a string", (str,))
         else:
             for i, (text, ttype) in enumerate(zip(tokens, token_types)):
                 if ttype == TOKEN_BYTE and regex.fullmatch(r"<0x[0-9A-Fa-f]{2}>", text) is None:

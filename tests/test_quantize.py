@@ -287,17 +287,25 @@ def test_ctrl_c_half_way_leaves_nothing(small_model, tmp_path, monkeypatch):
 
     class Interrupting:
         calls = 0
+        interrupt_at = 5
         def __getattr__(self, name):
             return getattr(_core, name)
         def convert_rows(self, *a, **k):
             Interrupting.calls += 1
-            if Interrupting.calls == 5:
+            if Interrupting.calls == Interrupting.interrupt_at:
                 raise KeyboardInterrupt
             return _core.convert_rows(*a, **k)
     monkeypatch.setattr(pq, "_core", Interrupting())
+    Interrupting.interrupt_at = -1  # count the conversions of a whole run
+    two_threads = QuantizeOptions(threads=2)  # so at most 8 conversions run ahead
+    quantize_file(small_model, tmp_path / "full.gguf", "q4_0", two_threads)
+    os.unlink(tmp_path / "full.gguf")
+    total, Interrupting.calls, Interrupting.interrupt_at = Interrupting.calls, 0, 5
     with pytest.raises(KeyboardInterrupt):
-        quantize_file(small_model, tmp_path / "o.gguf", "q4_0")
-    assert Interrupting.calls == 5
+        quantize_file(small_model, tmp_path / "o.gguf", "q4_0", two_threads)
+    # Tensors are converted a few ahead on worker threads: those already started finish, the
+    # rest are dropped.
+    assert total >= 20 and 5 <= Interrupting.calls <= 5 + 8
     Interrupting.calls = 0
     assert pq.main([str(small_model), str(tmp_path / "o.gguf"), "q4_0"]) == 130
     assert sorted(os.listdir(tmp_path)) == ["small.gguf"]

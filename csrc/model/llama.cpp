@@ -11,6 +11,7 @@
 #endif
 
 #include "core/common.h"
+#include "core/threadpool.h"
 
 namespace pyllm {
 
@@ -211,12 +212,20 @@ LlamaModel::LlamaModel(const LlamaConfig& cfg, const std::unordered_map<std::str
             madvise(arena, arena_bytes, MADV_HUGEPAGE);  // advice only
 #endif
             const FileMappings mapped;
-            for (Matrix* w : todo) {
-                const size_t bytes = (size_t)w->rows * w->row_bytes;
-                repack(*w, arena, mapped.contain(w->data, bytes));
+            std::vector<uint8_t*> dst(todo.size());
+            for (size_t i = 0; i < todo.size(); ++i) {
+                const size_t bytes = (size_t)todo[i]->rows * todo[i]->row_bytes;
+                dst[i] = arena;
                 arena += (bytes + 63) / 64 * 64;
                 repacked_bytes_ += bytes;
             }
+            // Matrices on every core: copying and the first touch of the arena's fresh pages
+            // (which the kernel zeroes) are most of a load's time, and both scale with threads.
+            ThreadPool pool(ThreadPool::default_threads());
+            pool.parallel_for((int64_t)todo.size(), [&](int64_t i, int) {
+                Matrix& w = *todo[i];
+                repack(w, dst[i], mapped.contain(w.data, (size_t)w.rows * w.row_bytes));
+            });
         }
         if (tied) tok_embd = output;
     }
