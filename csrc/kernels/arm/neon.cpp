@@ -1,7 +1,7 @@
 // The NEON kernel table (ARMv8.2-A + dotprod + fp16): register-tiled sdot GEMM for the 32-element
 // block types, float GEMM for F32/F16/BF16, the Q8_0/Q8_1/Q8_K activation quantizers, dequantizers
 // and the F16 attention helpers. K-quant GEMM is in kquants_neon.cpp.
-// Compiled with -march=armv8.2-a+dotprod+fp16(+i8mm) on aarch64 only; elsewhere the table is nullptr.
+// Compiled with -march=armv8.2-a+dotprod+fp16 on aarch64 only (the flags the dispatcher checks); elsewhere the table is nullptr.
 // Only kernel_table_neon() has external linkage (see kernels/tiling.h for why).
 #if defined(__aarch64__)
 
