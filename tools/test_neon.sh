@@ -28,7 +28,7 @@ else
     run=()
     arch_flags() {
         case "$(uname -m):$1" in
-            x86_64:*avx512*) echo "-mavx512f -mavx512bw -mavx512vl -mavx512dq -mavx512vnni -mavx512bf16 -mavx2 -mfma -mf16c -mbmi2" ;;
+            x86_64:*avx512*) echo "-mavx512f -mavx512bw -mavx512vl -mavx512dq -mavx512vnni -mavx2 -mfma -mf16c -mbmi2" ;;
             x86_64:*avx2*) echo "-mavx2 -mfma -mf16c -mbmi2" ;;
             aarch64:csrc/kernels/arm/*) echo "-march=armv8.2-a+dotprod+fp16" ;;
         esac

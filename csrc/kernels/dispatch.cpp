@@ -102,8 +102,8 @@ struct Candidate {
 
 // Best first.
 const Candidate kCandidates[] = {
-    {"avx512", [](const CpuFeatures& f) { return f.avx512f && f.avx512bw && f.avx512vl && f.avx512dq && f.avx512vnni && f.avx2 && f.fma && f.f16c; }, kernel_table_avx512},
-    {"avx2",   [](const CpuFeatures& f) { return f.avx2 && f.fma && f.f16c; }, kernel_table_avx2},
+    {"avx512", [](const CpuFeatures& f) { return f.avx512f && f.avx512bw && f.avx512vl && f.avx512dq && f.avx512vnni && f.avx2 && f.fma && f.f16c && f.bmi2; }, kernel_table_avx512},
+    {"avx2",   [](const CpuFeatures& f) { return f.avx2 && f.fma && f.f16c && f.bmi2; }, kernel_table_avx2},
     {"neon",   [](const CpuFeatures& f) { return f.neon && f.dotprod && f.fp16; }, kernel_table_neon},
     {"ref",    [](const CpuFeatures&) { return true; }, kernel_table_ref},
 };

@@ -1,7 +1,7 @@
 // The NEON kernel table (ARMv8.2-A + dotprod + fp16): register-tiled sdot GEMM for the 32-element
 // block types, float GEMM for F32/F16/BF16, the Q8_0/Q8_1/Q8_K activation quantizers, dequantizers
-// and the F16 attention helpers. K-quant GEMM runs the reference loops for now.
-// Compiled with -march=armv8.2-a+dotprod+fp16(+i8mm) on aarch64 only; elsewhere the table is nullptr.
+// and the F16 attention helpers. K-quant GEMM is in kquants_neon.cpp.
+// Compiled with -march=armv8.2-a+dotprod+fp16 on aarch64 only (the flags the dispatcher checks); elsewhere the table is nullptr.
 // Only kernel_table_neon() has external linkage (see kernels/tiling.h for why).
 #if defined(__aarch64__)
 
@@ -15,6 +15,8 @@
 #include "quant/blocks.h"
 
 namespace pyllm {
+
+void register_kquant_neon_kernels(KernelTable& t);  // kquants_neon.cpp
 
 namespace {
 
@@ -384,6 +386,7 @@ KernelTable make_neon_table() {
     t.dot_f16 = dot_f16_neon;
     t.axpy_f16 = axpy_f16_neon;
     t.f32_to_f16 = f32_to_f16_neon;
+    register_kquant_neon_kernels(t);
     fill_missing_from_ref(t);
     return t;
 }
