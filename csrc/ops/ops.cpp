@@ -123,9 +123,19 @@ void matmul(ThreadPool& pool, const KernelTable& kt, const MatmulJob* jobs, int 
 constexpr int kMaxSplit = 8;
 constexpr int64_t kMinSplitPositions = 64;
 
+// Positions per step of the online softmax: their scores are computed, then one max, one
+// rescale of the accumulator and a loop of exps (no branch per position).
+constexpr int kScoreBlock = 32;
+
+// Per thread: the (n_group, head_dim) accumulator, running max and sum, and (n_group, kScoreBlock)
+// scores; 16 floats of slack keep threads' regions on separate cache lines.
+static size_t attention_thread_floats(int n_group, int head_dim) {
+    return (size_t)n_group * (head_dim + 2 + kScoreBlock) + 16;
+}
+
 size_t attention_scratch_floats(int n_threads, int n_head, int n_kv_head, int head_dim) {
     const int n_group = n_head / n_kv_head;
-    const size_t per_thread = (size_t)(n_group * head_dim + 2 * n_group + 16);
+    const size_t per_thread = attention_thread_floats(n_group, head_dim);
     const size_t partials = (size_t)kMaxSplit * n_kv_head * n_group * (head_dim + 2);
     return (size_t)n_threads * per_thread + partials;
 }
@@ -133,28 +143,42 @@ size_t attention_scratch_floats(int n_threads, int n_head, int n_kv_head, int he
 namespace {
 
 // Online softmax of the group's query heads over cache positions [p0, p1): a running max and sum
-// per head, rescaling the accumulator when the max grows (no score buffer of context length).
-// acc: (n_group, head_dim) unnormalized output; run_max, run_sum: (n_group).
+// per head, the accumulator rescaled once per block of kScoreBlock positions when the max grows
+// (no score buffer of context length). acc: (n_group, head_dim) unnormalized output; run_max,
+// run_sum: (n_group); scores: (n_group, kScoreBlock) scratch.
 void attend_range(const KernelTable& kt, const float* qg, const uint16_t* k_cache, const uint16_t* v_cache,
                   int64_t kv_stride, int g, int n_group, int head_dim, float scale, int64_t p0, int64_t p1,
-                  float* acc, float* run_max, float* run_sum) {
+                  float* acc, float* run_max, float* run_sum, float* scores) {
     std::fill(acc, acc + n_group * head_dim, 0.0f);
     for (int h = 0; h < n_group; ++h) { run_max[h] = -std::numeric_limits<float>::infinity(); run_sum[h] = 0.0f; }
-    for (int64_t p = p0; p < p1; ++p) {
-        const uint16_t* kr = k_cache + p * kv_stride + (int64_t)g * head_dim;
-        const uint16_t* vr = v_cache + p * kv_stride + (int64_t)g * head_dim;
+    for (int64_t b0 = p0; b0 < p1; b0 += kScoreBlock) {
+        const int nb = (int)std::min<int64_t>(kScoreBlock, p1 - b0);
+        // Scores of the block: each K row is read once for the group's heads.
+        for (int j = 0; j < nb; ++j) {
+            const uint16_t* kr = k_cache + (b0 + j) * kv_stride + (int64_t)g * head_dim;
+            for (int h = 0; h < n_group; ++h) scores[h * kScoreBlock + j] = kt.dot_f16(head_dim, kr, qg + h * head_dim) * scale;
+        }
         for (int h = 0; h < n_group; ++h) {
-            const float s = kt.dot_f16(head_dim, kr, qg + h * head_dim) * scale;
-            float* a = acc + h * head_dim;
-            if (s > run_max[h]) {
-                const float r = std::exp(run_max[h] - s);  // 0 on the first position
+            float* sh = scores + h * kScoreBlock;
+            float m = run_max[h];
+            for (int j = 0; j < nb; ++j) m = std::max(m, sh[j]);
+            if (m > run_max[h]) {
+                const float r = std::exp(run_max[h] - m);  // 0 on the first block
                 run_sum[h] *= r;
+                float* a = acc + h * head_dim;
                 for (int i = 0; i < head_dim; ++i) a[i] *= r;
-                run_max[h] = s;
+                run_max[h] = m;
             }
-            const float e = std::exp(s - run_max[h]);
-            run_sum[h] += e;
-            kt.axpy_f16(head_dim, e, vr, a);
+            float sum = 0.0f;
+            for (int j = 0; j < nb; ++j) {
+                sh[j] = std::exp(sh[j] - m);
+                sum += sh[j];
+            }
+            run_sum[h] += sum;
+        }
+        for (int j = 0; j < nb; ++j) {
+            const uint16_t* vr = v_cache + (b0 + j) * kv_stride + (int64_t)g * head_dim;
+            for (int h = 0; h < n_group; ++h) kt.axpy_f16(head_dim, scores[h * kScoreBlock + j], vr, acc + h * head_dim);
         }
     }
 }
@@ -166,7 +190,7 @@ void attention(ThreadPool& pool, const KernelTable& kt, const float* q, int64_t 
                float* out, int64_t out_stride, int64_t n_tok, int64_t pos0,
                int n_head, int n_kv_head, int head_dim, float scale, float* scratch) {
     const int n_group = n_head / n_kv_head;
-    const size_t per_thread = (size_t)(n_group * head_dim + 2 * n_group + 16);
+    const size_t per_thread = attention_thread_floats(n_group, head_dim);
     const int64_t n_pos_last = pos0 + n_tok;
     int n_split = 1;
     if (n_tok == 1 && pool.size() > 1)
@@ -176,12 +200,13 @@ void attention(ThreadPool& pool, const KernelTable& kt, const float* q, int64_t 
         const size_t part = (size_t)n_group * (head_dim + 2);
         float* partials = scratch + (size_t)pool.size() * per_thread;
         const int64_t n_pos = n_pos_last;
-        pool.parallel_for((int64_t)n_kv_head * n_split, [&](int64_t task, int) {
+        pool.parallel_for((int64_t)n_kv_head * n_split, [&](int64_t task, int thread) {
             const int g = (int)(task / n_split), j = (int)(task % n_split);
             float* acc = partials + task * part;
+            float* scores = scratch + thread * per_thread + n_group * (head_dim + 2);
             attend_range(kt, q + (int64_t)g * n_group * head_dim, k_cache, v_cache, kv_stride, g, n_group, head_dim,
                          scale, n_pos * j / n_split, n_pos * (j + 1) / n_split, acc, acc + n_group * head_dim,
-                         acc + n_group * head_dim + n_group);
+                         acc + n_group * head_dim + n_group, scores);
         });
         for (int g = 0; g < n_kv_head; ++g)
             for (int h = 0; h < n_group; ++h) {
@@ -209,8 +234,9 @@ void attention(ThreadPool& pool, const KernelTable& kt, const float* q, int64_t 
         float* acc = scratch + thread * per_thread;         // (n_group, head_dim)
         float* run_max = acc + n_group * head_dim;           // (n_group)
         float* run_sum = run_max + n_group;                  // (n_group)
+        float* scores = run_sum + n_group;                   // (n_group, kScoreBlock)
         attend_range(kt, q + t * q_stride + (int64_t)g * n_group * head_dim, k_cache, v_cache, kv_stride, g, n_group,
-                     head_dim, scale, 0, pos0 + t + 1, acc, run_max, run_sum);
+                     head_dim, scale, 0, pos0 + t + 1, acc, run_max, run_sum, scores);
         float* o = out + t * out_stride + (int64_t)g * n_group * head_dim;
         for (int h = 0; h < n_group; ++h) {
             const float inv = 1.0f / run_sum[h];
