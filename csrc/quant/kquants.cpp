@@ -73,21 +73,32 @@ float make_qx_quants(int n, int nmax, const float* x, int8_t* L, int rmse_type, 
     }
     float scale = suml2 ? sumlx / suml2 : 0.0f;
     float best = scale * sumlx;
-    for (int is = -9; is <= 9; ++is) {
-        if (is == 0) continue;
-        iscale = -(nmax + 0.1f * is) / max;
-        sumlx = suml2 = 0.0f;
-        for (int i = 0; i < n; ++i) {
-            const int l = clamp_int(nearest_int(iscale * x[i]), -nmax, nmax - 1);
-            const float w = weight(i);
-            sumlx += w * x[i] * l;
-            suml2 += w * l * l;
+    // The 18 candidate scales (is = -9..9 but 0) do not depend on each other, only the choice
+    // does: their sums are accumulated side by side (18 independent chains instead of one long
+    // dependent one, each in ggml's order, so bit-identical), then chosen in ggml's order.
+    constexpr int kCand = 18;
+    float cand_iscale[kCand], cand_lx[kCand], cand_l2[kCand];
+    for (int c = 0; c < kCand; ++c) {
+        const int is = c < 9 ? c - 9 : c - 8;
+        cand_iscale[c] = -(nmax + 0.1f * is) / max;
+        cand_lx[c] = cand_l2[c] = 0.0f;
+    }
+    for (int i = 0; i < n; ++i) {
+        const float w = weight(i), wx = w * x[i];
+        for (int c = 0; c < kCand; ++c) {
+            const int l = clamp_int(nearest_int(cand_iscale[c] * x[i]), -nmax, nmax - 1);
+            cand_lx[c] += wx * l;
+            cand_l2[c] += w * l * l;
         }
+    }
+    for (int c = 0; c < kCand; ++c) {
+        sumlx = cand_lx[c];
+        suml2 = cand_l2[c];
         // sumlx^2/suml2 is the error reduction of the best scale for these levels; compare it
         // without dividing.
         if (suml2 > 0 && sumlx * sumlx > best * suml2) {
             for (int i = 0; i < n; ++i) {
-                const int l = nearest_int(iscale * x[i]);
+                const int l = nearest_int(cand_iscale[c] * x[i]);
                 L[i] = (int8_t)(nmax + clamp_int(l, -nmax, nmax - 1));
             }
             scale = sumlx / suml2;
@@ -189,39 +200,65 @@ float make_qkx2_quants(int n, int nmax, const float* x, const float* weights, ui
         *the_min = -min;
         return scale;
     }
-    for (int is = 0; is <= nstep; ++is) {
-        iscale = (rmin + rdelta * is + nmax) / (max - min);
-        float sum_l = 0.0f, sum_l2 = 0.0f, sum_xl = 0.0f;
+    // Steps are tried kLanes at a time, their sums accumulated side by side (independent chains,
+    // each in ggml's order). A step that improves the fit changes `min`, which the later steps
+    // use: those are then recomputed from the step after it. The result is bit-identical to
+    // trying one step after another.
+    constexpr int kLanes = 8;
+    assert(n <= 32);
+    uint8_t lane_L[kLanes][32];
+    int is = 0;
+    while (is <= nstep) {
+        const int count = std::min(kLanes, nstep + 1 - is);
+        float lane_iscale[kLanes], l1[kLanes], l2[kLanes], xl[kLanes];
+        for (int s = 0; s < kLanes; ++s) {
+            lane_iscale[s] = (rmin + rdelta * (is + s) + nmax) / (max - min);
+            l1[s] = l2[s] = xl[s] = 0.0f;
+        }
         for (int i = 0; i < n; ++i) {
-            const int l = clamp_int(nearest_int(iscale * (x[i] - min)), 0, nmax);
-            Laux[i] = (uint8_t)l;
-            const float w = weights[i];
-            sum_l += w * l;
-            sum_l2 += w * l * l;
-            sum_xl += w * l * x[i];
-        }
-        const float D = sum_w * sum_l2 - sum_l * sum_l;
-        if (D > 0) {
-            float this_scale = (sum_w * sum_xl - sum_x * sum_l) / D;
-            float this_min = (sum_l2 * sum_x - sum_l * sum_xl) / D;
-            if (this_min > 0) {
-                this_min = 0;
-                this_scale = sum_xl / sum_l2;
+            const float xm = x[i] - min, w = weights[i];
+            for (int s = 0; s < kLanes; ++s) {
+                const int l = clamp_int(nearest_int(lane_iscale[s] * xm), 0, nmax);
+                lane_L[s][i] = (uint8_t)l;
+                l1[s] += w * l;
+                l2[s] += w * l * l;
+                xl[s] += w * l * x[i];
             }
-            float cur_error = 0.0f;
-            for (int i = 0; i < n; ++i) {
-                float diff = this_scale * Laux[i] + this_min - x[i];
+        }
+        float lane_scale[kLanes], lane_min[kLanes], lane_err[kLanes];
+        bool lane_ok[kLanes];
+        for (int s = 0; s < kLanes; ++s) {
+            const float D = sum_w * l2[s] - l1[s] * l1[s];
+            lane_ok[s] = D > 0;
+            lane_scale[s] = lane_min[s] = lane_err[s] = 0.0f;
+            if (!lane_ok[s]) continue;
+            lane_scale[s] = (sum_w * xl[s] - sum_x * l1[s]) / D;
+            lane_min[s] = (l2[s] * sum_x - l1[s] * xl[s]) / D;
+            if (lane_min[s] > 0) {
+                lane_min[s] = 0;
+                lane_scale[s] = xl[s] / l2[s];
+            }
+        }
+        for (int i = 0; i < n; ++i)
+            for (int s = 0; s < kLanes; ++s) {
+                float diff = lane_scale[s] * lane_L[s][i] + lane_min[s] - x[i];
                 diff = use_mad ? std::fabs(diff) : diff * diff;
-                cur_error += weights[i] * diff;
+                lane_err[s] += weights[i] * diff;
             }
-            if (cur_error < best_error) {
-                for (int i = 0; i < n; ++i) L[i] = Laux[i];
-                best_error = cur_error;
-                scale = this_scale;
-                min = this_min;
+        int next = is + count;
+        for (int s = 0; s < count; ++s) {
+            if (lane_ok[s] && lane_err[s] < best_error) {
+                for (int i = 0; i < n; ++i) L[i] = lane_L[s][i];
+                best_error = lane_err[s];
+                scale = lane_scale[s];
+                min = lane_min[s];
+                next = is + s + 1;  // the lanes after s assumed the old min
+                break;
             }
         }
+        is = next;
     }
+    (void)Laux;
     *the_min = -min;
     return scale;
 }
