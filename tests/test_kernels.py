@@ -280,6 +280,32 @@ def test_f16_attention_helpers(isa, n):
     np.testing.assert_allclose(got, want, rtol=2e-7, atol=1e-7)
 
 
+@pytest.mark.parametrize("isa", ["ref"] + SIMD_ISAS)
+@pytest.mark.parametrize("rows,nb,d", [(1, 1, 1), (3, 32, 64), (5, 7, 33), (4, 32, 128), (9, 17, 72), (2, 3, 200)])
+def test_pv_f16(isa, rows, nb, d):
+    rng = np.random.default_rng(rows * 1000 + nb * 10 + d)
+    p = rng.random((rows, nb)).astype(np.float32)
+    vh = rng.standard_normal((nb, d)).astype(np.float16)
+    acc = rng.standard_normal((rows, d)).astype(np.float32)
+    got = _core.pv_f16(isa, p, vh.view(np.uint16), acc)
+    want = acc.astype(np.float64) + p.astype(np.float64) @ vh.astype(np.float64)
+    mag = np.abs(acc) + np.abs(p) @ np.abs(vh.astype(np.float64))
+    assert np.all(np.abs(got - want) <= 1e-6 * mag + 1e-30)
+
+
+@pytest.mark.parametrize("isa", ["ref"] + SIMD_ISAS)
+@pytest.mark.parametrize("n", [1, 7, 8, 15, 16, 17, 1536])
+def test_swiglu(isa, n):
+    rng = np.random.default_rng(n)
+    gate = (rng.standard_normal(n) * 4).astype(np.float32)
+    gate[: min(n, 4)] = [-100.0, 100.0, 0.0, -0.0][: min(n, 4)]  # saturated exp, and zeros
+    up = rng.standard_normal(n).astype(np.float32)
+    got = _core.swiglu(isa, gate, up)
+    g = gate.astype(np.float64)
+    want = g / (1 + np.exp(-g)) * up
+    np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-30)
+
+
 # --- dispatch ---------------------------------------------------------------------------------------
 
 def _run_isa(env_value):

@@ -193,6 +193,25 @@ py::array axpy_f16(const std::string& isa, float alpha, u16_array x, f32_array y
     return out;
 }
 
+// out (rows, d) = acc + p (rows, nb) . v (nb, d f16): attention's P.V step.
+py::array pv_f16(const std::string& isa, f32_array p, u16_array v, f32_array acc) {
+    if (p.ndim() != 2 || v.ndim() != 2 || acc.ndim() != 2 || p.shape(1) != v.shape(0) || acc.shape(0) != p.shape(0) ||
+        acc.shape(1) != v.shape(1))
+        fail(ErrorKind::invalid_argument, "pv_f16: p (rows, nb), v (nb, d) and acc (rows, d) must agree");
+    py::array_t<float> out({acc.shape(0), acc.shape(1)});
+    std::memcpy(out.mutable_data(), acc.data(), acc.size() * sizeof(float));
+    checked_table(isa).pv_f16(p.shape(0), p.shape(1), v.shape(1), p.data(), p.shape(1), v.data(), v.shape(1), out.mutable_data());
+    return out;
+}
+
+py::array swiglu(const std::string& isa, f32_array gate, f32_array up) {
+    if (gate.ndim() != 1 || up.ndim() != 1 || gate.shape(0) != up.shape(0)) fail(ErrorKind::invalid_argument, "swiglu: gate and up must be 1-D of one length");
+    py::array_t<float> out(gate.shape(0));
+    std::memcpy(out.mutable_data(), gate.data(), gate.shape(0) * sizeof(float));
+    checked_table(isa).swiglu(out.mutable_data(), up.data(), gate.shape(0));
+    return out;
+}
+
 py::array f32_to_f16(const std::string& isa, f32_array x) {
     if (x.ndim() != 1) fail(ErrorKind::invalid_argument, "f32_to_f16: x must be 1-D");
     py::array_t<uint16_t> out(x.shape(0));
@@ -235,6 +254,8 @@ void register_core(py::module_& m) {
     m.def("quantize_act", &quantize_act, py::arg("isa"), py::arg("type_id"), py::arg("x"));
     m.def("dot_f16", &dot_f16, py::arg("isa"), py::arg("x"), py::arg("y"));
     m.def("axpy_f16", &axpy_f16, py::arg("isa"), py::arg("alpha"), py::arg("x"), py::arg("y"));
+    m.def("pv_f16", &pv_f16, py::arg("isa"), py::arg("p"), py::arg("v"), py::arg("acc"));
+    m.def("swiglu", &swiglu, py::arg("isa"), py::arg("gate"), py::arg("up"));
     m.def("f32_to_f16", &f32_to_f16, py::arg("isa"), py::arg("x"));
     m.def("matmul", &matmul, py::arg("isa"), py::arg("type_id"), py::arg("w"), py::arg("k"), py::arg("x"));
     m.def("matmul_x8", &matmul_x8, py::arg("isa"), py::arg("type_id"), py::arg("w"), py::arg("k"), py::arg("x"),

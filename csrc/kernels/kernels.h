@@ -36,6 +36,12 @@ using repack_fn = void (*)(const void* src, size_t row_bytes, int64_t n_rows, in
 using dot_f16_fn  = float (*)(int64_t n, const uint16_t* x, const float* y);          // sum x*y
 using axpy_f16_fn = void (*)(int64_t n, float alpha, const uint16_t* x, float* y);    // y += alpha*x
 using f32_to_f16_fn = void (*)(const float* x, uint16_t* y, int64_t n);
+// Attention's P.V for a block of cache positions: out[r*d + i] += sum_{j < nb} p[r*p_stride + j] *
+// v[j*v_stride + i] (v in f16), r < n_rows, i < d. Each V row is converted once for all rows.
+using pv_f16_fn = void (*)(int64_t n_rows, int64_t nb, int64_t d, const float* p, int64_t p_stride,
+                           const uint16_t* v, int64_t v_stride, float* out);
+// SwiGLU: gate[i] = silu(gate[i]) * up[i]. SIMD versions use a polynomial exp (~1e-7 relative).
+using swiglu_fn = void (*)(float* gate, const float* up, int64_t n);
 
 struct KernelTable {
     const char* isa;                      // "ref", "avx2", "avx512", "neon", ...
@@ -50,6 +56,8 @@ struct KernelTable {
     dot_f16_fn dot_f16;
     axpy_f16_fn axpy_f16;
     f32_to_f16_fn f32_to_f16;
+    pv_f16_fn pv_f16;
+    swiglu_fn swiglu;
 };
 
 // Row `row` of an x8-layout matrix (n_rows rows, row_bytes apart) dequantized to y (k floats),

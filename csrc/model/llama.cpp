@@ -390,7 +390,7 @@ void Context::forward_batch(const int32_t* tokens, int64_t nb, float* logits, bo
             const MatmulJob jobs[2] = {{&L.w_gate, ag, rg, hb_.data(), c.n_ff}, {&L.w_up, au, ru, hb2_.data(), c.n_ff}};
             matmul(pool_, kt_, jobs, 2, nb);
         }
-        for_rows(nb, [&](int64_t t) { swiglu(hb_.data() + t * c.n_ff, hb2_.data() + t * c.n_ff, c.n_ff); });
+        for_rows(nb, [&](int64_t t) { kt_.swiglu(hb_.data() + t * c.n_ff, hb2_.data() + t * c.n_ff, c.n_ff); });
         capture(l, LinearInput::ffn_down, hb_.data(), c.n_ff);
         {
             size_t rd;

@@ -25,13 +25,6 @@ void rmsnorm(const float* x, const float* w, float* y, int64_t n_tok, int64_t n,
     }
 }
 
-void swiglu(float* gate, const float* up, int64_t n) {
-    for (int64_t i = 0; i < n; ++i) {
-        const float g = gate[i];
-        gate[i] = g / (1.0f + std::exp(-g)) * up[i];
-    }
-}
-
 // --- rope ---------------------------------------------------------------------------------------
 
 void rope_cache(const int32_t* pos, int64_t n_tok, int n_rot, float freq_base, float freq_scale, float* cos_sin) {
@@ -133,9 +126,23 @@ static size_t attention_thread_floats(int n_group, int head_dim) {
     return (size_t)n_group * (head_dim + 2 + kScoreBlock) + 16;
 }
 
+// Prefill: a task is one KV head and a block of query tokens, whose n_group heads each make one
+// row of the block's query matrix (about kPrefillRows rows), against the cache in blocks of
+// kScoreBlock positions: scores = K_block . Q^T by the F16 GEMM kernel and P . V_block by pv_f16,
+// instead of a dot and an axpy call per position and head.
+constexpr int kPrefillRows = 48;
+
+static int prefill_tokens_per_task(int n_group) { return std::max(1, kPrefillRows / n_group); }
+
+// Per thread: the Q rows, their accumulators and scores, running max and sum.
+static size_t prefill_thread_floats(int n_group, int head_dim) {
+    const size_t rows = (size_t)prefill_tokens_per_task(n_group) * n_group;
+    return rows * (2 * head_dim + kScoreBlock + 2) + 16;
+}
+
 size_t attention_scratch_floats(int n_threads, int n_head, int n_kv_head, int head_dim) {
     const int n_group = n_head / n_kv_head;
-    const size_t per_thread = attention_thread_floats(n_group, head_dim);
+    const size_t per_thread = std::max(attention_thread_floats(n_group, head_dim), prefill_thread_floats(n_group, head_dim));
     const size_t partials = (size_t)kMaxSplit * n_kv_head * n_group * (head_dim + 2);
     return (size_t)n_threads * per_thread + partials;
 }
@@ -153,13 +160,12 @@ void attend_range(const KernelTable& kt, const float* qg, const uint16_t* k_cach
     for (int h = 0; h < n_group; ++h) { run_max[h] = -std::numeric_limits<float>::infinity(); run_sum[h] = 0.0f; }
     for (int64_t b0 = p0; b0 < p1; b0 += kScoreBlock) {
         const int nb = (int)std::min<int64_t>(kScoreBlock, p1 - b0);
-        // Scores of the block: each K row is read once for the group's heads.
-        for (int j = 0; j < nb; ++j) {
-            const uint16_t* kr = k_cache + (b0 + j) * kv_stride + (int64_t)g * head_dim;
-            for (int h = 0; h < n_group; ++h) scores[h * kScoreBlock + j] = kt.dot_f16(head_dim, kr, qg + h * head_dim) * scale;
-        }
+        // Scores of the block (K rows . the group's query rows), one GEMM call.
+        kt.gemm[TYPE_F16](head_dim, k_cache + b0 * kv_stride + (int64_t)g * head_dim, kv_stride * sizeof(uint16_t), nb,
+                          qg, head_dim * sizeof(float), n_group, scores, kScoreBlock);
         for (int h = 0; h < n_group; ++h) {
             float* sh = scores + h * kScoreBlock;
+            for (int j = 0; j < nb; ++j) sh[j] *= scale;
             float m = run_max[h];
             for (int j = 0; j < nb; ++j) m = std::max(m, sh[j]);
             if (m > run_max[h]) {
@@ -176,10 +182,67 @@ void attend_range(const KernelTable& kt, const float* qg, const uint16_t* k_cach
             }
             run_sum[h] += sum;
         }
-        for (int j = 0; j < nb; ++j) {
-            const uint16_t* vr = v_cache + (b0 + j) * kv_stride + (int64_t)g * head_dim;
-            for (int h = 0; h < n_group; ++h) kt.axpy_f16(head_dim, scores[h * kScoreBlock + j], vr, acc + h * head_dim);
+        kt.pv_f16(n_group, nb, head_dim, scores, kScoreBlock, v_cache + b0 * kv_stride + (int64_t)g * head_dim, kv_stride, acc);
+    }
+}
+
+// Causal attention of query tokens [t0, t1) (at positions pos0 + t) and the n_group heads of KV
+// head g: rows r = (t - t0) * n_group + h. Online softmax per row, a block of positions at a time.
+void attend_prefill(const KernelTable& kt, const float* q, int64_t q_stride, const uint16_t* k_cache,
+                    const uint16_t* v_cache, int64_t kv_stride, float* out, int64_t out_stride, int64_t pos0,
+                    int64_t t0, int64_t t1, int g, int n_group, int head_dim, float scale, float* scratch) {
+    const int n_rows = (int)(t1 - t0) * n_group;
+    float* qs = scratch;                                 // (n_rows, head_dim), scaled
+    float* acc = qs + (size_t)n_rows * head_dim;         // (n_rows, head_dim)
+    float* sc = acc + (size_t)n_rows * head_dim;         // (n_rows, kScoreBlock)
+    float* run_max = sc + (size_t)n_rows * kScoreBlock;  // (n_rows)
+    float* run_sum = run_max + n_rows;                   // (n_rows)
+    for (int64_t t = t0; t < t1; ++t)
+        for (int h = 0; h < n_group; ++h) {
+            const float* src = q + t * q_stride + (int64_t)(g * n_group + h) * head_dim;
+            float* dst = qs + ((t - t0) * n_group + h) * head_dim;
+            for (int i = 0; i < head_dim; ++i) dst[i] = src[i] * scale;
         }
+    std::fill(acc, acc + (size_t)n_rows * head_dim, 0.0f);
+    std::fill(run_max, run_max + n_rows, -std::numeric_limits<float>::infinity());
+    std::fill(run_sum, run_sum + n_rows, 0.0f);
+    const int64_t n_pos = pos0 + t1;  // the last token sees positions [0, n_pos)
+    for (int64_t b0 = 0; b0 < n_pos; b0 += kScoreBlock) {
+        const int nb = (int)std::min<int64_t>(kScoreBlock, n_pos - b0);
+        // scores[r][j] = K row (b0 + j) . q row r
+        kt.gemm[TYPE_F16](head_dim, k_cache + b0 * kv_stride + (int64_t)g * head_dim, kv_stride * sizeof(uint16_t), nb,
+                          qs, head_dim * sizeof(float), n_rows, sc, kScoreBlock);
+        for (int r = 0; r < n_rows; ++r) {
+            float* sr = sc + (size_t)r * kScoreBlock;
+            const int64_t last = pos0 + t0 + r / n_group;  // this row's token sees positions <= last
+            const int visible = (int)std::max<int64_t>(0, std::min<int64_t>(nb, last - b0 + 1));
+            // Masked positions get probability 0 (P.V reads the row's first nb entries).
+            for (int j = visible; j < nb; ++j) sr[j] = 0.0f;
+            if (!visible) continue;
+            float m = run_max[r];
+            for (int j = 0; j < visible; ++j) m = std::max(m, sr[j]);
+            if (m > run_max[r]) {
+                const float rescale = std::exp(run_max[r] - m);  // 0 on the first block
+                run_sum[r] *= rescale;
+                float* a = acc + (size_t)r * head_dim;
+                for (int i = 0; i < head_dim; ++i) a[i] *= rescale;
+                run_max[r] = m;
+            }
+            float sum = 0.0f;
+            for (int j = 0; j < visible; ++j) {
+                sr[j] = std::exp(sr[j] - m);
+                sum += sr[j];
+            }
+            run_sum[r] += sum;
+        }
+        kt.pv_f16(n_rows, nb, head_dim, sc, kScoreBlock, v_cache + b0 * kv_stride + (int64_t)g * head_dim, kv_stride, acc);
+    }
+    for (int r = 0; r < n_rows; ++r) {
+        const int64_t t = t0 + r / n_group;
+        const int h = r % n_group;
+        float* o = out + t * out_stride + (int64_t)(g * n_group + h) * head_dim;
+        const float inv = 1.0f / run_sum[r];
+        for (int i = 0; i < head_dim; ++i) o[i] = acc[(size_t)r * head_dim + i] * inv;
     }
 }
 
@@ -190,7 +253,7 @@ void attention(ThreadPool& pool, const KernelTable& kt, const float* q, int64_t 
                float* out, int64_t out_stride, int64_t n_tok, int64_t pos0,
                int n_head, int n_kv_head, int head_dim, float scale, float* scratch) {
     const int n_group = n_head / n_kv_head;
-    const size_t per_thread = attention_thread_floats(n_group, head_dim);
+    const size_t per_thread = std::max(attention_thread_floats(n_group, head_dim), prefill_thread_floats(n_group, head_dim));
     const int64_t n_pos_last = pos0 + n_tok;
     int n_split = 1;
     if (n_tok == 1 && pool.size() > 1)
@@ -224,6 +287,19 @@ void attention(ThreadPool& pool, const KernelTable& kt, const float* q, int64_t 
                 const float inv = 1.0f / sum;
                 for (int i = 0; i < head_dim; ++i) o[i] *= inv;
             }
+        return;
+    }
+    if (n_tok > 1) {
+        const int64_t per_task = prefill_tokens_per_task(n_group);
+        const int64_t n_blocks = (n_tok + per_task - 1) / per_task;
+        // Later token blocks see more positions: hand them out first.
+        pool.parallel_for(n_blocks * n_kv_head, [&](int64_t task, int thread) {
+            const int64_t b = n_blocks - 1 - task / n_kv_head;
+            const int g = (int)(task % n_kv_head);
+            const int64_t t0 = b * per_task, t1 = std::min(n_tok, t0 + per_task);
+            attend_prefill(kt, q, q_stride, k_cache, v_cache, kv_stride, out, out_stride, pos0, t0, t1, g, n_group,
+                           head_dim, scale, scratch + thread * per_thread);
+        });
         return;
     }
     // One task = one token x one KV head: the group's query heads walk the cache together, so

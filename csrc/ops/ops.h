@@ -50,9 +50,6 @@ void rope(float* x, int64_t n_tok, int64_t stride, int n_heads, int head_dim, in
 // Fills cos_sin (n_tok, n_rot/2, 2) for positions pos[0..n_tok), as ggml computes theta.
 void rope_cache(const int32_t* pos, int64_t n_tok, int n_rot, float freq_base, float freq_scale, float* cos_sin);
 
-// gate = silu(gate) * up, n elements.
-void swiglu(float* gate, const float* up, int64_t n);
-
 // Causal attention for n_tok new tokens at positions pos0..pos0+n_tok-1 against the F16 cache
 // holding positions [0, pos0+n_tok).  q: (n_tok, n_head*head_dim) f32 row stride q_stride;
 // k_cache/v_cache: (n_ctx, n_kv*head_dim) f16 rows of kv_stride elements;

@@ -210,6 +210,34 @@ void test_f16_helpers(const KernelTable& kt, const KernelTable& ref) {
         bool ok = true;
         for (int i = 0; i < n; ++i) ok &= std::fabs(y1[i] - y2[i]) <= 2e-7 * (std::fabs(y[i]) + std::fabs(0.37f * fp16_to_f32(xh[i]))) + 1e-30;
         check(ok, std::string(kt.isa) + " axpy_f16 n=" + std::to_string(n));
+
+        // swiglu against the reference (its exp is libm's): within a few float roundings.
+        std::vector<float> g1(n), g2(n), up = normal(n);
+        for (int i = 0; i < n; ++i) g1[i] = g2[i] = 4 * x[i];
+        if (n > 2) { g1[0] = g2[0] = -100.0f; g1[1] = g2[1] = 100.0f; }
+        kt.swiglu(g1.data(), up.data(), n);
+        ref.swiglu(g2.data(), up.data(), n);
+        ok = true;
+        for (int i = 0; i < n; ++i) ok &= std::fabs(g1[i] - g2[i]) <= 1e-6f * std::fabs(g2[i]) + 1e-30f;
+        check(ok, std::string(kt.isa) + " swiglu n=" + std::to_string(n));
+    }
+    // pv_f16: rows x nb probabilities times nb x d f16 values, added to the accumulators.
+    for (int rows : {1, 3, 5}) for (int nb : {1, 7, 32}) for (int d : {1, 33, 64, 130}) {
+        std::vector<float> p = normal(rows * nb), acc = normal(rows * d), vf = normal(nb * d);
+        for (float& v : p) v = std::fabs(v);
+        std::vector<uint16_t> v(nb * d);
+        ref.f32_to_f16(vf.data(), v.data(), nb * d);
+        std::vector<float> a1 = acc, a2 = acc;
+        kt.pv_f16(rows, nb, d, p.data(), nb, v.data(), d, a1.data());
+        ref.pv_f16(rows, nb, d, p.data(), nb, v.data(), d, a2.data());
+        bool ok = true;
+        for (int r = 0; r < rows; ++r)
+            for (int i = 0; i < d; ++i) {
+                double mag = std::fabs(acc[r * d + i]);
+                for (int j = 0; j < nb; ++j) mag += std::fabs(p[r * nb + j] * fp16_to_f32(v[j * d + i]));
+                ok &= std::fabs(a1[r * d + i] - a2[r * d + i]) <= 1e-6 * mag + 1e-30;
+            }
+        check(ok, std::string(kt.isa) + " pv_f16 rows=" + std::to_string(rows) + " nb=" + std::to_string(nb) + " d=" + std::to_string(d));
     }
 }
 

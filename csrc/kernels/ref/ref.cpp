@@ -1,6 +1,7 @@
 // The reference kernel table: plain scalar loops, the truth every SIMD table is tested against.
 // Dot products follow ggml's integer formulation (int sums per block, then one float multiply)
 // so results match llama.cpp's to rounding.
+#include <cmath>
 #include <cstring>
 
 #include "core/fp16.h"
@@ -127,6 +128,22 @@ static void axpy_f16_ref(int64_t n, float alpha, const uint16_t* x, float* y) {
     for (int64_t i = 0; i < n; ++i) y[i] += alpha * fp16_to_f32(x[i]);
 }
 
+static void pv_f16_ref(int64_t n_rows, int64_t nb, int64_t d, const float* p, int64_t p_stride,
+                       const uint16_t* v, int64_t v_stride, float* out) {
+    for (int64_t r = 0; r < n_rows; ++r)
+        for (int64_t j = 0; j < nb; ++j) {
+            const float pj = p[r * p_stride + j];
+            for (int64_t i = 0; i < d; ++i) out[r * d + i] += pj * fp16_to_f32(v[j * v_stride + i]);
+        }
+}
+
+static void swiglu_ref(float* gate, const float* up, int64_t n) {
+    for (int64_t i = 0; i < n; ++i) {
+        const float g = gate[i];
+        gate[i] = g / (1.0f + std::exp(-g)) * up[i];
+    }
+}
+
 // --- the table ----------------------------------------------------------------------------------
 
 static KernelTable make_ref_table() {
@@ -151,6 +168,8 @@ static KernelTable make_ref_table() {
     t.dot_f16 = dot_f16_ref;
     t.axpy_f16 = axpy_f16_ref;
     t.f32_to_f16 = [](const float* x, uint16_t* y, int64_t n) { quantize_row_f16(x, y, n); };
+    t.pv_f16 = pv_f16_ref;
+    t.swiglu = swiglu_ref;
     return t;
 }
 
@@ -169,6 +188,8 @@ void fill_missing_from_ref(KernelTable& t) {
     if (!t.dot_f16) t.dot_f16 = r.dot_f16;
     if (!t.axpy_f16) t.axpy_f16 = r.axpy_f16;
     if (!t.f32_to_f16) t.f32_to_f16 = r.f32_to_f16;
+    if (!t.pv_f16) t.pv_f16 = r.pv_f16;
+    if (!t.swiglu) t.swiglu = r.swiglu;
 }
 
 } // namespace pyllm

@@ -7,7 +7,10 @@
 
 #include <immintrin.h>
 
+#include <algorithm>
+#include <cmath>
 #include <cstring>
+#include <initializer_list>
 
 #include "kernels/kernels.h"
 #include "kernels/x86/avx2_helpers.h"
@@ -209,6 +212,68 @@ void axpy_f16_avx2(int64_t n, float alpha, const uint16_t* x, float* y) {
     for (; i < n; ++i) y[i] += alpha * half_to_f32(x[i]);
 }
 
+// Attention's P.V: a tile of R rows x 32 columns in 8 accumulators; each V row is converted once
+// per tile and broadcast-multiplied into every row.
+template <int R>
+void pv_tile_avx2(int64_t nb, int64_t d, int64_t i, int64_t w, const float* p, int64_t p_stride,
+                  const uint16_t* v, int64_t v_stride, float* out) {
+    // w: vector columns in this tile (1..4), each 8 floats wide.
+    __m256 acc[R][4];
+    for (int r = 0; r < R; ++r)
+        for (int c = 0; c < w; ++c) acc[r][c] = _mm256_loadu_ps(out + r * d + i + 8 * c);
+    for (int64_t j = 0; j < nb; ++j) {
+        __m256 vv[4];
+        for (int c = 0; c < w; ++c) vv[c] = load8_f16(v + j * v_stride + i + 8 * c);
+        for (int r = 0; r < R; ++r) {
+            const __m256 pb = _mm256_set1_ps(p[r * p_stride + j]);
+            for (int c = 0; c < w; ++c) acc[r][c] = _mm256_fmadd_ps(vv[c], pb, acc[r][c]);
+        }
+    }
+    for (int r = 0; r < R; ++r)
+        for (int c = 0; c < w; ++c) _mm256_storeu_ps(out + r * d + i + 8 * c, acc[r][c]);
+}
+
+void pv_f16_avx2(int64_t n_rows, int64_t nb, int64_t d, const float* p, int64_t p_stride,
+                 const uint16_t* v, int64_t v_stride, float* out) {
+    const int64_t dv = d / 8 * 8;
+    for (int64_t r0 = 0; r0 < n_rows; r0 += 2) {
+        const bool two = n_rows - r0 >= 2;
+        const float* pr = p + r0 * p_stride;
+        float* o = out + r0 * d;
+        for (int64_t i = 0; i < dv; i += 32) {
+            const int64_t w = std::min<int64_t>(4, (dv - i) / 8);
+            if (two) pv_tile_avx2<2>(nb, d, i, w, pr, p_stride, v, v_stride, o);
+            else pv_tile_avx2<1>(nb, d, i, w, pr, p_stride, v, v_stride, o);
+        }
+        for (int64_t r = r0; r < std::min(n_rows, r0 + 2); ++r)
+            for (int64_t j = 0; j < nb; ++j)
+                for (int64_t i = dv; i < d; ++i) out[r * d + i] += p[r * p_stride + j] * half_to_f32(v[j * v_stride + i]);
+    }
+}
+
+// e^x for x clamped to [-87, 88]: x = n*ln2 + r with |r| <= ln2/2, e^r by its degree-6 Taylor
+// polynomial (relative error ~1e-7), and 2^n put into the exponent bits.
+inline __m256 exp_avx2(__m256 x) {
+    x = _mm256_min_ps(_mm256_max_ps(x, _mm256_set1_ps(-87.0f)), _mm256_set1_ps(88.0f));
+    const __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504f)), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693145751953125f), x);  // ln2 in two parts
+    r = _mm256_fnmadd_ps(n, _mm256_set1_ps(1.428606765330187e-06f), r);
+    __m256 e = _mm256_set1_ps(1.0f / 720);
+    for (float c : {1.0f / 120, 1.0f / 24, 1.0f / 6, 0.5f, 1.0f, 1.0f}) e = _mm256_fmadd_ps(e, r, _mm256_set1_ps(c));
+    const __m256i bits = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+    return _mm256_mul_ps(e, _mm256_castsi256_ps(bits));
+}
+
+void swiglu_avx2(float* gate, const float* up, int64_t n) {
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        const __m256 g = _mm256_loadu_ps(gate + i);
+        const __m256 e = exp_avx2(_mm256_sub_ps(_mm256_setzero_ps(), g));
+        _mm256_storeu_ps(gate + i, _mm256_mul_ps(_mm256_div_ps(g, _mm256_add_ps(_mm256_set1_ps(1.0f), e)), _mm256_loadu_ps(up + i)));
+    }
+    for (; i < n; ++i) gate[i] = gate[i] / (1.0f + std::exp(-gate[i])) * up[i];
+}
+
 // --- float GEMM micro-kernel ---------------------------------------------------------------------
 
 struct F32Weights {
@@ -381,6 +446,8 @@ KernelTable make_avx2_table() {
     t.dot_f16 = dot_f16_avx2;
     t.axpy_f16 = axpy_f16_avx2;
     t.f32_to_f16 = f32_to_f16_avx2;
+    t.pv_f16 = pv_f16_avx2;
+    t.swiglu = swiglu_avx2;
     register_kquant_avx2_kernels(t);
     register_x8_avx2_kernels(t);
     fill_missing_from_ref(t);

@@ -7,7 +7,10 @@
 
 #include <immintrin.h>
 
+#include <algorithm>
+#include <cmath>
 #include <cstring>
+#include <initializer_list>
 
 #include "kernels/kernels.h"
 #include "kernels/ref/ref.h"
@@ -167,6 +170,68 @@ void axpy_f16_avx512(int64_t n, float alpha, const uint16_t* x, float* y) {
     for (int64_t i = 0; i < n; i += 16) {
         const __mmask16 m = n - i >= 16 ? (__mmask16)0xffff : tail_mask16(n - i);
         _mm512_mask_storeu_ps(y + i, m, _mm512_fmadd_ps(va, load16_f16(x + i, m), _mm512_maskz_loadu_ps(m, y + i)));
+    }
+}
+
+// Attention's P.V: a tile of R rows x 64 columns in 16 accumulators (masked at the row's end);
+// each V row is converted once per tile and broadcast-multiplied into every row.
+template <int R>
+void pv_tile_avx512(int64_t nb, int64_t d, int64_t i, const float* p, int64_t p_stride, const uint16_t* v,
+                    int64_t v_stride, float* out) {
+    __mmask16 m[4];
+    for (int c = 0; c < 4; ++c) {
+        const int64_t left = d - i - 16 * c;
+        m[c] = left >= 16 ? (__mmask16)0xffff : left > 0 ? tail_mask16(left) : (__mmask16)0;
+    }
+    __m512 acc[R][4];
+    for (int r = 0; r < R; ++r)
+        for (int c = 0; c < 4; ++c) acc[r][c] = _mm512_maskz_loadu_ps(m[c], out + r * d + i + 16 * c);
+    for (int64_t j = 0; j < nb; ++j) {
+        __m512 vv[4];
+        for (int c = 0; c < 4; ++c) vv[c] = load16_f16(v + j * v_stride + i + 16 * c, m[c]);
+        for (int r = 0; r < R; ++r) {
+            const __m512 pb = _mm512_set1_ps(p[r * p_stride + j]);
+            for (int c = 0; c < 4; ++c) acc[r][c] = _mm512_fmadd_ps(vv[c], pb, acc[r][c]);
+        }
+    }
+    for (int r = 0; r < R; ++r)
+        for (int c = 0; c < 4; ++c) _mm512_mask_storeu_ps(out + r * d + i + 16 * c, m[c], acc[r][c]);
+}
+
+void pv_f16_avx512(int64_t n_rows, int64_t nb, int64_t d, const float* p, int64_t p_stride,
+                   const uint16_t* v, int64_t v_stride, float* out) {
+    for (int64_t r0 = 0; r0 < n_rows; r0 += 4) {
+        const float* pr = p + r0 * p_stride;
+        float* o = out + r0 * d;
+        for (int64_t i = 0; i < d; i += 64) {
+            switch (std::min<int64_t>(4, n_rows - r0)) {
+                case 4: pv_tile_avx512<4>(nb, d, i, pr, p_stride, v, v_stride, o); break;
+                case 3: pv_tile_avx512<3>(nb, d, i, pr, p_stride, v, v_stride, o); break;
+                case 2: pv_tile_avx512<2>(nb, d, i, pr, p_stride, v, v_stride, o); break;
+                default: pv_tile_avx512<1>(nb, d, i, pr, p_stride, v, v_stride, o); break;
+            }
+        }
+    }
+}
+
+// e^x for x clamped to [-87, 88]: x = n*ln2 + r with |r| <= ln2/2, e^r by its degree-6 Taylor
+// polynomial (relative error ~1e-7), times 2^n by scalef.
+inline __m512 exp_avx512(__m512 x) {
+    x = _mm512_min_ps(_mm512_max_ps(x, _mm512_set1_ps(-87.0f)), _mm512_set1_ps(88.0f));
+    const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504f)), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693145751953125f), x);  // ln2 in two parts
+    r = _mm512_fnmadd_ps(n, _mm512_set1_ps(1.428606765330187e-06f), r);
+    __m512 e = _mm512_set1_ps(1.0f / 720);
+    for (float c : {1.0f / 120, 1.0f / 24, 1.0f / 6, 0.5f, 1.0f, 1.0f}) e = _mm512_fmadd_ps(e, r, _mm512_set1_ps(c));
+    return _mm512_scalef_ps(e, n);
+}
+
+void swiglu_avx512(float* gate, const float* up, int64_t n) {
+    for (int64_t i = 0; i < n; i += 16) {
+        const __mmask16 m = n - i >= 16 ? (__mmask16)0xffff : tail_mask16(n - i);
+        const __m512 g = _mm512_maskz_loadu_ps(m, gate + i);
+        const __m512 e = exp_avx512(_mm512_sub_ps(_mm512_setzero_ps(), g));
+        _mm512_mask_storeu_ps(gate + i, m, _mm512_mul_ps(_mm512_div_ps(g, _mm512_add_ps(_mm512_set1_ps(1.0f), e)), _mm512_maskz_loadu_ps(m, up + i)));
     }
 }
 
@@ -337,6 +402,8 @@ KernelTable make_avx512_table() {
     t.dot_f16 = dot_f16_avx512;
     t.axpy_f16 = axpy_f16_avx512;
     t.f32_to_f16 = f32_to_f16_avx512;
+    t.pv_f16 = pv_f16_avx512;
+    t.swiglu = swiglu_avx512;
     register_kquant_avx512_kernels(t);
     register_x8_avx512_kernels(t);
     // Whatever is still empty: the AVX2 kernel if there is one (AVX-512 CPUs run AVX2), else ref.
