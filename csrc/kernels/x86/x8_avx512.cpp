@@ -94,10 +94,11 @@ struct X8Vnni {
                     __m256i lo = _mm256_and_si256(raw, low4);
                     __m256i hi = _mm256_and_si256(_mm256_srli_epi16(raw, 4), low4);
                     if constexpr (kQ5) {
-                        uint32_t m[2];
-                        std::memcpy(m, col + kMasks + 8 * c, 8);
-                        lo = _mm256_mask_add_epi8(lo, _cvtu32_mask32(m[0]), lo, fifth);
-                        hi = _mm256_mask_add_epi8(hi, _cvtu32_mask32(m[1]), hi, fifth);
+                        uint32_t m_lo, m_hi;  // two loads: one 8-byte load costs a kshift
+                        std::memcpy(&m_lo, col + kMasks + 8 * c, 4);
+                        std::memcpy(&m_hi, col + kMasks + 8 * c + 4, 4);
+                        lo = _mm256_mask_add_epi8(lo, _cvtu32_mask32(m_lo), lo, fifth);
+                        hi = _mm256_mask_add_epi8(hi, _cvtu32_mask32(m_hi), hi, fifth);
                     }
                     for (int t = 0; t < T; ++t) {
                         s0[t] = _mm256_dpbusd_epi32(s0[t], lo, bcast4(a[t][i].qs + 4 * c));
