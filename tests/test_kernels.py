@@ -124,7 +124,7 @@ def test_gemm_output_stride_and_rows_subset(isa):
 
 # --- the x8 (row-interleaved) layout ------------------------------------------------------------
 
-X8_TYPES = [Q4_0, Q4_1, Q8_0]
+X8_TYPES = [Q4_0, Q4_1, Q5_0, Q5_1, Q8_0]
 X8_ROWS = [8, 13, 16, 41]  # whole groups, and groups plus a plain tail
 X8_TOK = [1, 2, 4, 5, 9]   # decode, prefill tiles of 4 and their tails
 X8_CASES = [(isa, t, k) for isa in SIMD_ISAS for t in X8_TYPES if t in _core.x8_types(isa)
@@ -132,7 +132,7 @@ X8_CASES = [(isa, t, k) for isa in SIMD_ISAS for t in X8_TYPES if t in _core.x8_
 
 
 def test_x8_types():
-    """x86 tables repack the three types; the reference repacks them too (its x8 gemm is the truth)."""
+    """x86 tables repack the five types; the reference repacks them too (its x8 gemm is the truth)."""
     assert set(_core.x8_types("ref")) == set(X8_TYPES)
     for isa in SIMD_ISAS:
         assert set(_core.x8_types(isa)) <= set(X8_TYPES)
@@ -157,7 +157,20 @@ def test_x8_repack_is_a_permutation_and_rows_read_back(type_id):
     w = random_weights(rng, type_id, 19, k)
     packed = _core.repack_x8("ref", type_id, w, k)
     assert packed.shape == w.shape
-    np.testing.assert_array_equal(np.sort(packed[:16], axis=None), np.sort(w[:16], axis=None))
+    if type_id in (Q5_0, Q5_1):
+        # The fifth bits (qh) become bit-interleaved masks: the other bytes are permuted, the
+        # fifth bits only as bits.
+        halves = len(LAYOUT[type_id]["halves"])
+        blocks = w[:16].reshape(16, -1, _core.type_info(type_id)["type_size"])
+        qh = blocks[:, :, 2 * halves:2 * halves + 4]
+        cols = packed[:16].reshape(2, -1, 8 * blocks.shape[2])
+        masks = cols[:, :, 16 * halves:16 * halves + 32]
+        rest = np.concatenate([cols[:, :, :16 * halves], cols[:, :, 16 * halves + 32:]], axis=2)
+        plain_rest = np.concatenate([blocks[:, :, :2 * halves], blocks[:, :, 2 * halves + 4:]], axis=2)
+        np.testing.assert_array_equal(np.sort(rest, axis=None), np.sort(plain_rest, axis=None))
+        assert np.unpackbits(masks).sum() == np.unpackbits(qh).sum()
+    else:
+        np.testing.assert_array_equal(np.sort(packed[:16], axis=None), np.sort(w[:16], axis=None))
     np.testing.assert_array_equal(packed[16:], w[16:])  # the tail stays plain
     for isa in SIMD_ISAS:
         if type_id in _core.x8_types(isa):

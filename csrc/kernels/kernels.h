@@ -19,15 +19,19 @@ using gemm_fn = void (*)(int64_t k, const void* w, size_t w_stride, int64_t n_ro
 
 // --- the row-interleaved ("x8") weight layout, made once at load for decode -----------------------
 //
-// Q4_0, Q4_1 and Q8_0 rows in groups of kX8Rows = 8. For each 32-element block column a group
-// stores exactly the bytes of its 8 plain blocks, rearranged:
-//   the 8 rows' f16 scales d (16 bytes), for Q4_1 then the 8 mins m (16 bytes),
+// Q4_0, Q4_1, Q5_0, Q5_1 and Q8_0 rows in groups of kX8Rows = 8. For each 32-element block
+// column a group stores exactly the bytes of its 8 plain blocks, rearranged:
+//   the 8 rows' f16 scales d (16 bytes), for Q4_1/Q5_1 then the 8 mins m (16 bytes),
+//   for Q5 then the fifth bits (32 bytes) as 8 little-endian u32 masks, mask 2c+h for run c's low
+//   (h = 0) or high (h = 1) nibbles: bit 4L+b = row L's qh bit 16h+4c+b, so bit j of a mask
+//   belongs to byte j of the run's 32-byte load (an AVX-512 k-mask as it stands),
 //   then the quants as 4-byte runs: run c of row L at byte 32*c + 4*L, holding the plain block's
-//   qs[4c..4c+3] (Q4: 4 runs, low nibble = element 4c+b, high = 16+4c+b; Q8_0: 8 runs).
+//   qs[4c..4c+3] (Q4/Q5: 4 runs, low nibble = element 4c+b, high = 16+4c+b; Q8_0: 8 runs).
 // So one 32-byte load is one run of all 8 rows: 4 activation bytes broadcast to 8 lanes feed the
 // 8 rows, the 8 int32 lanes are the 8 outputs (no horizontal sums), and the 8 scales convert with
 // one vcvtph2ps. A group is 8 plain rows' bytes, so the tensor keeps its size and row r (a
-// multiple of 8) still starts at r*row_bytes. Rows after the last full group stay plain.
+// multiple of 8) still starts at r*row_bytes (the bytes are a permutation of the plain ones, but for
+// Q5's fifth bits, which are a permutation of bits). Rows after the last full group stay plain.
 constexpr int kX8Rows = 8;
 // dst (same size as src) = the x8 layout of n_rows plain rows of k elements, row_bytes apart.
 using repack_fn = void (*)(const void* src, size_t row_bytes, int64_t n_rows, int64_t k, void* dst);

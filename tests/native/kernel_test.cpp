@@ -295,7 +295,7 @@ int main() {
         test_f16_helpers(kt, ref);
     }
     // The reference x8 gemm is bit-identical to the plain one; x8 rows read back bit-identically.
-    for (Type t : {TYPE_Q4_0, TYPE_Q4_1, TYPE_Q8_0}) {
+    for (Type t : {TYPE_Q4_0, TYPE_Q4_1, TYPE_Q5_0, TYPE_Q5_1, TYPE_Q8_0}) {
         for (int64_t k : {32, 576}) test_gemm(ref, ref, t, k, /*x8=*/true);
         const int rows = 19;
         const int64_t k = 96;

@@ -12,23 +12,30 @@ namespace pyllm {
 
 namespace {
 
-// Byte shape of one plain block: n_halves f16 fields (d, then m) then quant_bytes of quants.
+// Byte shape of one plain block: n_halves f16 fields (d, then m), for Q5 the 4 bytes qh of fifth
+// bits, then quant_bytes of quants.
 struct X8Format {
     int block_bytes, n_halves, quant_bytes;
+    bool fifth_bits;
 };
 
 constexpr X8Format x8_format_of(Type t) {
-    return t == TYPE_Q4_0 ? X8Format{18, 1, 16} : t == TYPE_Q4_1 ? X8Format{20, 2, 16} : X8Format{34, 1, 32};
+    return t == TYPE_Q4_0   ? X8Format{18, 1, 16, false}
+           : t == TYPE_Q4_1 ? X8Format{20, 2, 16, false}
+           : t == TYPE_Q5_0 ? X8Format{22, 1, 16, true}
+           : t == TYPE_Q5_1 ? X8Format{24, 2, 16, true}
+                            : X8Format{34, 1, 32, false};
 }
 
 bool x8_format(Type t, X8Format* f) {
-    if (t != TYPE_Q4_0 && t != TYPE_Q4_1 && t != TYPE_Q8_0) return false;
+    if (t != TYPE_Q4_0 && t != TYPE_Q4_1 && t != TYPE_Q5_0 && t != TYPE_Q5_1 && t != TYPE_Q8_0) return false;
     *f = x8_format_of(t);
     return true;
 }
 
 // Copies group row L's plain block to its places in a group's block column (kToX8), or back:
-// f16 field h at 16h + 2L, quant run c at 16*n_halves + 32c + 4L.
+// f16 field h at 16h + 2L, quant run c at quants + 32c + 4L (after the fields and fifth-bit masks).
+// The fifth bits go to bits 4L..4L+3 of the 8 masks (kernels.h); kToX8 expects them zeroed.
 template <bool kToX8>
 inline void move_block(const X8Format& f, int L, const uint8_t* from, uint8_t* to) {
     auto copy = [&](int x8_off, int plain_off, int n) {
@@ -36,7 +43,24 @@ inline void move_block(const X8Format& f, int L, const uint8_t* from, uint8_t* t
         else std::memcpy(to + plain_off, from + x8_off, n);
     };
     for (int h = 0; h < f.n_halves; ++h) copy(16 * h + 2 * L, 2 * h, 2);
-    for (int c = 0; c < f.quant_bytes / 4; ++c) copy(16 * f.n_halves + 32 * c + 4 * L, 2 * f.n_halves + 4 * c, 4);
+    const int x8_quants = 16 * f.n_halves + (f.fifth_bits ? 32 : 0), plain_quants = 2 * f.n_halves + (f.fifth_bits ? 4 : 0);
+    for (int c = 0; c < f.quant_bytes / 4; ++c) copy(x8_quants + 32 * c + 4 * L, plain_quants + 4 * c, 4);
+    if (!f.fifth_bits) return;
+    const int x8_masks = 16 * f.n_halves, plain_qh = 2 * f.n_halves;
+    uint32_t qh = 0, mask;
+    if (kToX8) std::memcpy(&qh, from + plain_qh, 4);
+    for (int m = 0; m < 8; ++m) {  // mask m = 2c + h holds qh bits 16h + 4c .. +3
+        const int shift = 16 * (m & 1) + 4 * (m >> 1);
+        if (kToX8) {
+            std::memcpy(&mask, to + x8_masks + 4 * m, 4);
+            mask |= ((qh >> shift) & 0xfu) << (4 * L);
+            std::memcpy(to + x8_masks + 4 * m, &mask, 4);
+        } else {
+            std::memcpy(&mask, from + x8_masks + 4 * m, 4);
+            qh |= ((mask >> (4 * L)) & 0xfu) << shift;
+        }
+    }
+    if (!kToX8) std::memcpy(to + plain_qh, &qh, 4);
 }
 
 // The format is a template argument so the copies compile to fixed moves (load time).
@@ -49,6 +73,7 @@ void repack_x8_ref(const void* src, size_t row_bytes, int64_t n_rows, int64_t k,
     for (int64_t g = 0; g < full; g += kX8Rows)
         for (int64_t i = 0; i < nb; ++i) {
             uint8_t* out = d + g * row_bytes + i * kX8Rows * f.block_bytes;
+            if constexpr (f.fifth_bits) std::memset(out + 16 * f.n_halves, 0, 32);
             for (int L = 0; L < kX8Rows; ++L) move_block<true>(f, L, s + (g + L) * row_bytes + i * f.block_bytes, out);
         }
     if (n_rows > full) std::memcpy(d + full * row_bytes, s + full * row_bytes, (n_rows - full) * row_bytes);
@@ -103,9 +128,13 @@ void x8_row_to_float(Type type, const void* w, size_t row_bytes, int64_t n_rows,
 void register_x8_ref_kernels(KernelTable& t) {
     t.repack_x8[TYPE_Q4_0] = repack_x8_ref<TYPE_Q4_0>;
     t.repack_x8[TYPE_Q4_1] = repack_x8_ref<TYPE_Q4_1>;
+    t.repack_x8[TYPE_Q5_0] = repack_x8_ref<TYPE_Q5_0>;
+    t.repack_x8[TYPE_Q5_1] = repack_x8_ref<TYPE_Q5_1>;
     t.repack_x8[TYPE_Q8_0] = repack_x8_ref<TYPE_Q8_0>;
     t.gemm_x8[TYPE_Q4_0] = gemm_x8_ref<TYPE_Q4_0, vec_dot_q4_0_q8_0_ref>;
     t.gemm_x8[TYPE_Q4_1] = gemm_x8_ref<TYPE_Q4_1, vec_dot_q4_1_q8_1_ref>;
+    t.gemm_x8[TYPE_Q5_0] = gemm_x8_ref<TYPE_Q5_0, vec_dot_q5_0_q8_0_ref>;
+    t.gemm_x8[TYPE_Q5_1] = gemm_x8_ref<TYPE_Q5_1, vec_dot_q5_1_q8_1_ref>;
     t.gemm_x8[TYPE_Q8_0] = gemm_x8_ref<TYPE_Q8_0, vec_dot_q8_0_q8_0_ref>;
 }
 

@@ -1,4 +1,4 @@
-// AVX2 (+FMA, F16C) GEMM over the x8 layout (kernels.h) for Q4_0, Q4_1 and Q8_0: one 32-byte
+// AVX2 (+FMA, F16C) GEMM over the x8 layout (kernels.h) for Q4_0, Q4_1, Q5_0, Q5_1 and Q8_0: one 32-byte
 // load is a 4-byte run of 8 rows, the activation's matching 4 bytes are broadcast, and maddubs
 // + madd leave row L's partial dot in int32 lane L. So 8 lanes = 8 outputs: no horizontal sums,
 // and a block column's 8 scales convert with one vcvtph2ps. Prefill tiles 8 rows x 4 tokens;
@@ -33,16 +33,36 @@ inline int block_sum(const int8_t* qs) {
     return hsum_i32(_mm256_madd_epi16(_mm256_maddubs_epi16(_mm256_set1_epi8(1), y), _mm256_set1_epi16(1)));
 }
 
-// Q4_0 and Q4_1: run c of a row holds qs[4c..4c+3]; its low nibbles are elements 4c..4c+3 and
-// its high nibbles 16+4c..16+4c+3. maddubs pairs stay within 2*15*127, so the 8 pair vectors of a
-// block column add up in int16 (<= 30480) before one madd widens them. Q4_0 computes
-// dot(q, y) - 8*sum(y); the second term (X8Act::corr) comes from prepare().
-template <bool kHasMin>
-struct Q4X8 {
+// Q5's fifth bits for a run's low (mask 0) and high (mask 1) nibbles, two u32 k-masks (kernels.h):
+// byte j of the result is 0x10 where bit j of its mask is set.
+inline void fifth_bits(const uint8_t* masks, __m256i* lo, __m256i* hi) {
+    int64_t both;
+    std::memcpy(&both, masks, 8);
+    const __m256i v = _mm256_set1_epi64x(both);
+    const __m256i bit = _mm256_set1_epi64x((long long)0x8040201008040201ull), x10 = _mm256_set1_epi8(0x10);
+    // Byte j gets mask byte j/8: bytes 0..3 of the qword for the low mask, 4..7 for the high one.
+    const __m256i spread_lo = _mm256_shuffle_epi8(v, _mm256_setr_epi8(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1,
+                                                                      2, 2, 2, 2, 2, 2, 2, 2, 3, 3, 3, 3, 3, 3, 3, 3));
+    const __m256i spread_hi = _mm256_shuffle_epi8(v, _mm256_setr_epi8(4, 4, 4, 4, 4, 4, 4, 4, 5, 5, 5, 5, 5, 5, 5, 5,
+                                                                      6, 6, 6, 6, 6, 6, 6, 6, 7, 7, 7, 7, 7, 7, 7, 7));
+    *lo = _mm256_and_si256(_mm256_cmpeq_epi8(_mm256_and_si256(spread_lo, bit), bit), x10);
+    *hi = _mm256_and_si256(_mm256_cmpeq_epi8(_mm256_and_si256(spread_hi, bit), bit), x10);
+}
+
+// Q4_0, Q4_1, Q5_0 and Q5_1: run c of a row holds qs[4c..4c+3]; its low nibbles are elements
+// 4c..4c+3 and its high nibbles 16+4c..16+4c+3 (Q5: plus 16 where the fifth bit is set). Q4
+// maddubs pairs stay within 2*15*128, so the 8 pair vectors of a block column add up in int16
+// (<= 30720) before one madd widens them; Q5 pairs reach 2*31*128, so 4 at a time (<= 31744).
+// Q4_0/Q5_0 compute dot(q, y) - offset*sum(y) (offset 8/16); the second term (X8Act::corr)
+// comes from prepare().
+template <bool kHasMin, bool kQ5>
+struct QX8 {
     using A = std::conditional_t<kHasMin, block_q8_1, block_q8_0>;
     static constexpr int kToks = 4;
-    static constexpr int kColBytes = kHasMin ? 160 : 144;
-    static constexpr int kQuants = kHasMin ? 32 : 16;  // offset of the runs in a block column
+    static constexpr int kMasks = kHasMin ? 32 : 16;            // the fifth-bit masks (Q5)
+    static constexpr int kQuants = kMasks + (kQ5 ? 32 : 0);      // the runs
+    static constexpr int kColBytes = kQuants + 128;
+    static constexpr int kOffset = kHasMin ? 0 : (kQ5 ? 16 : 8);
     static constexpr size_t kActBlockBytes = sizeof(A);
 
     static void prepare(const uint8_t* a_blocks, int64_t nb, X8Act* pre) {
@@ -50,7 +70,7 @@ struct Q4X8 {
         for (int64_t i = 0; i < nb; ++i) {
             pre[i].d = half_to_f32(a[i].d);
             if constexpr (kHasMin) pre[i].s = half_to_f32(a[i].s);
-            else pre[i].corr = 8 * block_sum(a[i].qs);
+            else pre[i].corr = kOffset * block_sum(a[i].qs);
         }
     }
 
@@ -65,23 +85,34 @@ struct Q4X8 {
         int64_t i = 0;
         do {  // nb >= 1
             const uint8_t* col = w + i * kColBytes;
-            __m256i pairs[T];
-            for (int t = 0; t < T; ++t) pairs[t] = _mm256_setzero_si256();
+            __m256i pairs[T], isum[T];
+            for (int t = 0; t < T; ++t) pairs[t] = isum[t] = _mm256_setzero_si256();
             for (int c = 0; c < 4; ++c) {
                 const __m256i raw = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(col + kQuants + 32 * c));
-                const __m256i lo = _mm256_and_si256(raw, low4);
-                const __m256i hi = _mm256_and_si256(_mm256_srli_epi16(raw, 4), low4);
+                __m256i lo = _mm256_and_si256(raw, low4);
+                __m256i hi = _mm256_and_si256(_mm256_srli_epi16(raw, 4), low4);
+                if constexpr (kQ5) {
+                    __m256i lo5, hi5;
+                    fifth_bits(col + kMasks + 8 * c, &lo5, &hi5);
+                    lo = _mm256_or_si256(lo, lo5);
+                    hi = _mm256_or_si256(hi, hi5);
+                }
                 for (int t = 0; t < T; ++t) {
                     pairs[t] = _mm256_add_epi16(pairs[t], _mm256_maddubs_epi16(lo, bcast4(a[t][i].qs + 4 * c)));
                     pairs[t] = _mm256_add_epi16(pairs[t], _mm256_maddubs_epi16(hi, bcast4(a[t][i].qs + 16 + 4 * c)));
                 }
+                if (kQ5 && c == 1)
+                    for (int t = 0; t < T; ++t) {
+                        isum[t] = _mm256_madd_epi16(pairs[t], ones16);
+                        pairs[t] = _mm256_setzero_si256();
+                    }
             }
             const __m256 dw = load8_halves(col);
             for (int t = 0; t < T; ++t) {
                 const X8Act& p = pre[t * pre_stride + i];
-                __m256i isum = _mm256_madd_epi16(pairs[t], ones16);
-                if constexpr (!kHasMin) isum = _mm256_sub_epi32(isum, _mm256_set1_epi32(p.corr));
-                acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum), _mm256_mul_ps(dw, _mm256_set1_ps(p.d)), acc[t]);
+                isum[t] = _mm256_add_epi32(isum[t], _mm256_madd_epi16(pairs[t], ones16));
+                if constexpr (!kHasMin) isum[t] = _mm256_sub_epi32(isum[t], _mm256_set1_epi32(p.corr));
+                acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum[t]), _mm256_mul_ps(dw, _mm256_set1_ps(p.d)), acc[t]);
             }
             if constexpr (kHasMin) {
                 const __m256 mw = load8_halves(col + 16);
@@ -144,10 +175,12 @@ struct Q8X8 {
 
 void register_x8_avx2_kernels(KernelTable& t) {
     const KernelTable& ref = *kernel_table_ref();
-    t.gemm_x8[TYPE_Q4_0] = gemm_x8_tiled<Q4X8<false>>;
-    t.gemm_x8[TYPE_Q4_1] = gemm_x8_tiled<Q4X8<true>>;
+    t.gemm_x8[TYPE_Q4_0] = gemm_x8_tiled<QX8<false, false>>;
+    t.gemm_x8[TYPE_Q4_1] = gemm_x8_tiled<QX8<true, false>>;
+    t.gemm_x8[TYPE_Q5_0] = gemm_x8_tiled<QX8<false, true>>;
+    t.gemm_x8[TYPE_Q5_1] = gemm_x8_tiled<QX8<true, true>>;
     t.gemm_x8[TYPE_Q8_0] = gemm_x8_tiled<Q8X8>;
-    for (Type type : {TYPE_Q4_0, TYPE_Q4_1, TYPE_Q8_0}) t.repack_x8[type] = ref.repack_x8[type];
+    for (Type type : {TYPE_Q4_0, TYPE_Q4_1, TYPE_Q5_0, TYPE_Q5_1, TYPE_Q8_0}) t.repack_x8[type] = ref.repack_x8[type];
 }
 
 } // namespace pyllm

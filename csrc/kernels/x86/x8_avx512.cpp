@@ -1,10 +1,11 @@
-// AVX-512 VNNI GEMM over the x8 layout (kernels.h) for Q4_0, Q4_1 and Q8_0. The same scheme as
+// AVX-512 VNNI GEMM over the x8 layout (kernels.h) for Q4_0, Q4_1, Q5_0, Q5_1 and Q8_0. The same scheme as
 // x8_avx2.cpp (a 32-byte run of 8 rows times 4 broadcast activation bytes; lane L = row L), with
 // one 256-bit dpbusd per run instead of maddubs + madd: 256-bit because a run is 32 bytes, and
 // Zen 4 splits 512-bit operations in two anyway. dpbusd takes unsigned weights, so Q8_0 runs are
-// flipped to w + 128 (xor 0x80), and unsigned weights q (Q4_0: q - 8 is the value) give
-// dot(q, y) - offset*sum(y): each block's integer sum starts from -X8Act::corr. Prefill tiles
-// 8 rows x 4 tokens. Only the registrar has external linkage.
+// flipped to w + 128 (xor 0x80), and unsigned weights q (Q4_0: q - 8 is the value, Q5_0: q - 16)
+// give dot(q, y) - offset*sum(y): each block's integer sum starts from -X8Act::corr. Q5's fifth
+// bits are stored as the k-masks of the runs' bytes, so they cost one masked add of 16 per
+// nibble vector. Prefill tiles 8 rows x 4 tokens. Only the registrar has external linkage.
 #if defined(__x86_64__) || defined(__i386__)
 
 #include <immintrin.h>
@@ -39,16 +40,18 @@ inline int32_t offset_sum(const int8_t* qs, int offset) {
     return _mm_cvtsi128_si32(h);
 }
 
-// kRuns 4-byte runs per row and block (Q4: 4, each run twice: low and high nibbles; Q8_0: 8).
+// 4-byte runs per row and block: Q4/Q5 4, each run twice (low and high nibbles); Q8_0 8.
 // Two integer accumulators per token halve the dpbusd dependency chain.
 template <Type kType>
 struct X8Vnni {
-    static constexpr bool kQ8 = kType == TYPE_Q8_0, kHasMin = kType == TYPE_Q4_1;
+    static constexpr bool kQ8 = kType == TYPE_Q8_0, kHasMin = kType == TYPE_Q4_1 || kType == TYPE_Q5_1;
+    static constexpr bool kQ5 = kType == TYPE_Q5_0 || kType == TYPE_Q5_1;
     using A = std::conditional_t<kHasMin, block_q8_1, block_q8_0>;
     static constexpr int kToks = 4;
-    static constexpr int kColBytes = kQ8 ? 272 : (kHasMin ? 160 : 144);
-    static constexpr int kQuants = kHasMin ? 32 : 16;
-    static constexpr int kOffset = kQ8 ? 128 : (kHasMin ? 0 : 8);
+    static constexpr int kMasks = kHasMin ? 32 : 16;             // the fifth-bit masks (Q5)
+    static constexpr int kQuants = kMasks + (kQ5 ? 32 : 0);       // the runs
+    static constexpr int kColBytes = kQ8 ? 272 : kQuants + 128;
+    static constexpr int kOffset = kQ8 ? 128 : (kHasMin ? 0 : (kQ5 ? 16 : 8));
     static constexpr size_t kActBlockBytes = sizeof(A);
 
     static void prepare(const uint8_t* a_blocks, int64_t nb, X8Act* pre) {
@@ -65,7 +68,7 @@ struct X8Vnni {
                      float* out, int64_t out_stride, bool add) {
         const A* a[T];
         for (int t = 0; t < T; ++t) a[t] = reinterpret_cast<const A*>(a_rows[t]);
-        const __m256i low4 = _mm256_set1_epi8(0x0f), flip = _mm256_set1_epi8((char)0x80);
+        const __m256i low4 = _mm256_set1_epi8(0x0f), flip = _mm256_set1_epi8((char)0x80), fifth = _mm256_set1_epi8(0x10);
         __m256 acc[T];
         for (int t = 0; t < T; ++t) acc[t] = _mm256_setzero_ps();
         int64_t i = 0;
@@ -88,8 +91,15 @@ struct X8Vnni {
             } else {
                 for (int c = 0; c < 4; ++c) {
                     const __m256i raw = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(col + kQuants + 32 * c));
-                    const __m256i lo = _mm256_and_si256(raw, low4);
-                    const __m256i hi = _mm256_and_si256(_mm256_srli_epi16(raw, 4), low4);
+                    __m256i lo = _mm256_and_si256(raw, low4);
+                    __m256i hi = _mm256_and_si256(_mm256_srli_epi16(raw, 4), low4);
+                    if constexpr (kQ5) {
+                        uint32_t m_lo, m_hi;  // two loads: one 8-byte load costs a kshift
+                        std::memcpy(&m_lo, col + kMasks + 8 * c, 4);
+                        std::memcpy(&m_hi, col + kMasks + 8 * c + 4, 4);
+                        lo = _mm256_mask_add_epi8(lo, _cvtu32_mask32(m_lo), lo, fifth);
+                        hi = _mm256_mask_add_epi8(hi, _cvtu32_mask32(m_hi), hi, fifth);
+                    }
                     for (int t = 0; t < T; ++t) {
                         s0[t] = _mm256_dpbusd_epi32(s0[t], lo, bcast4(a[t][i].qs + 4 * c));
                         s1[t] = _mm256_dpbusd_epi32(s1[t], hi, bcast4(a[t][i].qs + 16 + 4 * c));
@@ -119,8 +129,10 @@ void register_x8_avx512_kernels(KernelTable& t) {
     const KernelTable& ref = *kernel_table_ref();
     t.gemm_x8[TYPE_Q4_0] = gemm_x8_tiled<X8Vnni<TYPE_Q4_0>>;
     t.gemm_x8[TYPE_Q4_1] = gemm_x8_tiled<X8Vnni<TYPE_Q4_1>>;
+    t.gemm_x8[TYPE_Q5_0] = gemm_x8_tiled<X8Vnni<TYPE_Q5_0>>;
+    t.gemm_x8[TYPE_Q5_1] = gemm_x8_tiled<X8Vnni<TYPE_Q5_1>>;
     t.gemm_x8[TYPE_Q8_0] = gemm_x8_tiled<X8Vnni<TYPE_Q8_0>>;
-    for (Type type : {TYPE_Q4_0, TYPE_Q4_1, TYPE_Q8_0}) t.repack_x8[type] = ref.repack_x8[type];
+    for (Type type : {TYPE_Q4_0, TYPE_Q4_1, TYPE_Q5_0, TYPE_Q5_1, TYPE_Q8_0}) t.repack_x8[type] = ref.repack_x8[type];
 }
 
 } // namespace pyllm
