@@ -410,7 +410,7 @@ def write_gguf(f, metadata: list[tuple[str, str, Any]], tensors: list[OutTensor]
 
 def _produced(tensors: list[OutTensor], workers: int, max_ahead_bytes: int = 256 << 20) -> Iterable[Any]:
     """Each tensor's data, in order. With several workers, later tensors are produced while an
-    earlier one is still being made or written: up to 4 per worker, and 256 MiB, ahead (one big
+    earlier one is still being made or written: up to 16 per worker, and 256 MiB, ahead (one big
     tensor, a vocabulary matrix say, then does not hold up the many small ones behind it)."""
     if workers <= 1:
         for t in tensors:
@@ -423,7 +423,7 @@ def _produced(tensors: list[OutTensor], workers: int, max_ahead_bytes: int = 256
     with ThreadPoolExecutor(workers, thread_name_prefix="pyllm-quantize") as pool:
         try:
             for i in range(len(tensors)):
-                while nxt < len(tensors) and (nxt == i or (len(pending) < 4 * workers and
+                while nxt < len(tensors) and (nxt == i or (len(pending) < 16 * workers and
                                                           ahead_bytes + tensors[nxt].nbytes <= max_ahead_bytes)):
                     pending.append(pool.submit(tensors[nxt].produce))
                     ahead_bytes += tensors[nxt].nbytes
