@@ -6,7 +6,9 @@
 #include <cstdlib>
 #include <functional>
 #include <memory>
+#include <mutex>
 #include <string>
+#include <thread>
 #include <unordered_map>
 #include <vector>
 
@@ -63,6 +65,9 @@ public:
     // the weights twice; they fault back in from the file if the mapping's owner reads them.
     LlamaModel(const LlamaConfig& cfg, const std::unordered_map<std::string, TensorView>& tensors,
                const ModelOptions& options = {});
+    ~LlamaModel();
+    LlamaModel(const LlamaModel&) = delete;
+    LlamaModel& operator=(const LlamaModel&) = delete;
 
     const LlamaConfig& config() const { return cfg_; }
     uint64_t weight_bytes() const { return weight_bytes_; }
@@ -74,6 +79,9 @@ public:
 
     // Bytes of weights held in owned x8 copies (counted in weight_bytes too).
     uint64_t repacked_bytes() const { return repacked_bytes_; }
+    // Moves those copies into 2 MiB pages on a background thread, once (the first evaluation
+    // calls it); a no-op where unsupported.
+    void collapse_to_huge_pages() const;
 
 private:
     static bool repackable(const Matrix& m);
@@ -83,6 +91,9 @@ private:
     uint64_t weight_bytes_ = 0, repacked_bytes_ = 0;
     struct FreeDeleter { void operator()(void* p) const { std::free(p); } };
     std::unique_ptr<uint8_t, FreeDeleter> x8_arena_;  // the repacked matrices, each 64-byte aligned
+    size_t huge_bytes_ = 0;             // the arena's size, a multiple of 2 MiB
+    mutable std::once_flag huge_once_;
+    mutable std::thread huge_pages_;    // collapse_to_huge_pages' thread, joined on destruction
 };
 
 // Called between layers; returning true abandons the evaluation (Ctrl-C).

@@ -7,7 +7,10 @@
 
 #include <arm_neon.h>
 
+#include <algorithm>
+#include <cmath>
 #include <cstring>
+#include <initializer_list>
 
 #include "kernels/kernels.h"
 #include "kernels/ref/ref.h"
@@ -205,6 +208,72 @@ void axpy_f16_neon(int64_t n, float alpha, const uint16_t* x, float* y) {
     for (; i < n; ++i) y[i] += alpha * half_to_f32(x[i]);
 }
 
+// Attention's P.V: a tile of R rows x 16 columns in 16 accumulators; each V row is converted once
+// per tile and multiplied into every row.
+template <int R>
+void pv_tile_neon(int64_t nb, int64_t d, int64_t i, int w, const float* p, int64_t p_stride,
+                  const uint16_t* v, int64_t v_stride, float* out) {
+    // w: 4-float columns in this tile (1..4)
+    float32x4_t acc[R][4];
+    for (int r = 0; r < R; ++r)
+        for (int c = 0; c < w; ++c) acc[r][c] = vld1q_f32(out + r * d + i + 4 * c);
+    for (int64_t j = 0; j < nb; ++j) {
+        float32x4_t vv[4];
+        for (int c = 0; c < w; ++c) vv[c] = load4_f16(v + j * v_stride + i + 4 * c);
+        for (int r = 0; r < R; ++r) {
+            const float pj = p[r * p_stride + j];
+            for (int c = 0; c < w; ++c) acc[r][c] = vfmaq_n_f32(acc[r][c], vv[c], pj);
+        }
+    }
+    for (int r = 0; r < R; ++r)
+        for (int c = 0; c < w; ++c) vst1q_f32(out + r * d + i + 4 * c, acc[r][c]);
+}
+
+void pv_f16_neon(int64_t n_rows, int64_t nb, int64_t d, const float* p, int64_t p_stride,
+                 const uint16_t* v, int64_t v_stride, float* out) {
+    const int64_t dv = d / 4 * 4;
+    for (int64_t r0 = 0; r0 < n_rows; r0 += 4) {
+        const int64_t rows = std::min<int64_t>(4, n_rows - r0);
+        const float* pr = p + r0 * p_stride;
+        float* o = out + r0 * d;
+        for (int64_t i = 0; i < dv; i += 16) {
+            const int w = (int)std::min<int64_t>(4, (dv - i) / 4);
+            switch (rows) {
+                case 4: pv_tile_neon<4>(nb, d, i, w, pr, p_stride, v, v_stride, o); break;
+                case 3: pv_tile_neon<3>(nb, d, i, w, pr, p_stride, v, v_stride, o); break;
+                case 2: pv_tile_neon<2>(nb, d, i, w, pr, p_stride, v, v_stride, o); break;
+                default: pv_tile_neon<1>(nb, d, i, w, pr, p_stride, v, v_stride, o); break;
+            }
+        }
+        for (int64_t r = r0; r < r0 + rows; ++r)
+            for (int64_t j = 0; j < nb; ++j)
+                for (int64_t i = dv; i < d; ++i) out[r * d + i] += p[r * p_stride + j] * half_to_f32(v[j * v_stride + i]);
+    }
+}
+
+// e^x for x clamped to [-87, 88]: x = n*ln2 + r with |r| <= ln2/2, e^r by its degree-6 Taylor
+// polynomial (relative error ~1e-7), and 2^n put into the exponent bits.
+inline float32x4_t exp_neon(float32x4_t x) {
+    x = vminq_f32(vmaxq_f32(x, vdupq_n_f32(-87.0f)), vdupq_n_f32(88.0f));
+    const float32x4_t n = vrndnq_f32(vmulq_f32(x, vdupq_n_f32(1.44269504f)));
+    float32x4_t r = vfmsq_f32(x, n, vdupq_n_f32(0.693145751953125f));  // ln2 in two parts
+    r = vfmsq_f32(r, n, vdupq_n_f32(1.428606765330187e-06f));
+    float32x4_t e = vdupq_n_f32(1.0f / 720);
+    for (float c : {1.0f / 120, 1.0f / 24, 1.0f / 6, 0.5f, 1.0f, 1.0f}) e = vfmaq_f32(vdupq_n_f32(c), e, r);
+    const int32x4_t bits = vshlq_n_s32(vaddq_s32(vcvtq_s32_f32(n), vdupq_n_s32(127)), 23);
+    return vmulq_f32(e, vreinterpretq_f32_s32(bits));
+}
+
+void swiglu_neon(float* gate, const float* up, int64_t n) {
+    int64_t i = 0;
+    for (; i + 4 <= n; i += 4) {
+        const float32x4_t g = vld1q_f32(gate + i);
+        const float32x4_t e = exp_neon(vnegq_f32(g));
+        vst1q_f32(gate + i, vmulq_f32(vdivq_f32(g, vaddq_f32(vdupq_n_f32(1.0f), e)), vld1q_f32(up + i)));
+    }
+    for (; i < n; ++i) gate[i] = gate[i] / (1.0f + std::exp(-gate[i])) * up[i];
+}
+
 // --- float GEMM micro-kernel -----------------------------------------------------------------------
 
 struct F32Weights {
@@ -386,6 +455,8 @@ KernelTable make_neon_table() {
     t.dot_f16 = dot_f16_neon;
     t.axpy_f16 = axpy_f16_neon;
     t.f32_to_f16 = f32_to_f16_neon;
+    t.pv_f16 = pv_f16_neon;
+    t.swiglu = swiglu_neon;
     register_kquant_neon_kernels(t);
     fill_missing_from_ref(t);
     return t;
