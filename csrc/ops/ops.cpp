@@ -192,7 +192,7 @@ void attend_prefill(const KernelTable& kt, const float* q, int64_t q_stride, con
                     const uint16_t* v_cache, int64_t kv_stride, float* out, int64_t out_stride, int64_t pos0,
                     int64_t t0, int64_t t1, int g, int n_group, int head_dim, float scale, float* scratch) {
     const int n_rows = (int)(t1 - t0) * n_group;
-    float* qs = scratch;                                 // (n_rows, head_dim), scaled
+    float* qs = scratch;                                 // (n_rows, head_dim)
     float* acc = qs + (size_t)n_rows * head_dim;         // (n_rows, head_dim)
     float* sc = acc + (size_t)n_rows * head_dim;         // (n_rows, kScoreBlock)
     float* run_max = sc + (size_t)n_rows * kScoreBlock;  // (n_rows)
@@ -201,7 +201,7 @@ void attend_prefill(const KernelTable& kt, const float* q, int64_t q_stride, con
         for (int h = 0; h < n_group; ++h) {
             const float* src = q + t * q_stride + (int64_t)(g * n_group + h) * head_dim;
             float* dst = qs + ((t - t0) * n_group + h) * head_dim;
-            for (int i = 0; i < head_dim; ++i) dst[i] = src[i] * scale;
+            std::memcpy(dst, src, head_dim * sizeof(float));
         }
     std::fill(acc, acc + (size_t)n_rows * head_dim, 0.0f);
     std::fill(run_max, run_max + n_rows, -std::numeric_limits<float>::infinity());
@@ -214,6 +214,7 @@ void attend_prefill(const KernelTable& kt, const float* q, int64_t q_stride, con
                           qs, head_dim * sizeof(float), n_rows, sc, kScoreBlock);
         for (int r = 0; r < n_rows; ++r) {
             float* sr = sc + (size_t)r * kScoreBlock;
+            for (int j = 0; j < nb; ++j) sr[j] *= scale;  // after the dot, in llama.cpp's order
             const int64_t last = pos0 + t0 + r / n_group;  // this row's token sees positions <= last
             const int visible = (int)std::max<int64_t>(0, std::min<int64_t>(nb, last - b0 + 1));
             // Masked positions get probability 0 (P.V reads the row's first nb entries).
