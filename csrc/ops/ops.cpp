@@ -149,6 +149,26 @@ size_t attention_scratch_floats(int n_threads, int n_head, int n_kv_head, int he
 
 namespace {
 
+// One block of the online softmax for one query row: the scaled scores s[0..n) become exp(s - m)
+// for the new running max m; the running sum and the row's accumulator, kept relative to the old
+// max, are rescaled to m.
+void softmax_block(float* s, int n, float& run_max, float& run_sum, float* acc, int head_dim) {
+    float m = run_max;
+    for (int j = 0; j < n; ++j) m = std::max(m, s[j]);
+    if (m > run_max) {
+        const float r = std::exp(run_max - m);  // 0 on the first block
+        run_sum *= r;
+        for (int i = 0; i < head_dim; ++i) acc[i] *= r;
+        run_max = m;
+    }
+    float sum = 0.0f;
+    for (int j = 0; j < n; ++j) {
+        s[j] = std::exp(s[j] - m);
+        sum += s[j];
+    }
+    run_sum += sum;
+}
+
 // Online softmax of the group's query heads over cache positions [p0, p1): a running max and sum
 // per head, the accumulator rescaled once per block of kScoreBlock positions when the max grows
 // (no score buffer of context length). acc: (n_group, head_dim) unnormalized output; run_max,
@@ -166,21 +186,7 @@ void attend_range(const KernelTable& kt, const float* qg, const uint16_t* k_cach
         for (int h = 0; h < n_group; ++h) {
             float* sh = scores + h * kScoreBlock;
             for (int j = 0; j < nb; ++j) sh[j] *= scale;
-            float m = run_max[h];
-            for (int j = 0; j < nb; ++j) m = std::max(m, sh[j]);
-            if (m > run_max[h]) {
-                const float r = std::exp(run_max[h] - m);  // 0 on the first block
-                run_sum[h] *= r;
-                float* a = acc + h * head_dim;
-                for (int i = 0; i < head_dim; ++i) a[i] *= r;
-                run_max[h] = m;
-            }
-            float sum = 0.0f;
-            for (int j = 0; j < nb; ++j) {
-                sh[j] = std::exp(sh[j] - m);
-                sum += sh[j];
-            }
-            run_sum[h] += sum;
+            softmax_block(sh, nb, run_max[h], run_sum[h], acc + h * head_dim, head_dim);
         }
         kt.pv_f16(n_group, nb, head_dim, scores, kScoreBlock, v_cache + b0 * kv_stride + (int64_t)g * head_dim, kv_stride, acc);
     }
@@ -219,22 +225,7 @@ void attend_prefill(const KernelTable& kt, const float* q, int64_t q_stride, con
             const int visible = (int)std::max<int64_t>(0, std::min<int64_t>(nb, last - b0 + 1));
             // Masked positions get probability 0 (P.V reads the row's first nb entries).
             for (int j = visible; j < nb; ++j) sr[j] = 0.0f;
-            if (!visible) continue;
-            float m = run_max[r];
-            for (int j = 0; j < visible; ++j) m = std::max(m, sr[j]);
-            if (m > run_max[r]) {
-                const float rescale = std::exp(run_max[r] - m);  // 0 on the first block
-                run_sum[r] *= rescale;
-                float* a = acc + (size_t)r * head_dim;
-                for (int i = 0; i < head_dim; ++i) a[i] *= rescale;
-                run_max[r] = m;
-            }
-            float sum = 0.0f;
-            for (int j = 0; j < visible; ++j) {
-                sr[j] = std::exp(sr[j] - m);
-                sum += sr[j];
-            }
-            run_sum[r] += sum;
+            if (visible) softmax_block(sr, visible, run_max[r], run_sum[r], acc + (size_t)r * head_dim, head_dim);
         }
         kt.pv_f16(n_rows, nb, head_dim, sc, kScoreBlock, v_cache + b0 * kv_stride + (int64_t)g * head_dim, kv_stride, acc);
     }

@@ -2,6 +2,7 @@
 // Half floats are stored as raw uint16_t bits; see core/fp16.h.
 #pragma once
 #include <cstdint>
+#include <cstring>
 
 namespace pyllm {
 
@@ -36,5 +37,19 @@ static_assert(sizeof(block_q4_K) == 144, "q4_K block");
 static_assert(sizeof(block_q5_K) == 176, "q5_K block");
 static_assert(sizeof(block_q6_K) == 210, "q6_K block");
 static_assert(sizeof(block_q8_K) == 292, "q8_K block");
+
+// Q3_K's 16 six-bit scales, one byte each (still biased by 32): the low nibbles are in bytes 0-7
+// (groups 0-7, then their high nibbles for groups 8-15), the two high bits of group g in bits
+// 2*(g/4) of byte 8 + g%4. Shared by the SIMD kernels, which widen the 16 bytes in one step.
+inline void q3_K_scale_bytes(const uint8_t* scales12, uint8_t out[16]) {
+    uint32_t a[3], u[4];
+    std::memcpy(a, scales12, 12);
+    const uint32_t low4 = 0x0f0f0f0fu, low2 = 0x03030303u;
+    u[0] = (a[0] & low4) | (((a[2] >> 0) & low2) << 4);
+    u[1] = (a[1] & low4) | (((a[2] >> 2) & low2) << 4);
+    u[2] = ((a[0] >> 4) & low4) | (((a[2] >> 4) & low2) << 4);
+    u[3] = ((a[1] >> 4) & low4) | (((a[2] >> 6) & low2) << 4);
+    std::memcpy(out, u, 16);
+}
 
 } // namespace pyllm

@@ -67,18 +67,10 @@ struct Q3_KNeon {
     static constexpr bool kHasMin = false, kScalePer32 = false;
     static float d(const W& b) { return half_to_f32(b.d); }
     static float dmin(const W&) { return 0.0f; }
-    // 16 six-bit scales: low nibbles in bytes 0-7 (groups 0-7, then their high nibbles for groups
-    // 8-15), the two high bits of group g in bits 2*(g/4) of byte 8 + g%4. Stored with a +32 bias.
+    // 16 six-bit scales with a +32 bias (quant/blocks.h unpacks them).
     static void scales(const W& b, int16x8_t sc[2], int16x8_t coef[2]) {
-        uint32_t a[3], u[4];
-        std::memcpy(a, b.scales, 12);
-        const uint32_t low4 = 0x0f0f0f0fu, low2 = 0x03030303u;
-        u[0] = (a[0] & low4) | (((a[2] >> 0) & low2) << 4);
-        u[1] = (a[1] & low4) | (((a[2] >> 2) & low2) << 4);
-        u[2] = ((a[0] >> 4) & low4) | (((a[2] >> 4) & low2) << 4);
-        u[3] = ((a[1] >> 4) & low4) | (((a[2] >> 6) & low2) << 4);
         uint8_t bytes[16];
-        std::memcpy(bytes, u, 16);
+        q3_K_scale_bytes(b.scales, bytes);
         const uint8x16_t s = vld1q_u8(bytes);
         sc[0] = vsubq_s16(vreinterpretq_s16_u16(vmovl_u8(vget_low_u8(s))), vdupq_n_s16(32));
         sc[1] = vsubq_s16(vreinterpretq_s16_u16(vmovl_high_u8(s)), vdupq_n_s16(32));

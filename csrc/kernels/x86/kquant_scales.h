@@ -62,16 +62,10 @@ struct Q3_KBase {
     static constexpr bool kHasMin = false;
     static float d(const W& b) { return _cvtsh_ss(b.d); }
     static float dmin(const W&) { return 0.0f; }
-    // 16 six-bit scales: low nibbles in bytes 0-7 (groups 0-7, then their high nibbles for groups
-    // 8-15), the two high bits of group g in bits 2*(g/4) of byte 8 + g%4. Stored with a +32 bias.
+    // 16 six-bit scales with a +32 bias (quant/blocks.h unpacks them).
     static void scales(const W& b, __m256i& sc, __m256i& coef) {
-        uint32_t a[3], u[4];
-        std::memcpy(a, b.scales, 12);
-        const uint32_t low4 = 0x0f0f0f0fu, low2 = 0x03030303u;
-        u[0] = (a[0] & low4) | (((a[2] >> 0) & low2) << 4);
-        u[1] = (a[1] & low4) | (((a[2] >> 2) & low2) << 4);
-        u[2] = ((a[0] >> 4) & low4) | (((a[2] >> 4) & low2) << 4);
-        u[3] = ((a[1] >> 4) & low4) | (((a[2] >> 6) & low2) << 4);
+        uint8_t u[16];
+        q3_K_scale_bytes(b.scales, u);
         sc = _mm256_sub_epi16(_mm256_cvtepu8_epi16(kq_load16(u)), _mm256_set1_epi16(32));
         coef = _mm256_slli_epi16(sc, 2);
     }
