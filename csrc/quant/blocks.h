@@ -52,4 +52,18 @@ inline void q3_K_scale_bytes(const uint8_t* scales12, uint8_t out[16]) {
     std::memcpy(out, u, 16);
 }
 
+// Q4_K / Q5_K's 8 six-bit scales and 8 six-bit mins, one byte each: out = scales 0-7, mins 0-7.
+// Entries 0-3 are the low 6 bits of bytes 0-3 (scales) and 4-7 (mins); entries 4-7 the nibbles of
+// bytes 8-11 plus the top two bits of bytes 0-3 (scales) and 4-7 (mins).
+inline void q4_K_scale_min_bytes(const uint8_t* packed12, uint8_t out[16]) {
+    uint32_t a[3], u[4];
+    std::memcpy(a, packed12, 12);
+    const uint32_t low6 = 0x3f3f3f3fu, low4 = 0x0f0f0f0fu, top2 = 0x03030303u;
+    u[0] = a[0] & low6;
+    u[1] = (a[2] & low4) | (((a[0] >> 6) & top2) << 4);
+    u[2] = a[1] & low6;
+    u[3] = ((a[2] >> 4) & low4) | (((a[1] >> 6) & top2) << 4);
+    std::memcpy(out, u, 16);
+}
+
 } // namespace pyllm

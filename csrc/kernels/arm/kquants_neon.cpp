@@ -89,15 +89,8 @@ struct Q3_KNeon {
 // bytes 0-3 (scales) and 4-7 (mins); entries 4-7 in the nibbles of bytes 8-11 plus the top two bits
 // of bytes 0-3 (scales) and 4-7 (mins). Each is repeated for its chunk's two 16-groups.
 inline void scales_mins_k4(const uint8_t* packed, int16x8_t sc[2], int16x8_t mins[2]) {
-    uint32_t a[3], u[4];
-    std::memcpy(a, packed, 12);
-    const uint32_t low6 = 0x3f3f3f3fu, low4 = 0x0f0f0f0fu, top2 = 0x03030303u;
-    u[0] = a[0] & low6;
-    u[1] = (a[2] & low4) | (((a[0] >> 6) & top2) << 4);
-    u[2] = a[1] & low6;
-    u[3] = ((a[2] >> 4) & low4) | (((a[1] >> 6) & top2) << 4);
     uint8_t bytes[16];
-    std::memcpy(bytes, u, 16);
+    q4_K_scale_min_bytes(packed, bytes);
     const uint8x16_t x = vld1q_u8(bytes);  // s0..s7 | m0..m7
     const int16x8_t s = vreinterpretq_s16_u16(vmovl_u8(vget_low_u8(x)));
     const int16x8_t m = vreinterpretq_s16_u16(vmovl_high_u8(x));

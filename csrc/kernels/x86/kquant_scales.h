@@ -79,13 +79,8 @@ struct Q3_KBase {
 // bytes 0-3 (scales) and 4-7 (mins); entries 4-7 in the nibbles of bytes 8-11 plus the top two bits
 // of bytes 0-3 (scales) and 4-7 (mins).
 inline void kq_scales_mins_k4(const uint8_t* packed, __m256i& sc, __m256i& mins) {
-    uint32_t a[3], u[4];
-    std::memcpy(a, packed, 12);
-    const uint32_t low6 = 0x3f3f3f3fu, low4 = 0x0f0f0f0fu, top2 = 0x03030303u;
-    u[0] = a[0] & low6;
-    u[1] = (a[2] & low4) | (((a[0] >> 6) & top2) << 4);
-    u[2] = a[1] & low6;
-    u[3] = ((a[2] >> 4) & low4) | (((a[1] >> 6) & top2) << 4);
+    uint8_t u[16];
+    q4_K_scale_min_bytes(packed, u);
     kq_widen_per32(kq_load16(u), sc, mins);
 }
 
