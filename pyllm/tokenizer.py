@@ -6,11 +6,14 @@ from __future__ import annotations
 
 import codecs
 import heapq
+import itertools
 import math
 import numbers
+import operator
 import warnings
 from typing import Iterable, Sequence
 
+import numpy as np
 import regex
 
 from pyllm.errors import InvalidTokenError, TokenizerError, UnsupportedModelError
@@ -249,8 +252,9 @@ class Tokenizer:
 
         # Tokens split out of raw text before the BPE (llama.cpp's cache_special_tokens):
         # control, user-defined and unknown tokens, longest (in bytes) first.
-        special = [i for i, t in enumerate(self.token_types)
-                   if t in (TOKEN_CONTROL, TOKEN_USER_DEFINED, TOKEN_UNKNOWN)]
+        types = np.asarray(self.token_types)
+        special = np.flatnonzero((types == TOKEN_CONTROL) | (types == TOKEN_USER_DEFINED) |
+                                 (types == TOKEN_UNKNOWN)).tolist()
         special.sort(key=lambda i: -len(tokens[i].encode("utf-8")))
         self._special_tokens = [(tokens[i], i, self.token_types[i] == TOKEN_USER_DEFINED)
                                 for i in special]
@@ -262,12 +266,17 @@ class Tokenizer:
             patterns, self._ignore_merges, _ = _PRE_TOKENIZERS.get(pre, _PRE_FALLBACK)
             self._patterns = [_compile(p) for p in patterns]
             merges = merges or []
-            cuts = [m.find(" ", 1) for m in merges]
-            if cuts and min(cuts) <= 0:
-                i = next(i for i, c in enumerate(cuts) if c <= 0)
+            # "left right", split at the first space after the first character. When no merge
+            # starts with a space that is str.split's first space, which map() applies at C speed.
+            if any(map(operator.methodcaller("startswith", " "), merges)):
+                cuts = [m.find(" ", 1) for m in merges]
+                pairs = [(m[:c], m[c + 1:]) if c > 0 else (m,) for m, c in zip(merges, cuts)]
+            else:
+                pairs = list(map(tuple, map(str.split, merges, itertools.repeat(" "), itertools.repeat(1))))
+            if pairs and min(map(len, pairs)) != 2:
+                i = next(i for i, p in enumerate(pairs) if len(p) != 2)
                 raise TokenizerError(f"tokenizer metadata: tokenizer.ggml.merges[{i}] must be a string "
                                      f"'left right', got {type(merges[i]).__name__} {_short(merges[i])}")
-            pairs = [(m[:c], m[c + 1:]) for m, c in zip(merges, cuts)]
             # The first rank of a pair that is listed twice wins: built backwards, it is set last.
             self._ranks: dict[tuple[str, str], int] = dict(zip(reversed(pairs), range(len(pairs) - 1, -1, -1)))
         else:
