@@ -282,7 +282,17 @@ def test_tiny_gpt2_vocab_works():
     assert tok.eos_id == 3 and tok.is_eog(3)
 
 
+def test_merges_split_at_the_first_space_after_the_first_character():
+    # The fast path (str.split) and the exact rule (find(" ", 1)) must agree; a merge that starts
+    # with a space takes the exact rule for the whole list.
+    plain = Tokenizer.from_metadata(_tiny_gpt2_md(**{"tokenizer.ggml.merges": ["a b", "ab b"]}))
+    assert plain._ranks == {("a", "b"): 0, ("ab", "b"): 1}
+    spaced = Tokenizer.from_metadata(_tiny_gpt2_md(**{"tokenizer.ggml.merges": ["a b", " a b", "a b"]}))
+    assert spaced._ranks == {("a", "b"): 0, (" a", "b"): 1}  # the first rank of a repeated pair wins
+
+
 @pytest.mark.parametrize("over, match", [
+    ({"tokenizer.ggml.merges": [" ab"]}, r"merges\[0\].*' ab'"),
     ({"tokenizer.ggml.tokens": ["a", "b", 7, "x"]}, r"tokenizer\.ggml\.tokens\[2\].*int 7"),
     ({"tokenizer.ggml.tokens": "ab"}, r"'tokenizer\.ggml\.tokens' must be an array"),
     ({"tokenizer.ggml.tokens": []}, r"'tokenizer\.ggml\.tokens' is empty"),
