@@ -126,16 +126,34 @@ class Model:
         self._file = GGUFFile(self.path)
         self.metadata = self._file.metadata
         self.config = ModelConfig.from_metadata(self.metadata)
-        self.tokenizer = Tokenizer.from_metadata(self.metadata)
-        if self.tokenizer.n_vocab != self.config.n_vocab:
-            raise GGUFError(f"the tokenizer has {self.tokenizer.n_vocab} tokens but "
-                            f"{self.config.arch}.vocab_size is {self.config.n_vocab}")
         cfg = asdict(self.config)
         tensors = {name: (t["type"], t["shape"], self._file.tensor_bytes(name))
                    for name, t in self._file.tensors.items()}
         # PYLLM_REPACK=0 keeps the weights in the file's layout (for A/B measurements).
         repack = os.environ.get("PYLLM_REPACK", "1") != "0"
-        self._model = _core.LlamaModel(cfg, tensors, keep_alive=self._file, repack=repack)
+        # The weights are checked and repacked in C++ without the GIL while this thread builds
+        # the tokenizer: the two halves of a load, overlapped. Errors are reported in the order
+        # a sequential load would meet them: tokenizer, vocabulary size, then the weights.
+        loaded: dict = {}
+
+        def load_weights():
+            try:
+                loaded["model"] = _core.LlamaModel(cfg, tensors, keep_alive=self._file, repack=repack)
+            except BaseException as e:  # re-raised below, on the caller's thread
+                loaded["error"] = e
+
+        loader = threading.Thread(target=load_weights, name="pyllm-load-weights")
+        loader.start()
+        try:
+            self.tokenizer = Tokenizer.from_metadata(self.metadata)
+        finally:
+            loader.join()
+        if self.tokenizer.n_vocab != self.config.n_vocab:
+            raise GGUFError(f"the tokenizer has {self.tokenizer.n_vocab} tokens but "
+                            f"{self.config.arch}.vocab_size is {self.config.n_vocab}")
+        if "error" in loaded:
+            raise loaded["error"]
+        self._model = loaded["model"]
 
         self.n_ctx = int(n_ctx) if n_ctx is not None else min(self.config.n_ctx_train, 4096)
         if self.n_ctx < 1:

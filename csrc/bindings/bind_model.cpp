@@ -39,7 +39,11 @@ std::unique_ptr<PyModel> make_model(const py::dict& cfg, const py::dict& tensors
     const LlamaConfig c = config_from_dict(cfg);
     ModelOptions opts;
     opts.repack = repack;
-    m->model = std::make_shared<LlamaModel>(c, views, opts);
+    {
+        // Repacking takes most of a load: without the GIL, Python builds the tokenizer meanwhile.
+        py::gil_scoped_release nogil;
+        m->model = std::make_shared<LlamaModel>(c, views, opts);
+    }
     m->keep_alive = std::move(keep_alive);
     return m;
 }
