@@ -215,3 +215,28 @@ def test_long_context_decode_step_matches_prefill(smollm2_path):
     err = np.abs(steps - full[-3:]).max(1) / full[-3:].std()
     assert err.max() < 0.1, err
     assert (steps.argmax(1) == full[-3:].argmax(1)).all()
+
+
+def test_load_errors_come_out_in_the_sequential_order(smollm2_path, monkeypatch):
+    """The weights load on a second thread while the tokenizer is built: an error of either
+    reaches the caller as its own typed exception, the tokenizer's first, as a sequential load
+    would meet them."""
+    from pyllm import _core, model as pm
+    from pyllm.errors import TokenizerError
+
+    class BadWeights:
+        def __getattr__(self, name):
+            return getattr(_core, name)
+
+        def LlamaModel(self, *args, **kwargs):
+            raise pyllm.GGUFError("tensor 'blk.0.attn_q.weight' has a bad shape")
+
+    monkeypatch.setattr(pm, "_core", BadWeights())
+    with pytest.raises(pyllm.GGUFError, match="blk.0.attn_q.weight"):
+        pyllm.Model(smollm2_path, n_ctx=64)
+
+    def bad_tokenizer(md):
+        raise TokenizerError("tokenizer metadata: bad merges")
+    monkeypatch.setattr(pm.Tokenizer, "from_metadata", staticmethod(bad_tokenizer))
+    with pytest.raises(TokenizerError, match="bad merges"):
+        pyllm.Model(smollm2_path, n_ctx=64)
