@@ -130,7 +130,7 @@ def test_real_model_matches_llama_cpp_two_chunks(smollm2_path, fixture_json):
     assert res.ppl == pytest.approx(ref["ppl_running"][1], rel=0.01)
 
 
-@pytest.mark.slow
+# 16 chunks of 512 tokens: ~15 s on 2 cores now, so part of the default run.
 def test_real_model_matches_llama_cpp_sixteen_chunks(smollm2_path, fixture_json, capsys):
     ref = fixture_json("reference.json")
     rc = main([str(smollm2_path), "-f", str(DATA / "wikitext2_test_16x512.txt"), "--chunks", "16", "--json"])
