@@ -276,23 +276,6 @@ def test_f32_to_f16_bit_identical(isa):
     np.testing.assert_array_equal(_core.f32_to_f16(isa, x), as_numpy)
 
 
-@pytest.mark.parametrize("isa", SIMD_ISAS)
-@pytest.mark.parametrize("n", [1, 7, 8, 31, 64, 129])
-def test_f16_attention_helpers(isa, n):
-    rng = np.random.default_rng(n)
-    xh = rng.standard_normal(n).astype(np.float16)
-    y = rng.standard_normal(n).astype(np.float32)
-    x = xh.astype(np.float64)
-    mag = np.abs(x) @ np.abs(y)
-    got = _core.dot_f16(isa, xh.view(np.uint16), y)
-    assert abs(got - x @ y) <= 1e-6 * mag + 1e-30
-    assert abs(got - _core.dot_f16("ref", xh.view(np.uint16), y)) <= 1e-6 * mag + 1e-30
-    alpha = 0.37
-    got = _core.axpy_f16(isa, alpha, xh.view(np.uint16), y)
-    want = y.astype(np.float64) + alpha * x
-    np.testing.assert_allclose(got, want, rtol=2e-7, atol=1e-7)
-
-
 @pytest.mark.parametrize("isa", ["ref"] + SIMD_ISAS)
 @pytest.mark.parametrize("rows,nb,d", [(1, 1, 1), (3, 32, 64), (5, 7, 33), (4, 32, 128), (9, 17, 72), (2, 3, 200)])
 def test_pv_f16(isa, rows, nb, d):

@@ -180,19 +180,6 @@ py::array quantize_act(const std::string& isa, int type_id, f32_array x) {
 // The F16 attention helpers of one ISA, for tests.
 using u16_array = py::array_t<uint16_t, py::array::c_style | py::array::forcecast>;
 
-float dot_f16(const std::string& isa, u16_array x, f32_array y) {
-    if (x.ndim() != 1 || y.ndim() != 1 || x.shape(0) != y.shape(0)) fail(ErrorKind::invalid_argument, "dot_f16: x and y must be 1-D of one length");
-    return checked_table(isa).dot_f16(x.shape(0), x.data(), y.data());
-}
-
-py::array axpy_f16(const std::string& isa, float alpha, u16_array x, f32_array y) {
-    if (x.ndim() != 1 || y.ndim() != 1 || x.shape(0) != y.shape(0)) fail(ErrorKind::invalid_argument, "axpy_f16: x and y must be 1-D of one length");
-    py::array_t<float> out(y.shape(0));
-    std::memcpy(out.mutable_data(), y.data(), y.shape(0) * sizeof(float));
-    checked_table(isa).axpy_f16(x.shape(0), alpha, x.data(), out.mutable_data());
-    return out;
-}
-
 // out (rows, d) = acc + p (rows, nb) . v (nb, d f16): attention's P.V step.
 py::array pv_f16(const std::string& isa, f32_array p, u16_array v, f32_array acc) {
     if (p.ndim() != 2 || v.ndim() != 2 || acc.ndim() != 2 || p.shape(1) != v.shape(0) || acc.shape(0) != p.shape(0) ||
@@ -252,8 +239,6 @@ void register_core(py::module_& m) {
     m.def("quantize", &quantize, py::arg("type_id"), py::arg("x"));
     m.def("dequantize", &dequantize, py::arg("type_id"), py::arg("q"), py::arg("n"), py::arg("isa") = "");
     m.def("quantize_act", &quantize_act, py::arg("isa"), py::arg("type_id"), py::arg("x"));
-    m.def("dot_f16", &dot_f16, py::arg("isa"), py::arg("x"), py::arg("y"));
-    m.def("axpy_f16", &axpy_f16, py::arg("isa"), py::arg("alpha"), py::arg("x"), py::arg("y"));
     m.def("pv_f16", &pv_f16, py::arg("isa"), py::arg("p"), py::arg("v"), py::arg("acc"));
     m.def("swiglu", &swiglu, py::arg("isa"), py::arg("gate"), py::arg("up"));
     m.def("f32_to_f16", &f32_to_f16, py::arg("isa"), py::arg("x"));

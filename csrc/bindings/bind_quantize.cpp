@@ -71,11 +71,12 @@ py::array convert_rows(const std::string& tensor, int src_id, u8_array src, int6
     }
     const int64_t rows = src.shape(0);
     const size_t srs = row_size(st, n_per_row), drs = row_size(dt, n_per_row);
-    // This CPU's dequantizers and Q8_0 quantizer: bit-identical to the reference (the kernel
-    // tests hold them to it) and several times faster; the other quantizers are the reference.
+    // This CPU's dequantizers and Q8_0 quantizer (every table has them, filled from the reference
+    // where an ISA has none): bit-identical to the reference (the kernel tests hold them to it) and
+    // several times faster; the other quantizers are the reference.
     const KernelTable& kt = kernels();
-    const to_float_fn decode = kt.to_float[st] ? kt.to_float[st] : stt.to_float;
-    const from_float_fn encode = dt == TYPE_Q8_0 && kt.quantize_act[TYPE_Q8_0] ? kt.quantize_act[TYPE_Q8_0] : dtt.from_float;
+    const to_float_fn decode = kt.to_float[st];
+    const from_float_fn encode = dt == TYPE_Q8_0 ? kt.quantize_act[TYPE_Q8_0] : dtt.from_float;
     py::array_t<uint8_t> out({(py::ssize_t)rows, (py::ssize_t)drs});
     const uint8_t* s = src.data();
     uint8_t* d = out.mutable_data();

@@ -37,8 +37,6 @@ constexpr int kX8Rows = 8;
 using repack_fn = void (*)(const void* src, size_t row_bytes, int64_t n_rows, int64_t k, void* dst);
 
 // Attention helpers over the F16 KV cache.
-using dot_f16_fn  = float (*)(int64_t n, const uint16_t* x, const float* y);          // sum x*y
-using axpy_f16_fn = void (*)(int64_t n, float alpha, const uint16_t* x, float* y);    // y += alpha*x
 using f32_to_f16_fn = void (*)(const float* x, uint16_t* y, int64_t n);
 // Attention's P.V for a block of cache positions: out[r*d + i] += sum_{j < nb} p[r*p_stride + j] *
 // v[j*v_stride + i] (v in f16), r < n_rows, i < d. Each V row is converted once for all rows.
@@ -57,8 +55,6 @@ struct KernelTable {
     gemm_fn gemm_x8[TYPE_COUNT];
     from_float_fn quantize_act[TYPE_COUNT];// by activation type (Q8_0, Q8_1, Q8_K): one row
     to_float_fn to_float[TYPE_COUNT];     // by type: dequantize one row
-    dot_f16_fn dot_f16;
-    axpy_f16_fn axpy_f16;
     f32_to_f16_fn f32_to_f16;
     pv_f16_fn pv_f16;
     swiglu_fn swiglu;

@@ -7,7 +7,7 @@
 
 #if defined(__linux__)
 #include <sys/mman.h>
-#if defined(__linux__) && !defined(MADV_COLLAPSE)
+#if !defined(MADV_COLLAPSE)
 #define MADV_COLLAPSE 25  // Linux 6.1 (asm-generic value, as on x86-64 and arm64); older kernels reject it
 #endif
 #include <unistd.h>

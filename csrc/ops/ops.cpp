@@ -120,10 +120,10 @@ constexpr int64_t kMinSplitPositions = 64;
 // rescale of the accumulator and a loop of exps (no branch per position).
 constexpr int kScoreBlock = 32;
 
-// Per thread: the (n_group, head_dim) accumulator, running max and sum, and (n_group, kScoreBlock)
-// scores; 16 floats of slack keep threads' regions on separate cache lines.
-static size_t attention_thread_floats(int n_group, int head_dim) {
-    return (size_t)n_group * (head_dim + 2 + kScoreBlock) + 16;
+// Decode, per thread: the (n_group, kScoreBlock) scores (the accumulators are the partials); 16
+// floats of slack keep threads' regions on separate cache lines.
+static size_t attention_thread_floats(int n_group) {
+    return (size_t)n_group * kScoreBlock + 16;
 }
 
 // Prefill: a task is one KV head and a block of query tokens, whose n_group heads each make one
@@ -140,9 +140,13 @@ static size_t prefill_thread_floats(int n_group, int head_dim) {
     return rows * (2 * head_dim + kScoreBlock + 2) + 16;
 }
 
+static size_t per_thread_floats(int n_group, int head_dim) {
+    return std::max(attention_thread_floats(n_group), prefill_thread_floats(n_group, head_dim));
+}
+
 size_t attention_scratch_floats(int n_threads, int n_head, int n_kv_head, int head_dim) {
     const int n_group = n_head / n_kv_head;
-    const size_t per_thread = std::max(attention_thread_floats(n_group, head_dim), prefill_thread_floats(n_group, head_dim));
+    const size_t per_thread = per_thread_floats(n_group, head_dim);
     const size_t partials = (size_t)kMaxSplit * n_kv_head * n_group * (head_dim + 2);
     return (size_t)n_threads * per_thread + partials;
 }
@@ -245,42 +249,7 @@ void attention(ThreadPool& pool, const KernelTable& kt, const float* q, int64_t 
                float* out, int64_t out_stride, int64_t n_tok, int64_t pos0,
                int n_head, int n_kv_head, int head_dim, float scale, float* scratch) {
     const int n_group = n_head / n_kv_head;
-    const size_t per_thread = std::max(attention_thread_floats(n_group, head_dim), prefill_thread_floats(n_group, head_dim));
-    const int64_t n_pos_last = pos0 + n_tok;
-    int n_split = 1;
-    if (n_tok == 1 && pool.size() > 1)
-        n_split = (int)std::min<int64_t>(kMaxSplit, std::max<int64_t>(1, n_pos_last / kMinSplitPositions));
-    if (n_split > 1) {
-        // (n_kv_head, n_split) partials of (n_group*head_dim acc, n_group max, n_group sum).
-        const size_t part = (size_t)n_group * (head_dim + 2);
-        float* partials = scratch + (size_t)pool.size() * per_thread;
-        const int64_t n_pos = n_pos_last;
-        pool.parallel_for((int64_t)n_kv_head * n_split, [&](int64_t task, int thread) {
-            const int g = (int)(task / n_split), j = (int)(task % n_split);
-            float* acc = partials + task * part;
-            float* scores = scratch + thread * per_thread + n_group * (head_dim + 2);
-            attend_range(kt, q + (int64_t)g * n_group * head_dim, k_cache, v_cache, kv_stride, g, n_group, head_dim,
-                         scale, n_pos * j / n_split, n_pos * (j + 1) / n_split, acc, acc + n_group * head_dim,
-                         acc + n_group * head_dim + n_group, scores);
-        });
-        for (int g = 0; g < n_kv_head; ++g)
-            for (int h = 0; h < n_group; ++h) {
-                float m = -std::numeric_limits<float>::infinity();
-                for (int j = 0; j < n_split; ++j) m = std::max(m, partials[(g * n_split + j) * part + n_group * head_dim + h]);
-                float* o = out + (int64_t)(g * n_group + h) * head_dim;
-                std::fill(o, o + head_dim, 0.0f);
-                float sum = 0.0f;
-                for (int j = 0; j < n_split; ++j) {
-                    const float* pj = partials + (g * n_split + j) * part;
-                    const float w = std::exp(pj[n_group * head_dim + h] - m);  // every range is non-empty
-                    sum += pj[n_group * head_dim + n_group + h] * w;
-                    for (int i = 0; i < head_dim; ++i) o[i] += pj[h * head_dim + i] * w;
-                }
-                const float inv = 1.0f / sum;
-                for (int i = 0; i < head_dim; ++i) o[i] *= inv;
-            }
-        return;
-    }
+    const size_t per_thread = per_thread_floats(n_group, head_dim);
     if (n_tok > 1) {
         const int64_t per_task = prefill_tokens_per_task(n_group);
         const int64_t n_blocks = (n_tok + per_task - 1) / per_task;
@@ -294,23 +263,37 @@ void attention(ThreadPool& pool, const KernelTable& kt, const float* q, int64_t 
         });
         return;
     }
-    // One task = one token x one KV head: the group's query heads walk the cache together, so
-    // each K and V row is read once for all of them.
-    pool.parallel_for(n_tok * n_kv_head, [&](int64_t task, int thread) {
-        const int64_t t = task / n_kv_head;
-        const int g = (int)(task % n_kv_head);
-        float* acc = scratch + thread * per_thread;         // (n_group, head_dim)
-        float* run_max = acc + n_group * head_dim;           // (n_group)
-        float* run_sum = run_max + n_group;                  // (n_group)
-        float* scores = run_sum + n_group;                   // (n_group, kScoreBlock)
-        attend_range(kt, q + t * q_stride + (int64_t)g * n_group * head_dim, k_cache, v_cache, kv_stride, g, n_group,
-                     head_dim, scale, 0, pos0 + t + 1, acc, run_max, run_sum, scores);
-        float* o = out + t * out_stride + (int64_t)g * n_group * head_dim;
-        for (int h = 0; h < n_group; ++h) {
-            const float inv = 1.0f / run_sum[h];
-            for (int i = 0; i < head_dim; ++i) o[h * head_dim + i] = acc[h * head_dim + i] * inv;
-        }
+    // Decode: each KV head's group of query heads walks its positions together (each K and V row
+    // read once for all of them), in n_split ranges (one when the context is short or there is one
+    // thread) whose partial softmaxes are merged below.
+    const int64_t n_pos = pos0 + 1;
+    const int n_split = pool.size() > 1 ? (int)std::min<int64_t>(kMaxSplit, std::max<int64_t>(1, n_pos / kMinSplitPositions)) : 1;
+    // (n_kv_head, n_split) partials of (n_group*head_dim acc, n_group max, n_group sum).
+    const size_t part = (size_t)n_group * (head_dim + 2);
+    float* partials = scratch + (size_t)pool.size() * per_thread;
+    pool.parallel_for((int64_t)n_kv_head * n_split, [&](int64_t task, int thread) {
+        const int g = (int)(task / n_split), j = (int)(task % n_split);
+        float* acc = partials + task * part;
+        attend_range(kt, q + (int64_t)g * n_group * head_dim, k_cache, v_cache, kv_stride, g, n_group, head_dim,
+                     scale, n_pos * j / n_split, n_pos * (j + 1) / n_split, acc, acc + n_group * head_dim,
+                     acc + n_group * head_dim + n_group, scratch + thread * per_thread);
     });
+    for (int g = 0; g < n_kv_head; ++g)
+        for (int h = 0; h < n_group; ++h) {
+            float m = -std::numeric_limits<float>::infinity();
+            for (int j = 0; j < n_split; ++j) m = std::max(m, partials[(g * n_split + j) * part + n_group * head_dim + h]);
+            float* o = out + (int64_t)(g * n_group + h) * head_dim;
+            std::fill(o, o + head_dim, 0.0f);
+            float sum = 0.0f;
+            for (int j = 0; j < n_split; ++j) {
+                const float* pj = partials + (g * n_split + j) * part;
+                const float w = std::exp(pj[n_group * head_dim + h] - m);  // every range is non-empty
+                sum += pj[n_group * head_dim + n_group + h] * w;
+                for (int i = 0; i < head_dim; ++i) o[i] += pj[h * head_dim + i] * w;
+            }
+            const float inv = 1.0f / sum;
+            for (int i = 0; i < head_dim; ++i) o[i] *= inv;
+        }
 }
 
 } // namespace pyllm

@@ -190,24 +190,6 @@ void f32_to_f16_neon(const float* x, uint16_t* y, int64_t n) {
     for (; i < n; ++i) y[i] = f32_to_half(x[i]);
 }
 
-float dot_f16_neon(int64_t n, const uint16_t* x, const float* y) {
-    float32x4_t acc0 = vdupq_n_f32(0.0f), acc1 = vdupq_n_f32(0.0f);
-    int64_t i = 0;
-    for (; i + 8 <= n; i += 8) {
-        acc0 = vfmaq_f32(acc0, load4_f16(x + i), vld1q_f32(y + i));
-        acc1 = vfmaq_f32(acc1, load4_f16(x + i + 4), vld1q_f32(y + i + 4));
-    }
-    float sum = vaddvq_f32(vaddq_f32(acc0, acc1));
-    for (; i < n; ++i) sum += half_to_f32(x[i]) * y[i];
-    return sum;
-}
-
-void axpy_f16_neon(int64_t n, float alpha, const uint16_t* x, float* y) {
-    int64_t i = 0;
-    for (; i + 4 <= n; i += 4) vst1q_f32(y + i, vfmaq_n_f32(vld1q_f32(y + i), load4_f16(x + i), alpha));
-    for (; i < n; ++i) y[i] += alpha * half_to_f32(x[i]);
-}
-
 // Attention's P.V: a tile of R rows x 16 columns in 16 accumulators; each V row is converted once
 // per tile and multiplied into every row.
 template <int R>
@@ -452,8 +434,6 @@ KernelTable make_neon_table() {
     t.to_float[TYPE_Q5_0] = to_float_block32<16, true, false, block_q5_0>;
     t.to_float[TYPE_Q5_1] = to_float_block32<0, true, true, block_q5_1>;
     t.to_float[TYPE_Q8_0] = to_float_q8_0_neon;
-    t.dot_f16 = dot_f16_neon;
-    t.axpy_f16 = axpy_f16_neon;
     t.f32_to_f16 = f32_to_f16_neon;
     t.pv_f16 = pv_f16_neon;
     t.swiglu = swiglu_neon;

@@ -119,15 +119,6 @@ float vec_dot_q8_0_q8_0_ref(int64_t k, const void* w, const void* a) {
 
 // --- attention helpers --------------------------------------------------------------------------
 
-static float dot_f16_ref(int64_t n, const uint16_t* x, const float* y) {
-    float sum = 0.0f;
-    for (int64_t i = 0; i < n; ++i) sum += fp16_to_f32(x[i]) * y[i];
-    return sum;
-}
-static void axpy_f16_ref(int64_t n, float alpha, const uint16_t* x, float* y) {
-    for (int64_t i = 0; i < n; ++i) y[i] += alpha * fp16_to_f32(x[i]);
-}
-
 static void pv_f16_ref(int64_t n_rows, int64_t nb, int64_t d, const float* p, int64_t p_stride,
                        const uint16_t* v, int64_t v_stride, float* out) {
     for (int64_t r = 0; r < n_rows; ++r)
@@ -165,8 +156,6 @@ static KernelTable make_ref_table() {
     t.quantize_act[TYPE_Q8_K] = quantize_row_q8_K;
     for (int i = 0; i < TYPE_COUNT; ++i)
         if (type_is_known(i)) t.to_float[i] = type_traits((Type)i).to_float;
-    t.dot_f16 = dot_f16_ref;
-    t.axpy_f16 = axpy_f16_ref;
     t.f32_to_f16 = [](const float* x, uint16_t* y, int64_t n) { quantize_row_f16(x, y, n); };
     t.pv_f16 = pv_f16_ref;
     t.swiglu = swiglu_ref;
@@ -185,8 +174,6 @@ void fill_missing_from_ref(KernelTable& t) {
         if (!t.quantize_act[i]) t.quantize_act[i] = r.quantize_act[i];
         if (!t.to_float[i]) t.to_float[i] = r.to_float[i];
     }
-    if (!t.dot_f16) t.dot_f16 = r.dot_f16;
-    if (!t.axpy_f16) t.axpy_f16 = r.axpy_f16;
     if (!t.f32_to_f16) t.f32_to_f16 = r.f32_to_f16;
     if (!t.pv_f16) t.pv_f16 = r.pv_f16;
     if (!t.swiglu) t.swiglu = r.swiglu;

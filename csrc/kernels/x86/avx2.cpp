@@ -192,26 +192,6 @@ void f32_to_f16_avx2(const float* x, uint16_t* y, int64_t n) {
     for (; i < n; ++i) y[i] = f32_to_half(x[i]);
 }
 
-float dot_f16_avx2(int64_t n, const uint16_t* x, const float* y) {
-    __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
-    int64_t i = 0;
-    for (; i + 16 <= n; i += 16) {
-        acc0 = _mm256_fmadd_ps(load8_f16(x + i), _mm256_loadu_ps(y + i), acc0);
-        acc1 = _mm256_fmadd_ps(load8_f16(x + i + 8), _mm256_loadu_ps(y + i + 8), acc1);
-    }
-    for (; i + 8 <= n; i += 8) acc0 = _mm256_fmadd_ps(load8_f16(x + i), _mm256_loadu_ps(y + i), acc0);
-    float sum = hsum(_mm256_add_ps(acc0, acc1));
-    for (; i < n; ++i) sum += half_to_f32(x[i]) * y[i];
-    return sum;
-}
-
-void axpy_f16_avx2(int64_t n, float alpha, const uint16_t* x, float* y) {
-    const __m256 va = _mm256_set1_ps(alpha);
-    int64_t i = 0;
-    for (; i + 8 <= n; i += 8) _mm256_storeu_ps(y + i, _mm256_fmadd_ps(va, load8_f16(x + i), _mm256_loadu_ps(y + i)));
-    for (; i < n; ++i) y[i] += alpha * half_to_f32(x[i]);
-}
-
 // Attention's P.V: a tile of R rows x 32 columns in 8 accumulators; each V row is converted once
 // per tile and broadcast-multiplied into every row.
 template <int R>
@@ -443,8 +423,6 @@ KernelTable make_avx2_table() {
     t.to_float[TYPE_Q5_0] = to_float_q5_0_avx2;
     t.to_float[TYPE_Q5_1] = to_float_q5_1_avx2;
     t.to_float[TYPE_Q8_0] = to_float_q8_0_avx2;
-    t.dot_f16 = dot_f16_avx2;
-    t.axpy_f16 = axpy_f16_avx2;
     t.f32_to_f16 = f32_to_f16_avx2;
     t.pv_f16 = pv_f16_avx2;
     t.swiglu = swiglu_avx2;

@@ -151,28 +151,6 @@ void f32_to_f16_avx512(const float* x, uint16_t* y, int64_t n) {
     }
 }
 
-float dot_f16_avx512(int64_t n, const uint16_t* x, const float* y) {
-    __m512 acc0 = _mm512_setzero_ps(), acc1 = _mm512_setzero_ps();
-    int64_t i = 0;
-    for (; i + 32 <= n; i += 32) {
-        acc0 = _mm512_fmadd_ps(load16_f16(x + i, 0xffff), _mm512_loadu_ps(y + i), acc0);
-        acc1 = _mm512_fmadd_ps(load16_f16(x + i + 16, 0xffff), _mm512_loadu_ps(y + i + 16), acc1);
-    }
-    for (; i < n; i += 16) {
-        const __mmask16 m = n - i >= 16 ? (__mmask16)0xffff : tail_mask16(n - i);
-        acc0 = _mm512_fmadd_ps(load16_f16(x + i, m), _mm512_maskz_loadu_ps(m, y + i), acc0);
-    }
-    return _mm512_reduce_add_ps(_mm512_add_ps(acc0, acc1));
-}
-
-void axpy_f16_avx512(int64_t n, float alpha, const uint16_t* x, float* y) {
-    const __m512 va = _mm512_set1_ps(alpha);
-    for (int64_t i = 0; i < n; i += 16) {
-        const __mmask16 m = n - i >= 16 ? (__mmask16)0xffff : tail_mask16(n - i);
-        _mm512_mask_storeu_ps(y + i, m, _mm512_fmadd_ps(va, load16_f16(x + i, m), _mm512_maskz_loadu_ps(m, y + i)));
-    }
-}
-
 // Attention's P.V: a tile of R rows x 64 columns in 16 accumulators (masked at the row's end);
 // each V row is converted once per tile and broadcast-multiplied into every row.
 template <int R>
@@ -399,8 +377,6 @@ KernelTable make_avx512_table() {
     t.quantize_act[TYPE_Q8_1] = quantize_row_q8_1_avx512;
     t.to_float[TYPE_F16] = to_float_f16_avx512;
     t.to_float[TYPE_BF16] = to_float_bf16_avx512;
-    t.dot_f16 = dot_f16_avx512;
-    t.axpy_f16 = axpy_f16_avx512;
     t.f32_to_f16 = f32_to_f16_avx512;
     t.pv_f16 = pv_f16_avx512;
     t.swiglu = swiglu_avx512;
