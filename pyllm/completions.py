@@ -8,12 +8,15 @@ evaluates each turn's new tokens. Not here: the REPL (pyllm/chat.py), the templa
 """
 from __future__ import annotations
 
+import secrets
 import time
 import uuid
 import weakref
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Iterator, Sequence
+
+import regex
 
 from pyllm import chat_template as templates
 from pyllm.errors import ContextOverflowError
@@ -76,13 +79,45 @@ def chat_template_for(model: Model, override=None) -> templates.ChatTemplate:
     return template
 
 
+def _shield_control_text(messages: list[dict], control_texts: list[str]) -> tuple[list[dict], dict[str, str]]:
+    """Copies of `messages` whose content has each control-token text (e.g. "<|im_end|>")
+    replaced by a marker of private-use characters, and the marker -> text map. Message
+    content is text: after rendering, only the template's own markup may become control
+    tokens, so a user cannot close their turn and write a system turn. The markers come from a
+    per-render random nonce and contain no special-token text; templates that strip, split or
+    slice content still see the same characters everywhere else."""
+    literals: dict[str, str] = {}
+    if not control_texts:
+        return messages, literals
+    pattern = regex.compile("|".join(regex.escape(t) for t in sorted(control_texts, key=len, reverse=True)))
+    nonce = "".join(chr(0xF0000 + secrets.randbelow(0xFFFD)) for _ in range(4))
+    by_text: dict[str, str] = {}
+
+    def marker(match) -> str:
+        text = match.group(0)
+        if text not in by_text:
+            by_text[text] = f"\U000FFFFD{nonce}{chr(0xF0000 + len(by_text))}\U000FFFFD"
+            literals[by_text[text]] = text
+        return by_text[text]
+
+    shielded = []
+    for m in messages:
+        content = m.get("content")
+        if isinstance(content, str) and pattern.search(content):
+            m = dict(m, content=pattern.sub(marker, content))
+        shielded.append(m)
+    return shielded, literals
+
+
 def chat_prompt_ids(model: Model, messages: list[dict], template: templates.ChatTemplate,
                     add_generation_prompt: bool = True) -> list[int]:
-    """Token ids of the rendered conversation. Special-token text in the render becomes token
-    ids; BOS is added when the model asks for it and the template did not write it already."""
-    text = template.render(messages, add_generation_prompt=add_generation_prompt)
-    ids = model.tokenize(text, special=True, add_bos=False)
+    """Token ids of the rendered conversation. Special-token text written by the template
+    becomes token ids; the same text inside a message's content stays text. BOS is added when
+    the model asks for it and the template did not write it already."""
     tok = model.tokenizer
+    shielded, literals = _shield_control_text(messages, tok.control_texts())
+    text = template.render(shielded, add_generation_prompt=add_generation_prompt)
+    ids = tok.tokenize(text, add_special=False, parse_special=True, literals=literals)
     if tok.add_bos and tok.bos_id is not None and (not ids or ids[0] != tok.bos_id):
         ids.insert(0, tok.bos_id)
     return ids
@@ -149,8 +184,9 @@ def stream_text(model: Model, ids: list[int], max_tokens: int | None, params: Sa
         raise ContextOverflowError(
             f"the prompt has {len(ids)} tokens but the context holds {model.n_ctx} (n_ctx); "
             f"shorten the conversation or load the model with a larger n_ctx")
-    if max_tokens is not None and (isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 0):
-        raise ValueError(f"max_tokens must be a non-negative integer or None, got {max_tokens!r}")
+    if max_tokens is not None and (isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < -1):
+        raise ValueError(f"max_tokens must be a non-negative integer, -1 (until the end of the turn or "
+                         f"context) or None, got {max_tokens!r}")
     stats = stats if stats is not None else GenerationStats()
     stats.n_prompt = len(ids)
     tokens = _timed(model.generate_tokens(ids, max_tokens, params, info), info, stats)

@@ -7,7 +7,6 @@ token and sample the next one there, with the GIL released.
 from __future__ import annotations
 
 import os
-import random
 import threading
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -15,7 +14,7 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
-from pyllm import _core, hub
+from pyllm import _core, _validate, hub
 from pyllm.errors import ContextOverflowError, GGUFError, UnsupportedModelError
 from pyllm.gguffile import GGUFFile
 from pyllm.tokenizer import StopMatcher, Tokenizer
@@ -122,6 +121,10 @@ class Model:
 
     def __init__(self, path_or_name: str | os.PathLike | None = None, n_ctx: int | None = None,
                  n_threads: int | None = None, n_batch: int = 512):
+        n_threads = _validate.n_threads(n_threads)
+        if n_ctx is not None:
+            n_ctx = _validate.integer("n_ctx", n_ctx, 1, _validate.INT32_MAX)
+        n_batch = _validate.integer("n_batch", n_batch, 1, _validate.INT32_MAX)
         self.path = hub.resolve(path_or_name if path_or_name is not None else hub.DEFAULT_MODEL)
         self._file = GGUFFile(self.path)
         self.metadata = self._file.metadata
@@ -163,7 +166,7 @@ class Model:
         if mem is not None and kv_bytes > mem // 2:
             raise ValueError(f"n_ctx={self.n_ctx} needs {kv_bytes / 2**30:.1f} GiB of KV cache; this machine "
                              f"has {mem / 2**30:.1f} GiB of memory. Use a smaller n_ctx.")
-        self.n_threads = int(n_threads) if n_threads else _core.default_threads()
+        self.n_threads = n_threads or _core.default_threads()
         self._ctx = _core.Context(self._model, self.n_ctx, min(n_batch, self.n_ctx), self.n_threads)
         self._cached: list[int] = []  # the tokens whose keys/values are in the cache, in order
         self._lock = threading.RLock()  # one call at a time, whatever the caller's threads do
@@ -208,7 +211,10 @@ class Model:
         return self._ctx
 
     def _check_ids(self, ids: Sequence[int]) -> np.ndarray:
-        arr = np.asarray(ids, dtype=np.int64).reshape(-1)
+        arr = np.asarray(ids)
+        if arr.size and arr.dtype.kind not in "iu":  # 1.5 or True is a caller's bug, not a token
+            raise TypeError(f"token ids must be integers, got an array of {arr.dtype}")
+        arr = arr.astype(np.int64).reshape(-1)
         if arr.size and (arr.min() < 0 or arr.max() >= self.n_vocab):
             from pyllm.errors import InvalidTokenError
             bad = int(arr[(arr < 0) | (arr >= self.n_vocab)][0])
@@ -263,17 +269,19 @@ class Model:
                 f"the prompt has {len(ids)} tokens but the context holds {self.n_ctx} (n_ctx); "
                 f"shorten the prompt or load the model with a larger n_ctx")
         info.n_prompt_tokens = len(ids)
-        seed = sampling.seed if sampling.seed is not None else random.getrandbits(63)
-        sampler = _core.Sampler(self.n_vocab, temperature=sampling.temperature, top_k=sampling.top_k,
+        seed = _validate.seed(sampling.seed)
+        top_k = _validate.integer("top_k", sampling.top_k, -_validate.INT32_MAX, _validate.INT32_MAX)
+        penalty_last_n = _validate.integer("penalty_last_n", sampling.penalty_last_n, -1, _validate.INT32_MAX)
+        sampler = _core.Sampler(self.n_vocab, temperature=sampling.temperature, top_k=top_k,
                                 top_p=sampling.top_p, min_p=sampling.min_p,
                                 repeat_penalty=sampling.repeat_penalty,
                                 presence_penalty=sampling.presence_penalty,
                                 frequency_penalty=sampling.frequency_penalty,
-                                penalty_last_n=sampling.penalty_last_n, seed=seed)
+                                penalty_last_n=penalty_last_n, seed=seed)
         eog = self.eog_ids()
         limit = self.n_ctx - len(ids) + 1  # tokens we can sample before the cache is full
-        if max_tokens is not None:
-            limit = min(limit, max(0, int(max_tokens)))
+        if max_tokens is not None and max_tokens >= 0:  # -1 (any negative): until end of turn or context
+            limit = min(limit, _validate.integer("max_tokens", max_tokens, 0, _validate.INT32_MAX))
         with self._lock:
             ctx = self._context()
             pending, reused = self._prefill(ids)

@@ -16,6 +16,7 @@ import hashlib
 import itertools
 import os
 import re
+import stat
 import struct
 import sys
 import tempfile
@@ -529,11 +530,28 @@ def _assert_finite(gf, name: str, threads: int) -> None:
             raise QuantizeError(msg) from None
 
 
+_FILE_KINDS = ((stat.S_ISDIR, "a directory"), (stat.S_ISCHR, "a character device"),
+               (stat.S_ISBLK, "a block device"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"))
+
+
+def _check_output_kind(dst: str) -> None:
+    """The output may be new or an existing regular file (a symlink is followed to its target):
+    never a device, FIFO, socket or directory, which the rename at the end would replace."""
+    try:
+        mode = os.stat(dst).st_mode  # follows symlinks
+    except FileNotFoundError:
+        return
+    except OSError as e:
+        raise QuantizeError(f"cannot check the output {dst!r}: {e.strerror or e}") from None
+    if not stat.S_ISREG(mode):
+        kind = next((name for test, name in _FILE_KINDS if test(mode)), "not a regular file")
+        raise QuantizeError(f"output {dst!r} exists and is {kind}; pyllm writes only new or regular files")
+
+
 def _check_paths(src: str, dst: str) -> None:
     if not os.path.isfile(src):
         raise QuantizeError(f"input {src!r} is not a file")
-    if os.path.isdir(dst):
-        raise QuantizeError(f"output {dst!r} is a directory")
+    _check_output_kind(dst)
     if os.path.exists(dst) and os.path.samefile(src, dst):
         raise QuantizeError(f"output {dst!r} is the input file; choose another output path")
     if os.path.realpath(src) == os.path.realpath(dst):
@@ -662,8 +680,10 @@ def _output_metadata(gf, ft: FileType, opts: QuantizeOptions, report: QuantizeRe
 
 def _write_atomically(dst: str, write: Callable[[Any], Any]) -> None:
     """Writes through a temporary file in dst's directory, fsyncs, then renames it over dst. On any
-    failure (disk full, Ctrl-C, ...) the temporary file is removed and dst is untouched."""
-    d = os.path.dirname(os.path.abspath(dst))
+    failure (disk full, Ctrl-C, ...) the temporary file is removed and dst is untouched. A
+    symlink dst is followed: its target is replaced, in the target's directory."""
+    dst = os.path.realpath(dst)
+    d = os.path.dirname(dst)
     try:
         fd, tmp = tempfile.mkstemp(dir=d, prefix="." + os.path.basename(dst) + ".", suffix=".part")
     except OSError as e:
@@ -674,6 +694,7 @@ def _write_atomically(dst: str, write: Callable[[Any], Any]) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.chmod(tmp, 0o644 & ~_umask())
+        _check_output_kind(dst)  # again: something else may have appeared there meanwhile
         os.replace(tmp, dst)
     except BaseException:
         try:

@@ -411,8 +411,13 @@ class Tokenizer:
 
     # --- tokenize ----------------------------------------------------------------------------
 
+    def control_texts(self) -> list[str]:
+        """The texts of the control tokens (e.g. "<|im_end|>"), which parse_special turns into
+        ids: what a chat message's content must not be able to produce."""
+        return [text for text, _, user_defined in self._special_tokens if not user_defined]
+
     def tokenize(self, text: str | bytes, add_special: bool | None = None,
-                 parse_special: bool = False) -> list[int]:
+                 parse_special: bool = False, literals: dict[str, str] | None = None) -> list[int]:
         """Token ids of `text`, identical to llama.cpp's llama_tokenize.
 
         add_special: None or True adds BOS/EOS as the model's metadata asks
@@ -420,6 +425,10 @@ class Tokenizer:
         parse_special: True turns the text of control tokens (e.g. "<|im_start|>") into their
             ids; False tokenizes it as plain text. User-defined tokens are always split out
             first, as llama.cpp (and Hugging Face tokenizers) do.
+        literals: marker -> text. Each marker in `text` stands for its text, which is tokenized
+            as plain text (never split out as a special token) together with the text around it,
+            as if it had been written there with parse_special=False. Markers must contain no
+            special-token text (chat rendering uses private-use characters).
         bytes are decoded as UTF-8 with invalid sequences replaced by U+FFFD, as llama.cpp does;
         a str with lone surrogates (not encodable in UTF-8) gets U+FFFD in their place too.
         """
@@ -435,6 +444,8 @@ class Tokenizer:
         add = add_special is None or bool(add_special)
 
         fragments = self._partition_special(text, parse_special) if text else []
+        if literals:
+            fragments = [_restore_literals(f, literals) if isinstance(f, str) else f for f in fragments]
         out: list[int] = []
         if add and self.add_bos:
             out.append(self.bos_id)
@@ -762,3 +773,10 @@ class StopMatcher:
     def flush(self) -> str:
         held, self._held = self._held, ""
         return "" if self.stopped else held
+
+
+def _restore_literals(fragment: str, literals: dict[str, str]) -> str:
+    for marker, original in literals.items():
+        if marker in fragment:
+            fragment = fragment.replace(marker, original)
+    return fragment

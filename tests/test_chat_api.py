@@ -159,7 +159,7 @@ def test_bad_requests_fail_at_the_call(model):
     with pytest.raises(TypeError, match=r"messages\[1\]"):
         model.create_chat_completion([SYSTEM, {"role": "user", "content": 5}])
     with pytest.raises(ValueError, match="max_tokens"):
-        model.create_chat_completion(SHORT, max_tokens=-1)
+        model.create_chat_completion(SHORT, max_tokens=-2)
     long = [{"role": "user", "content": "word " * 600}]
     with pytest.raises(ContextOverflowError, match="512"):
         model.create_chat_completion(long, stream=True)   # raised at the call, not at the first chunk

@@ -6,6 +6,7 @@ import errno
 import hashlib
 import os
 import re
+import stat
 import tempfile
 
 import gguf
@@ -350,3 +351,45 @@ def test_command_line_options(small_model, tmp_path, capsys):
     assert types["blk.1.ffn_up.weight"] == "Q5_1" and types["blk.0.ffn_up.weight"] == "Q4_0"
     assert types["token_embd.weight"] == "Q4_0" and types["output_norm.weight"] == "F32"
     assert GGUFFile(out).metadata["general.file_type"] == 2
+
+
+# ---------------------------------------------------------------------------------------------
+# What the output path may be (issue 12, row 2: `pyllm quantize IN /dev/null Q4_0` as root
+# replaced the device node with a regular file; FIFOs and symlinks were replaced too)
+# ---------------------------------------------------------------------------------------------
+
+def test_output_device_node_is_refused_and_untouched(small_model):
+    before = os.stat("/dev/null")
+    with pytest.raises(QuantizeError, match="character device"):
+        quantize_file(small_model, "/dev/null", "q8_0")
+    after = os.stat("/dev/null")
+    assert stat.S_ISCHR(after.st_mode) and after.st_ino == before.st_ino
+
+
+def test_output_fifo_and_directory_are_refused(small_model, tmp_path):
+    fifo = tmp_path / "out.fifo"
+    os.mkfifo(fifo)
+    with pytest.raises(QuantizeError, match="FIFO"):
+        quantize_file(small_model, fifo, "q8_0")
+    assert stat.S_ISFIFO(os.lstat(fifo).st_mode)
+    with pytest.raises(QuantizeError, match="directory"):
+        quantize_file(small_model, tmp_path, "q8_0")
+    # A symlink to a FIFO is judged by its target.
+    link = tmp_path / "link.gguf"
+    link.symlink_to(fifo)
+    with pytest.raises(QuantizeError, match="FIFO"):
+        quantize_file(small_model, link, "q8_0")
+    assert link.is_symlink()
+
+
+def test_output_symlink_is_followed(small_model, tmp_path):
+    target_dir = tmp_path / "models"
+    target_dir.mkdir()
+    target = target_dir / "real.gguf"
+    target.write_bytes(b"old")
+    link = tmp_path / "link.gguf"
+    link.symlink_to(target)
+    quantize_file(small_model, link, "q8_0")
+    assert link.is_symlink() and os.readlink(link) == str(target)  # the link stays a link
+    assert target.read_bytes()[:4] == b"GGUF"                      # its target got the output
+    assert sorted(p.name for p in target_dir.iterdir()) == ["real.gguf"]  # no temporary left

@@ -141,7 +141,9 @@ void register_model(py::module_& m) {
         .def("accept", &Sampler::accept)
         .def("reset", &Sampler::reset)
         .def("sample", [](Sampler& s, py::array_t<float, py::array::c_style | py::array::forcecast> logits) {
-            if (logits.ndim() != 1) fail(ErrorKind::invalid_argument, "sample expects a 1-D logits array");
+            if (logits.ndim() != 1 || logits.shape(0) != s.n_vocab())
+                fail(ErrorKind::invalid_argument, "sample expects a 1-D array of n_vocab = " + std::to_string(s.n_vocab()) +
+                     " logits, got " + std::to_string(logits.ndim()) + "-D of " + std::to_string(logits.size()));
             return s.sample(logits.data());
         });
 }

@@ -7,7 +7,10 @@
 #include <fstream>
 #include <set>
 #include <string>
+#include <system_error>
 #include <utility>
+
+#include "core/common.h"
 
 #if defined(__x86_64__) || defined(__i386__)
 #include <immintrin.h>
@@ -33,11 +36,23 @@ static inline void backoff(int round) {
 }
 
 ThreadPool::ThreadPool(int n_threads) : n_threads_(n_threads < 1 ? 1 : n_threads) {
+    if (n_threads > kMaxThreads)
+        fail(ErrorKind::invalid_argument, "n_threads = " + std::to_string(n_threads) + " is more than pyllm's limit of " +
+             std::to_string(kMaxThreads) + " threads");
     workers_.reserve(n_threads_ - 1);
-    for (int i = 1; i < n_threads_; ++i) workers_.emplace_back([this, i] { worker_main(i); });
+    try {
+        for (int i = 1; i < n_threads_; ++i) workers_.emplace_back([this, i] { worker_main(i); });
+    } catch (const std::system_error& e) {
+        // A constructor that throws runs no destructor: stop and join the workers started so far.
+        stop_workers();
+        throw std::runtime_error("cannot start " + std::to_string(n_threads_) + " threads (" +
+                                 std::to_string(workers_.size() + 1) + " started): " + e.what());
+    }
 }
 
-ThreadPool::~ThreadPool() {
+ThreadPool::~ThreadPool() { stop_workers(); }
+
+void ThreadPool::stop_workers() {
     {
         std::lock_guard<std::mutex> lock(mutex_);
         stop_.store(true);

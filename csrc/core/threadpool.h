@@ -26,6 +26,10 @@ private:
 
 class ThreadPool {
 public:
+    // At most kMaxThreads threads: beyond that a pool only starves the machine. Throws
+    // Error(invalid_argument) above it, and Error(runtime) with no thread left running if the
+    // system refuses to start one.
+    static constexpr int kMaxThreads = 512;
     explicit ThreadPool(int n_threads);
     ~ThreadPool();
     ThreadPool(const ThreadPool&) = delete;
@@ -57,6 +61,7 @@ private:
     static uint32_t generation_of(uint64_t s) { return (uint32_t)(s >> 32); }
 
     void run(int64_t n_tasks, TaskRef fn);
+    void stop_workers();  // wakes, stops and joins every started worker
     void worker_main(int index);
     void work(uint32_t generation, int thread);
 
