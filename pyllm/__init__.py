@@ -1,7 +1,8 @@
 """pyllm: fast quantized LLM inference on laptop CPUs, from Python."""
 from pyllm import _core
 from pyllm.errors import (ChatTemplateError, ContextOverflowError, GGUFError, InvalidTokenError,
-                          ModelNotFoundError, PyllmError, QuantizeError, UnsupportedModelError)
+                          ModelFileChangedError, ModelNotFoundError, PyllmError, QuantizeError,
+                          UnsupportedModelError)
 
 from pyllm.errors import TokenizerError
 

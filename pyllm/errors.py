@@ -37,3 +37,9 @@ class QuantizeError(PyllmError):
 
 class ModelNotFoundError(PyllmError, FileNotFoundError):
     """A model name or path that resolves to nothing."""
+
+
+class ModelFileChangedError(PyllmError, OSError):
+    """The model's GGUF file was truncated or rewritten in place after it was loaded: its mapped
+    weights can no longer be trusted (and reading a truncated mapping would crash the process).
+    Load the model again."""

@@ -15,7 +15,7 @@ from typing import Iterator, Sequence
 import numpy as np
 
 from pyllm import _core, _validate, hub
-from pyllm.errors import ContextOverflowError, GGUFError, UnsupportedModelError
+from pyllm.errors import ContextOverflowError, GGUFError, ModelFileChangedError, UnsupportedModelError
 from pyllm.gguffile import GGUFFile
 from pyllm.tokenizer import StopMatcher, Tokenizer
 
@@ -105,6 +105,15 @@ class Completion:
     n_reused_tokens: int = 0          # prompt tokens found already in the KV cache
 
 
+def _file_identity(path) -> tuple[int, int, int, int] | None:
+    """(device, inode, size, mtime) of path, or None if it is gone."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+
+
 def _physical_memory() -> int | None:
     try:
         return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
@@ -127,6 +136,7 @@ class Model:
         n_batch = _validate.integer("n_batch", n_batch, 1, _validate.INT32_MAX)
         self.path = hub.resolve(path_or_name if path_or_name is not None else hub.DEFAULT_MODEL)
         self._file = GGUFFile(self.path)
+        self._file_identity = _file_identity(self.path)
         self.metadata = self._file.metadata
         self.config = ModelConfig.from_metadata(self.metadata)
         cfg = asdict(self.config)
@@ -208,7 +218,20 @@ class Model:
     def _context(self):
         if self._ctx is None:
             raise ValueError("the model is closed")
+        self._check_file()
         return self._ctx
+
+    def _check_file(self) -> None:
+        """Raises ModelFileChangedError if the mapped file was truncated or rewritten in place
+        since the load (a truncated mapping raises SIGBUS on the next read of a weight). Checked
+        before every evaluation (one stat, ~2 us). What remains: a file changed during an
+        evaluation, between this check and the reads. A file replaced by a rename is no problem:
+        the mapping keeps the old one."""
+        now = _file_identity(self.path)
+        if now is not None and now[:2] == self._file_identity[:2] and now != self._file_identity:
+            raise ModelFileChangedError(
+                f"the model file {self.path} was modified after it was loaded (size {self._file_identity[2]} -> "
+                f"{now[2]} bytes); its weights can no longer be used. Load the model again.")
 
     def _check_ids(self, ids: Sequence[int]) -> np.ndarray:
         arr = np.asarray(ids)
@@ -294,6 +317,7 @@ class Model:
                     info.finish_reason = "length"
                     return
                 # On any error (Ctrl-C included) the C++ side leaves the cache as it was.
+                self._check_file()
                 token = ctx.eval_sample(np.asarray(pending, np.int32), sampler)
                 self._cached.extend(pending)
                 if token in eog:
