@@ -1,7 +1,7 @@
 """pyllm: fast quantized LLM inference on laptop CPUs, from Python."""
 from pyllm import _core
 from pyllm.errors import (ChatTemplateError, ContextOverflowError, GGUFError, InvalidTokenError,
-                          ModelFileChangedError, ModelNotFoundError, PyllmError, QuantizeError,
+                          ModelFileChangedError, ModelNotFoundError, NumericalError, PyllmError, QuantizeError,
                           UnsupportedModelError)
 
 from pyllm.errors import TokenizerError

@@ -43,3 +43,8 @@ class ModelFileChangedError(PyllmError, OSError):
     """The model's GGUF file was truncated or rewritten in place after it was loaded: its mapped
     weights can no longer be trusted (and reading a truncated mapping would crash the process).
     Load the model again."""
+
+
+class NumericalError(PyllmError, ValueError):
+    """The model produced no usable numbers (all logits NaN or infinite): NaN/Inf weights in the
+    file, or an overflow in the forward pass."""

@@ -582,6 +582,8 @@ def quantize_file(src: str | os.PathLike, dst: str | os.PathLike, type_name_: st
     try:
         md = gf.metadata
         tensors = gf.tensors
+        if not tensors:
+            raise QuantizeError(f"{src} holds no tensors: there is nothing to quantize")
         topts = dataclasses.replace(opts.types, has_imatrix=opts.types.has_imatrix or opts.method == "imatrix")
         targets = choose_types(tensors, md, ft, topts)
         order = llama_order(tensors)

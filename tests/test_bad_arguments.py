@@ -87,3 +87,10 @@ def test_max_tokens_minus_one_means_until_the_end(model):
     r = model.create_completion("The capital of France is", max_tokens=-1, temperature=0)
     assert r["usage"]["completion_tokens"] > 0
     assert r["choices"][0]["finish_reason"] in ("stop", "length")
+
+
+def test_all_nan_logits_raise_numerical_error():
+    # Issue 12, row 10: a bare ValueError before; now pyllm.NumericalError (still a ValueError).
+    s = _core.Sampler(16, temperature=0.8)
+    with pytest.raises(pyllm.NumericalError, match="NaN or infinite"):
+        s.sample(np.full(16, np.nan, np.float32))

@@ -393,3 +393,11 @@ def test_output_symlink_is_followed(small_model, tmp_path):
     assert link.is_symlink() and os.readlink(link) == str(target)  # the link stays a link
     assert target.read_bytes()[:4] == b"GGUF"                      # its target got the output
     assert sorted(p.name for p in target_dir.iterdir()) == ["real.gguf"]  # no temporary left
+
+
+def test_file_with_no_tensors_is_an_error(tmp_path):
+    # Issue 12, row 10: quantizing a file with no tensors exited 0 with an empty output.
+    src = write_model(tmp_path / "empty.gguf", {})
+    with pytest.raises(QuantizeError, match="no tensors"):
+        quantize_file(src, tmp_path / "out.gguf", "q8_0")
+    assert not (tmp_path / "out.gguf").exists()

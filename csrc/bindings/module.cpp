@@ -23,6 +23,7 @@ PYBIND11_MODULE(_core, m) {
                 case pyllm::ErrorKind::context_overflow: name = "ContextOverflowError"; break;
                 case pyllm::ErrorKind::invalid_token: name = "InvalidTokenError"; break;
                 case pyllm::ErrorKind::quantize: name = "QuantizeError"; break;
+                case pyllm::ErrorKind::numeric: name = "NumericalError"; fallback = PyExc_ValueError; break;
                 case pyllm::ErrorKind::invalid_argument: PyErr_SetString(PyExc_ValueError, e.what()); return;
                 case pyllm::ErrorKind::interrupted: PyErr_SetString(PyExc_KeyboardInterrupt, e.what()); return;
                 case pyllm::ErrorKind::io: PyErr_SetString(PyExc_OSError, e.what()); return;

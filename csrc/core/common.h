@@ -19,6 +19,7 @@ enum class ErrorKind {
     quantize,         // quantizer failure                              -> QuantizeError
     interrupted,      // a cancel flag was raised (Ctrl-C)              -> KeyboardInterrupt
     io,               // file system                                    -> OSError
+    numeric,          // the model produced NaN/Inf where numbers are needed -> NumericalError
 };
 
 struct Error : std::runtime_error {

@@ -45,7 +45,7 @@ int32_t Sampler::sample(const float* logits) {
         cand_[i] = {std::isnan(v) ? neg_inf : v, i};  // a NaN can never be chosen
         any_finite |= std::isfinite(v);
     }
-    if (!any_finite) fail(ErrorKind::invalid_argument, "all logits are NaN or infinite: the model produced no usable distribution");
+    if (!any_finite) fail(ErrorKind::numeric, "all logits are NaN or infinite: the model produced no usable distribution (NaN/Inf weights, or an overflow in the forward pass)");
 
     // Penalties, once per distinct recent token: a visited id's count is negated as a marker,
     // then restored, so repeats in the window are skipped without any extra storage.
