@@ -1,4 +1,4 @@
-"""Hostile and broken GGUF files (RELIABILITY.md, "The file"): each must raise pyllm.GGUFError whose
+"""Hostile and broken GGUF files (docs/RELIABILITY.md, "The file"): each must raise pyllm.GGUFError whose
 message names the field and the byte offset, never crash. Valid small files written by the `gguf`
 package must read back exactly."""
 import random

@@ -1,4 +1,4 @@
-"""Model API behaviour and the runtime faults of RELIABILITY.md (cases 19-24)."""
+"""Model API behaviour and the runtime faults of docs/RELIABILITY.md (cases 19-24)."""
 import _thread
 import threading
 import time

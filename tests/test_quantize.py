@@ -1,6 +1,6 @@
 """`pyllm quantize`: bit-exact round-to-nearest against llama.cpp's files, its per-tensor mixes,
 files that read back with the `gguf` package and load in pyllm, and the failure cases of
-RELIABILITY.md case 26 (same path, unwritable directory, full disk, Ctrl-C, NaN): non-zero exit,
+docs/RELIABILITY.md case 26 (same path, unwritable directory, full disk, Ctrl-C, NaN): non-zero exit,
 input untouched, no partial output."""
 import errno
 import hashlib
@@ -228,7 +228,7 @@ def test_float_output_does_not_need_allow_requantize(small_model, tmp_path):
 
 
 # ---------------------------------------------------------------------------------------------
-# Failure cases: RELIABILITY.md case 26
+# Failure cases: docs/RELIABILITY.md case 26
 # ---------------------------------------------------------------------------------------------
 
 def test_output_equal_to_input_refused(small_model, tmp_path):
