@@ -421,9 +421,14 @@ def run_chat(args) -> int:
             while True:
                 try:
                     text = read_message()
-                except (EOFError, KeyboardInterrupt):
+                except EOFError:
                     print()
                     return 0
+                except KeyboardInterrupt:
+                    # As ollama does: Ctrl-C drops the line being typed and keeps the
+                    # conversation; leaving takes /exit or Ctrl-D.
+                    print("\n(Ctrl-C clears the line; /exit or Ctrl-D to leave)")
+                    continue
                 if text.startswith("/"):
                     if not session.command(text.strip()):
                         return 0

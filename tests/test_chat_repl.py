@@ -171,7 +171,8 @@ def test_save_then_load(smollm2_path, cache_dir, tmp_path):
 
 def test_default_model_and_ctrl_c_at_the_prompt(smollm2_path, cache_dir):
     """No model argument: the default model, found in the cache (a pull would download it).
-    Ctrl-C at the prompt exits cleanly."""
+    Ctrl-C at the prompt clears the line and keeps the session, as ollama does (issue 12: it used
+    to exit and lose the conversation); /exit then leaves cleanly."""
     models = cache_dir / "models"
     models.mkdir()
     (models / smollm2_path.name).symlink_to(smollm2_path)
@@ -182,7 +183,11 @@ def test_default_model_and_ctrl_c_at_the_prompt(smollm2_path, cache_dir):
     child.expect("pyllm chat · (.*) · context")
     assert "135M" in child.match.group(1)
     child.expect_exact(PROMPT)
+    child.send("half a question")
     child.sendintr()
+    child.expect_exact("/exit or Ctrl-D to leave")
+    child.expect_exact(PROMPT)
+    child.sendline("/exit")
     child.expect(pexpect.EOF)
     child.close()
     assert child.exitstatus == 0 and child.signalstatus is None
