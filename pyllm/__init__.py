@@ -3,7 +3,7 @@ from pyllm import _core
 from pyllm.errors import (ChatTemplateError, ContextOverflowError, GGUFError, InvalidTokenError,
                           ModelNotFoundError, PyllmError, QuantizeError, UnsupportedModelError)
 
-from pyllm.errors import TokenizerError
+from pyllm.errors import DraftModelError, GrammarError, TokenizerError
 
 _MODEL_NAMES = ("Completion", "Model", "ModelConfig", "SamplingParams")
 

@@ -37,3 +37,13 @@ class QuantizeError(PyllmError):
 
 class ModelNotFoundError(PyllmError, FileNotFoundError):
     """A model name or path that resolves to nothing."""
+
+
+class GrammarError(PyllmError, ValueError):
+    """A response_format, JSON schema, regex or grammar that cannot be compiled (raised before any
+    model evaluation)."""
+
+
+class DraftModelError(PyllmError, ValueError):
+    """A speculative-decoding setup that cannot work: a draft model whose vocabulary differs from
+    the target's, an unknown `speculative` mode."""
