@@ -202,3 +202,21 @@ def test_tokenizer_view_bytes(model):
     assert b"".join(w.tokens[i] for i in ids) == "Hello, world! {\"a\": 1}".encode()
     for i in tok.eog_ids:
         assert w.tokens[i].startswith(b"\xff") and i in w.special_token_ids
+
+
+def test_cli_json_schema_and_errors(tmp_path, capsys):
+    from pyllm import cli
+    schema = {"type": "object", "properties": {"city": {"type": "string", "maxLength": 20}},
+              "required": ["city"], "additionalProperties": False}
+    f = tmp_path / "schema.json"
+    f.write_text(json.dumps(schema))
+    assert cli.main(["run", "The capital of France as JSON:", "--json-schema", str(f), "--temp", "0", "-n", "40"]) == 0
+    jsonschema.validate(json.loads(capsys.readouterr().out), schema)
+    g = tmp_path / "g.lark"
+    g.write_text('start: "yes" | "no"\n')
+    assert cli.main(["run", "Is the sky blue?", "--grammar", str(g), "--temp", "0", "-n", "5"]) == 0
+    assert capsys.readouterr().out.strip() in ("yes", "no")
+    f.write_text("{not json")
+    assert cli.main(["run", "x", "--json-schema", str(f)]) == 1
+    assert cli.main(["run", "x", "--regex", "(("]) == 1
+    assert "does not compile" in capsys.readouterr().err
