@@ -96,7 +96,7 @@ def _chi2_two_sample(a: dict, b: dict) -> tuple[float, int]:
 @pytest.mark.parametrize("mode", ["ngram", "draft"])
 def test_sampling_keeps_distribution(model, draft_path, mode):
     """The first two sampled tokens after a repetitive prompt, as pairs, from plain and from
-    speculative sampling, N runs each. top_k=3 keeps the outcome space at <= 9 pairs (at least
+    speculative sampling, N=200 runs each. top_k=3 keeps the outcome space at <= 9 pairs (at least
     ~5 expected per cell for the likely ones). Under the null (same distribution) the two-sample
     statistic is chi-square with (cells - 1) degrees of freedom; the test fails at significance
     1e-3, so a correct implementation fails about once in a thousand runs (seeds are fixed, so
@@ -105,7 +105,7 @@ def test_sampling_keeps_distribution(model, draft_path, mode):
     prompt = model.tokenize("red green blue red green blue red green blue red green", add_bos=False)
     kw = {"speculative": "ngram"} if mode == "ngram" else {"draft_model": str(draft_path), "n_draft": 2}
     spec = spec_mod.make_speculator(model, kw.get("speculative"), kw.get("draft_model"), kw.get("n_draft"))
-    n = 250
+    n = 200
 
     def pairs(use_spec: bool, base_seed: int) -> dict:
         counts: dict = {}
