@@ -17,9 +17,8 @@ proposals q is a point mass on d. Not here: the sampler (csrc/sampling), the pla
 """
 from __future__ import annotations
 
-import os
 import random
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Iterator, Sequence
 
 import numpy as np
@@ -51,7 +50,6 @@ class NgramProposer:
         self.n_max, self.n_min = n_max, n_min
         self._index: dict[int, dict[tuple, int]] = {n: {} for n in range(n_min, n_max + 1)}
         self._indexed = 0
-        self._history: list[int] | None = None
 
     def reset(self) -> None:
         for d in self._index.values():
