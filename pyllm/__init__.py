@@ -4,7 +4,7 @@ from pyllm.errors import (ChatTemplateError, ContextOverflowError, GGUFError, In
                           ModelFileChangedError, ModelNotFoundError, NumericalError, PyllmError, QuantizeError,
                           UnsupportedModelError)
 
-from pyllm.errors import TokenizerError
+from pyllm.errors import DraftModelError, GrammarError, TokenizerError
 
 _MODEL_NAMES = ("Completion", "Model", "ModelConfig", "SamplingParams")
 

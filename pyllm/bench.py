@@ -198,6 +198,62 @@ def run_bench(model_path: str | os.PathLike, n_prompt: int = 512, n_gen: int = 1
     return result
 
 
+# --- speculative decoding
+
+def run_spec_bench(model_path, speculative: str | None = None, draft_model: str | None = None,
+                   n_draft: int | None = None, n_gen: int = 128, n_threads: int | None = None, reps: int = 3,
+                   text: str | None = None) -> dict:
+    """Greedy decode speed of a summarize-this-text chat prompt, plain and speculative, alternated
+    (plain, speculative, plain, ...) so machine noise hits both alike; the outputs must agree."""
+    from pyllm.model import Completion, Model
+    from pyllm import speculative as spec_mod
+    model = Model(hub.resolve(model_path), n_ctx=2048, n_threads=n_threads)
+    spec = spec_mod.make_speculator(model, speculative, draft_model, n_draft)
+    source = _prompt_text(model, 300, text)
+    messages = [{"role": "user", "content": "Summarize this text, quoting its key sentences.\n\n" + source}]
+    rates: dict[str, list[float]] = {"plain": [], "spec": []}
+    outputs: dict[str, list[int]] = {}
+    for rep in range(reps + 1):  # the first round warms up
+        for kind in ("plain", "spec"):
+            _reset(model)
+            info = Completion()
+            first = None
+            kw = {"speculative": spec} if kind == "spec" else {}
+            if kind == "spec" and rep:
+                before = (spec.stats.proposed, spec.stats.accepted)
+            from pyllm import completions
+            from pyllm.completions import GenerationStats
+            stats = GenerationStats()
+            for _ in completions.create_chat_completion(model, messages, max_tokens=n_gen, temperature=0, stream=True,
+                                                        stats=stats, **kw):
+                pass
+            n_out = stats.n_generated
+            if rep and n_out > 1 and stats.generation_seconds > 0:
+                rates[kind].append((n_out - 1) / stats.generation_seconds)
+            outputs[kind] = n_out
+    result = {"model": Path(model.path).stem, "mode": spec.mode, "n_draft": spec.n_draft,
+              "draft": str(draft_model) if draft_model else None, "threads": model.n_threads,
+              "n_gen": n_gen, "reps": reps, "prompt": "summarize ~300 tokens of prose (chat template)",
+              "acceptance_rate": spec.stats.acceptance_rate,
+              "tokens_per_verification": (spec.stats.accepted + spec.stats.steps) / spec.stats.steps if spec.stats.steps else None}
+    result["plain_tok_s"], result["plain_sd"] = _mean_sd(rates["plain"]) if rates["plain"] else (float("nan"), 0.0)
+    result["spec_tok_s"], result["spec_sd"] = _mean_sd(rates["spec"]) if rates["spec"] else (float("nan"), 0.0)
+    result["speedup"] = result["spec_tok_s"] / result["plain_tok_s"]
+    result["same_length"] = outputs.get("plain") == outputs.get("spec")
+    model.close()
+    return result
+
+
+def format_spec_markdown(r: dict) -> str:
+    what = "prompt lookup (n-gram)" if r["mode"] == "ngram" else f"draft model {Path(r['draft']).name}"
+    return "\n".join([
+        f"speculative decoding: {what}, n_draft={r['n_draft']}, {r['threads']} threads, greedy, {r['prompt']}",
+        "| model | plain decode t/s | speculative t/s | speedup | acceptance | tokens/verification |",
+        "|---|---:|---:|---:|---:|---:|",
+        f"| {r['model']} | {r['plain_tok_s']:.1f} ± {r['plain_sd']:.1f} | {r['spec_tok_s']:.1f} ± {r['spec_sd']:.1f} | "
+        f"{r['speedup']:.2f}x | {100 * (r['acceptance_rate'] or 0):.0f}% | {r['tokens_per_verification'] or 0:.2f} |"])
+
+
 # --- output
 
 def _fmt_rate(result: dict, key: str) -> str:
@@ -240,10 +296,18 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--text", help="text file for the user-level prompt (default: built-in prose)")
     p.add_argument("--bandwidth-mib", type=int, default=DEFAULT_BANDWIDTH_BYTES >> 20,
                    help="buffer size for the read-bandwidth measurement (default 512)")
+    p.add_argument("--speculative", choices=("ngram",), help="measure speculative decoding by prompt lookup")
+    p.add_argument("--draft-model", metavar="MODEL", help="measure speculative decoding with this draft model")
+    p.add_argument("--n-draft", type=int, help="tokens proposed per step")
 
 
 def run(args) -> int:
     text = Path(args.text).read_text(encoding="utf-8") if args.text else None
+    if args.speculative or args.draft_model:
+        r = run_spec_bench(args.model, args.speculative, args.draft_model, args.n_draft, args.n_gen, args.threads,
+                           min(args.repetitions, 3) if args.repetitions == 5 else args.repetitions, text)
+        print(json.dumps(r) if args.output == "json" else format_spec_markdown(r))
+        return 0
     result = run_bench(args.model, args.n_prompt, args.n_gen, args.threads, args.repetitions,
                        user=not args.no_user, text=text, bandwidth_bytes=args.bandwidth_mib << 20)
     if args.output == "json":

@@ -35,11 +35,13 @@ def cmd_run(args) -> int:
                   "(for a conversation, use `pyllm chat`)", file=sys.stderr)
         prompt = sys.stdin.read()
     m = Model(args.model, n_ctx=args.ctx, n_threads=args.threads)
+    extras = _structured_and_speculative(args)
     out = sys.stdout
     if args.echo:
         out.write(prompt)
     sampling = dict(max_tokens=args.max_tokens, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
-                    min_p=args.min_p, repeat_penalty=args.repeat_penalty, seed=args.seed, stop=args.stop or None)
+                    min_p=args.min_p, repeat_penalty=args.repeat_penalty, seed=args.seed, stop=args.stop or None,
+                    **extras)
     # A model with a chat template answers the prompt as a user turn, as `ollama run` and
     # llama-cli do; --raw (or a model without a template) continues the text as it stands.
     chat = not args.raw and isinstance(m.metadata.get("tokenizer.chat_template"), str)
@@ -58,6 +60,28 @@ def cmd_run(args) -> int:
         return 130
     out.write("\n")
     return 0
+
+
+def _structured_and_speculative(args) -> dict:
+    """generate() keywords from --json-schema / --json / --grammar / --regex and --speculative /
+    --draft-model / --n-draft."""
+    from pathlib import Path
+    kw: dict = {}
+    if args.json_schema:
+        try:
+            schema = json.loads(Path(args.json_schema).read_text(encoding="utf-8"))
+        except ValueError as e:
+            raise ValueError(f"{args.json_schema}: not valid JSON: {e}") from None
+        kw["response_format"] = {"type": "json_schema", "json_schema": {"schema": schema}}
+    elif args.json:
+        kw["response_format"] = {"type": "json_object"}
+    if args.grammar:
+        kw["grammar"] = Path(args.grammar).read_text(encoding="utf-8")
+    elif args.regex:
+        kw["grammar"] = {"regex": args.regex}
+    if args.speculative or args.draft_model:
+        kw.update(speculative=args.speculative, draft_model=args.draft_model, n_draft=args.n_draft)
+    return kw
 
 
 def _is_model(name: str) -> bool:
@@ -146,6 +170,13 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--echo", action="store_true", help="print the prompt before the completion")
     p.add_argument("--raw", action="store_true",
                    help="continue the prompt as plain text instead of answering it with the model's chat template")
+    p.add_argument("--json-schema", metavar="FILE", help="constrain the output to JSON matching this schema")
+    p.add_argument("--json", action="store_true", help="constrain the output to a JSON object")
+    p.add_argument("--grammar", metavar="FILE", help="constrain the output to a Lark (or GBNF) grammar")
+    p.add_argument("--regex", help="constrain the output to a regular expression")
+    p.add_argument("--speculative", choices=("ngram",), help="speculative decoding by prompt lookup")
+    p.add_argument("--draft-model", metavar="MODEL", help="speculative decoding with this draft model")
+    p.add_argument("--n-draft", type=int, help="tokens proposed per step (default: 8 n-gram, 5 draft)")
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("pull", help="download a known model into the cache")

@@ -175,7 +175,7 @@ def _timed(tokens: Iterator[int], info: Completion, stats: GenerationStats) -> I
 
 
 def stream_text(model: Model, ids: list[int], max_tokens: int | None, params: SamplingParams,
-                stop, info: Completion, stats: GenerationStats | None = None) -> Iterator[str]:
+                stop, info: Completion, stats: GenerationStats | None = None, hooks=(None, None)) -> Iterator[str]:
     """Text pieces generated after `ids`, stopped at the model's end-of-generation tokens and at
     `stop` strings (never shown). Checks the prompt now, not at the first next()."""
     if not ids:
@@ -189,7 +189,8 @@ def stream_text(model: Model, ids: list[int], max_tokens: int | None, params: Sa
                          f"context) or None, got {max_tokens!r}")
     stats = stats if stats is not None else GenerationStats()
     stats.n_prompt = len(ids)
-    tokens = _timed(model.generate_tokens(ids, max_tokens, params, info), info, stats)
+    constraint, speculative = hooks   # from model.generation_hooks (compiled before any compute)
+    tokens = _timed(model.generate_tokens(ids, max_tokens, params, info, constraint, speculative), info, stats)
     return model._pieces(tokens, stop, info)
 
 
@@ -221,10 +222,17 @@ def create_chat_completion(model: Model, messages, *, stream: bool = False, max_
                            temperature: float = 0.8, top_p: float = 0.95, top_k: int = 40, min_p: float = 0.05,
                            repeat_penalty: float = 1.0, presence_penalty: float = 0.0,
                            frequency_penalty: float = 0.0, stop=None, seed: int | None = None,
-                           chat_template=None, stats: GenerationStats | None = None):
+                           chat_template=None, stats: GenerationStats | None = None,
+                           response_format=None, grammar=None, speculative=None, draft_model=None,
+                           n_draft: int | None = None):
     """OpenAI's chat.completion (or, with stream=True, an iterator of chat.completion.chunk dicts:
     the first delta carries the role, then one delta per text piece, the last one carries the
-    finish_reason and the usage)."""
+    finish_reason and the usage).
+
+    response_format / grammar constrain the output (see Model.generate; finish_reason "length"
+    means max_tokens ended it before the JSON was complete); speculative / draft_model / n_draft
+    speed up decoding without changing it."""
+    hooks = model.generation_hooks(response_format, grammar, speculative, draft_model, n_draft)
     msgs = normalize_messages(messages)
     template = chat_template_for(model, chat_template)
     ids = chat_prompt_ids(model, msgs, template)
@@ -232,7 +240,7 @@ def create_chat_completion(model: Model, messages, *, stream: bool = False, max_
                             repeat_penalty=repeat_penalty, presence_penalty=presence_penalty,
                             frequency_penalty=frequency_penalty, seed=seed)
     info = Completion()
-    pieces = stream_text(model, ids, max_tokens, params, _stops(stop, template.stop), info, stats)
+    pieces = stream_text(model, ids, max_tokens, params, _stops(stop, template.stop), info, stats, hooks)
     head = {"id": f"chatcmpl-{uuid.uuid4().hex}", "created": int(time.time()), "model": model.name}
     if stream:
         return _chat_chunks(pieces, info, head)
@@ -263,10 +271,13 @@ def create_completion(model: Model, prompt, *, stream: bool = False, max_tokens:
                       temperature: float = 0.8, top_p: float = 0.95, top_k: int = 40, min_p: float = 0.05,
                       repeat_penalty: float = 1.0, presence_penalty: float = 0.0,
                       frequency_penalty: float = 0.0, stop=None, seed: int | None = None,
-                      stats: GenerationStats | None = None):
+                      stats: GenerationStats | None = None, response_format=None, grammar=None,
+                      speculative=None, draft_model=None, n_draft: int | None = None):
     """OpenAI's text_completion for a raw prompt (text, whose special-token text is parsed, or
     token ids); with stream=True an iterator of text_completion chunks, the last one carrying the
-    finish_reason and the usage."""
+    finish_reason and the usage. response_format / grammar / speculative / draft_model /
+    n_draft: as in create_chat_completion."""
+    hooks = model.generation_hooks(response_format, grammar, speculative, draft_model, n_draft)
     if isinstance(prompt, str):
         ids = model.tokenize(prompt, special=True)
     elif isinstance(prompt, Sequence) and not isinstance(prompt, bytes):
@@ -277,7 +288,7 @@ def create_completion(model: Model, prompt, *, stream: bool = False, max_tokens:
                             repeat_penalty=repeat_penalty, presence_penalty=presence_penalty,
                             frequency_penalty=frequency_penalty, seed=seed)
     info = Completion()
-    pieces = stream_text(model, ids, max_tokens, params, _stops(stop), info, stats)
+    pieces = stream_text(model, ids, max_tokens, params, _stops(stop), info, stats, hooks)
     head = {"id": f"cmpl-{uuid.uuid4().hex}", "object": "text_completion", "created": int(time.time()),
             "model": model.name}
     if stream:

@@ -48,3 +48,13 @@ class ModelFileChangedError(PyllmError, OSError):
 class NumericalError(PyllmError, ValueError):
     """The model produced no usable numbers (all logits NaN or infinite): NaN/Inf weights in the
     file, or an overflow in the forward pass."""
+
+
+class GrammarError(PyllmError, ValueError):
+    """A response_format, JSON schema, regex or grammar that cannot be compiled (raised before any
+    model evaluation)."""
+
+
+class DraftModelError(PyllmError, ValueError):
+    """A speculative-decoding setup that cannot work: a draft model whose vocabulary differs from
+    the target's, an unknown `speculative` mode."""

@@ -279,10 +279,17 @@ class Model:
         return set(self.tokenizer.eog_ids)
 
     def generate_tokens(self, prompt_ids: Sequence[int], max_tokens: int | None = None,
-                        sampling: SamplingParams | None = None, info: Completion | None = None) -> Iterator[int]:
+                        sampling: SamplingParams | None = None, info: Completion | None = None,
+                        constraint=None, speculative=None) -> Iterator[int]:
         """Yields generated token ids (end-of-generation tokens excluded). `info` receives the
-        finish reason and counts. The KV cache keeps the conversation for prefix reuse."""
+        finish reason and counts. The KV cache keeps the conversation for prefix reuse.
+        `constraint` (pyllm.constrain.Constraint): its token mask goes into the sampler each step.
+        `speculative` (pyllm.speculative.Speculator): proposals verified in batched evaluations."""
         sampling = sampling or SamplingParams()
+        if speculative is not None:
+            from pyllm import speculative as spec
+            yield from spec.generate_tokens(self, prompt_ids, max_tokens, sampling, info, constraint, speculative)
+            return
         info = info if info is not None else Completion()
         ids = self._check_ids(prompt_ids).tolist()
         if not ids:
@@ -318,13 +325,19 @@ class Model:
                     return
                 # On any error (Ctrl-C included) the C++ side leaves the cache as it was.
                 self._check_file()
-                token = ctx.eval_sample(np.asarray(pending, np.int32), sampler)
+                allowed = constraint.mask() if constraint is not None else None
+                token = ctx.eval_sample(np.asarray(pending, np.int32), sampler, allowed)
                 self._cached.extend(pending)
                 if token in eog:
                     info.finish_reason = "stop"
                     return
                 produced += 1
+                if constraint is not None:
+                    constraint.advance(token)
                 yield token
+                if constraint is not None and constraint.done:
+                    info.finish_reason = "stop"   # the grammar is complete: nothing may follow
+                    return
                 pending = [token]
                 if ctx.n_past >= self.n_ctx:
                     info.finish_reason = "length"
@@ -334,27 +347,52 @@ class Model:
                  top_k: int = 40, top_p: float = 0.95, min_p: float = 0.05, repeat_penalty: float = 1.0,
                  presence_penalty: float = 0.0, frequency_penalty: float = 0.0, seed: int | None = None,
                  stop: str | Sequence[str] | None = None, stream: bool = False,
-                 info: Completion | None = None):
+                 info: Completion | None = None, response_format=None, grammar=None,
+                 speculative: str | None = None, draft_model=None, n_draft: int | None = None):
         """Continues `prompt` (text, whose special-token text is parsed as llama.cpp does, or
         token ids). Returns the text, or with stream=True an iterator of text pieces that never
-        split a UTF-8 character and never show any part of a stop string."""
+        split a UTF-8 character and never show any part of a stop string.
+
+        response_format: {"type": "json_object"} or {"type": "json_schema", "json_schema":
+            {"schema": {...}}}: the output is JSON (matching the schema). grammar: a Lark grammar
+            string or {"regex": ...}. A constraint that does not compile raises
+            pyllm.GrammarError before any compute. If max_tokens ends the output before the
+            JSON/grammar is complete, finish_reason is "length" and the text is a valid prefix only.
+        speculative="ngram" (prompt-lookup proposals) or draft_model=PATH_OR_NAME_OR_MODEL
+            (n_draft tokens per step): faster decode, same output (greedy: identical tokens;
+            sampling: the same distribution)."""
         ids = list(prompt) if not isinstance(prompt, (str, bytes)) else self.tokenize(prompt, special=True)
         params = SamplingParams(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
                                 repeat_penalty=repeat_penalty, presence_penalty=presence_penalty,
                                 frequency_penalty=frequency_penalty, seed=seed)
         info = info if info is not None else Completion()
-        pieces = self._stream_text(ids, max_tokens, params, stop, info)
+        constraint, spec = self.generation_hooks(response_format, grammar, speculative, draft_model, n_draft)
+        pieces = self._stream_text(ids, max_tokens, params, stop, info, constraint, spec)
         if stream:
             return pieces
         return "".join(pieces)
 
-    def _stream_text(self, ids: list[int], max_tokens, params: SamplingParams, stop, info: Completion) -> Iterator[str]:
+    def generation_hooks(self, response_format=None, grammar=None, speculative=None, draft_model=None,
+                         n_draft=None):
+        """(constraint, speculator) for generate_tokens, compiled and checked now (before any
+        compute); None for what is not asked."""
+        constraint = spec = None
+        if response_format is not None or grammar is not None:
+            from pyllm import constrain
+            constraint = constrain.compile_constraint(self.tokenizer, response_format, grammar)
+        if speculative is not None or draft_model is not None:
+            from pyllm import speculative as speculation
+            spec = speculation.make_speculator(self, speculative, draft_model, n_draft)
+        return constraint, spec
+
+    def _stream_text(self, ids: list[int], max_tokens, params: SamplingParams, stop, info: Completion,
+                     constraint=None, speculative=None) -> Iterator[str]:
         # Validate before the generator starts, so errors surface at the call, not at first next().
         if len(ids) > self.n_ctx:
             raise ContextOverflowError(
                 f"the prompt has {len(ids)} tokens but the context holds {self.n_ctx} (n_ctx); "
                 f"shorten the prompt or load the model with a larger n_ctx")
-        tokens = self.generate_tokens(ids, max_tokens, params, info)
+        tokens = self.generate_tokens(ids, max_tokens, params, info, constraint, speculative)
         return self._pieces(tokens, stop, info)
 
     def _pieces(self, tokens: Iterator[int], stop, info: Completion) -> Iterator[str]:

@@ -52,6 +52,19 @@ py::array_t<int32_t, py::array::c_style | py::array::forcecast> as_tokens(py::ha
     return py::array_t<int32_t, py::array::c_style | py::array::forcecast>::ensure(h);
 }
 
+using mask_array = py::array_t<uint32_t, py::array::c_style | py::array::forcecast>;
+
+// An allowed-token bitmask from Python (None: no constraint), checked against the vocabulary.
+mask_array as_mask(py::handle h, int64_t n_vocab) {
+    if (h.is_none()) return mask_array();
+    mask_array m = mask_array::ensure(h);
+    if (!m) fail(ErrorKind::invalid_argument, "allowed must be a uint32 array (a token bitmask) or None");
+    if (m.ndim() != 1 || m.shape(0) != (n_vocab + 31) / 32)
+        fail(ErrorKind::invalid_argument, "allowed must hold (n_vocab + 31) / 32 = " + std::to_string((n_vocab + 31) / 32) +
+                                              " uint32 words, got " + std::to_string(m.size()));
+    return m;
+}
+
 } // namespace
 
 void register_model(py::module_& m) {
@@ -94,20 +107,23 @@ void register_model(py::module_& m) {
                  return out;
              }, py::arg("tokens"), py::arg("all_logits") = false)
         // One step of generation, one crossing: evaluate `tokens`, then sample the next token.
-        .def("eval_sample", [](PyContext& c, py::handle tokens, Sampler& s) {
+        // `allowed`: an optional token bitmask (constrained decoding), applied before the chain.
+        .def("eval_sample", [](PyContext& c, py::handle tokens, Sampler& s, py::handle allowed) {
                  auto ids = as_tokens(tokens);
                  const int64_t n = ids.size();
                  const int32_t* t = ids.data();
+                 const mask_array mask = as_mask(allowed, (int64_t)c.last_logits.size());
+                 const uint32_t* m = allowed.is_none() ? nullptr : mask.data();
                  int32_t next;
                  {
                      py::gil_scoped_release nogil;
                      std::lock_guard<std::mutex> l(c.busy);
                      c.ctx->eval(t, n, c.last_logits.data(), false, python_interrupted);
                      for (int64_t i = 0; i < n; ++i) s.accept(t[i]);
-                     next = s.sample(c.last_logits.data());
+                     next = s.sample(c.last_logits.data(), m);
                  }
                  return next;
-             }, py::arg("tokens"), py::arg("sampler"))
+             }, py::arg("tokens"), py::arg("sampler"), py::arg("allowed") = py::none())
         // n greedy decode steps entirely in C++ (engine-level decode speed, allocation checks):
         // feeds `token`, then each argmax. Returns the generated ids.
         .def("decode_steps", [](PyContext& c, int32_t token, int n) {
@@ -140,12 +156,22 @@ void register_model(py::module_& m) {
              py::arg("frequency_penalty") = 0.0f, py::arg("penalty_last_n") = 64, py::arg("seed") = 0)
         .def("accept", &Sampler::accept)
         .def("reset", &Sampler::reset)
-        .def("sample", [](Sampler& s, py::array_t<float, py::array::c_style | py::array::forcecast> logits) {
+        .def("sample", [](Sampler& s, py::array_t<float, py::array::c_style | py::array::forcecast> logits, py::handle allowed) {
             if (logits.ndim() != 1 || logits.shape(0) != s.n_vocab())
                 fail(ErrorKind::invalid_argument, "sample expects a 1-D array of n_vocab = " + std::to_string(s.n_vocab()) +
                      " logits, got " + std::to_string(logits.ndim()) + "-D of " + std::to_string(logits.size()));
-            return s.sample(logits.data());
-        });
+            const mask_array mask = as_mask(allowed, s.n_vocab());
+            return s.sample(logits.data(), allowed.is_none() ? nullptr : mask.data());
+        }, py::arg("logits"), py::arg("allowed") = py::none())
+        // (ids, probs) of the distribution sample() draws from (after mask, penalties, top-k/p, min-p, temperature).
+        .def("distribution", [](Sampler& s, py::array_t<float, py::array::c_style | py::array::forcecast> logits, py::handle allowed) {
+            if (logits.ndim() != 1 || logits.shape(0) != s.n_vocab()) fail(ErrorKind::invalid_argument, "distribution expects n_vocab logits");
+            const mask_array mask = as_mask(allowed, s.n_vocab());
+            std::vector<int32_t> ids(s.n_vocab());
+            std::vector<float> probs(s.n_vocab());
+            const int n = s.distribution(logits.data(), allowed.is_none() ? nullptr : mask.data(), ids.data(), probs.data());
+            return py::make_tuple(py::array_t<int32_t>(n, ids.data()), py::array_t<float>(n, probs.data()));
+        }, py::arg("logits"), py::arg("allowed") = py::none());
 }
 
 } // namespace pyllm

@@ -36,16 +36,20 @@ void Sampler::accept(int32_t token) {
     window_fill_ = std::min(window_fill_ + 1, window_.size());
 }
 
-int32_t Sampler::sample(const float* logits) {
+int Sampler::candidates(const float* logits, const uint32_t* allowed) {
     const float neg_inf = -std::numeric_limits<float>::infinity();
     int n = n_vocab_;
     bool any_finite = false;
     for (int i = 0; i < n; ++i) {
-        const float v = logits[i];
-        cand_[i] = {std::isnan(v) ? neg_inf : v, i};  // a NaN can never be chosen
+        float v = logits[i];
+        if (std::isnan(v) || (allowed && !((allowed[i >> 5] >> (i & 31)) & 1u))) v = neg_inf;  // never chosen
+        cand_[i] = {v, i};
         any_finite |= std::isfinite(v);
     }
-    if (!any_finite) fail(ErrorKind::numeric, "all logits are NaN or infinite: the model produced no usable distribution (NaN/Inf weights, or an overflow in the forward pass)");
+    if (!any_finite) {
+        if (allowed) fail(ErrorKind::invalid_argument, "no allowed token has a finite logit: the constraint admits nothing the model can produce");
+        fail(ErrorKind::numeric, "all logits are NaN or infinite: the model produced no usable distribution (NaN/Inf weights, or an overflow in the forward pass)");
+    }
 
     // Penalties, once per distinct recent token: a visited id's count is negated as a marker,
     // then restored, so repeats in the window are skipped without any extra storage.
@@ -68,7 +72,8 @@ int32_t Sampler::sample(const float* logits) {
         int best = 0;
         for (int i = 1; i < n; ++i)
             if (cand_[i].first > cand_[best].first) best = i;
-        return cand_[best].second;
+        std::swap(cand_[0], cand_[best]);
+        return 1;
     }
 
     auto by_logit = [](const std::pair<float, int32_t>& a, const std::pair<float, int32_t>& b) {
@@ -81,6 +86,7 @@ int32_t Sampler::sample(const float* logits) {
     } else {
         std::sort(cand_.begin(), cand_.begin() + n, by_logit);
     }
+    while (n > 1 && cand_[n - 1].first == neg_inf) --n;  // masked-out ids never survive
     // Softmax over the survivors (at temperature 1, as llama.cpp's top-p/min-p see them).
     const float max_logit = cand_[0].first;
     // top-p: the smallest prefix whose probability reaches p (at least one token).
@@ -102,7 +108,14 @@ int32_t Sampler::sample(const float* logits) {
         while (keep < n && cand_[keep].first >= floor) ++keep;
         n = keep;
     }
+    return n;
+}
+
+int32_t Sampler::sample(const float* logits, const uint32_t* allowed) {
+    const int n = candidates(logits, allowed);
+    if (p_.temperature <= 0.0f) return cand_[0].second;
     // Temperature, then draw.
+    const float max_logit = cand_[0].first;
     double total = 0.0;
     for (int i = 0; i < n; ++i) total += std::exp((double)(cand_[i].first - max_logit) / p_.temperature);
     std::uniform_real_distribution<double> uni(0.0, total);
@@ -113,6 +126,23 @@ int32_t Sampler::sample(const float* logits) {
         if (r < cum) return cand_[i].second;
     }
     return cand_[n - 1].second;
+}
+
+int Sampler::distribution(const float* logits, const uint32_t* allowed, int32_t* ids, float* probs) {
+    const int n = candidates(logits, allowed);
+    if (p_.temperature <= 0.0f) {
+        ids[0] = cand_[0].second;
+        probs[0] = 1.0f;
+        return 1;
+    }
+    const float max_logit = cand_[0].first;
+    double total = 0.0;
+    for (int i = 0; i < n; ++i) total += std::exp((double)(cand_[i].first - max_logit) / p_.temperature);
+    for (int i = 0; i < n; ++i) {
+        ids[i] = cand_[i].second;
+        probs[i] = (float)(std::exp((double)(cand_[i].first - max_logit) / p_.temperature) / total);
+    }
+    return n;
 }
 
 } // namespace pyllm

@@ -1,0 +1,311 @@
+"""Speculative decoding: a cheap proposer guesses the next few tokens, the model checks them all in
+one batched evaluation (the prefill path, every position's logits), keeps the longest agreeing
+prefix plus one token of its own, and the KV cache is truncated past what was kept.
+
+Proposers: prompt lookup (`speculative="ngram"`: the continuation of the latest earlier
+occurrence of the last 3/2/1 tokens in the prompt and output so far; no second model) and a draft
+model (`draft_model=`: a smaller or lower-precision model with the same vocabulary, checked at
+load, run greedily or with the same sampler settings).
+
+Output is unchanged: greedy verification picks, at each position, exactly the token plain
+decoding would pick (same sampler, same penalties, same constraint mask), so the tokens are
+identical; with sampling, each proposed token d is accepted with probability min(1, p(d)/q(d))
+and on rejection one token is drawn from the residual max(0, p - q) renormalized (Leviathan et
+al. 2023, Chen et al. 2023), which leaves the target distribution p exactly unchanged; for n-gram
+proposals q is a point mass on d. Not here: the sampler (csrc/sampling), the plain loop
+(pyllm/model.py), constraints (pyllm/constrain.py).
+"""
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from typing import Iterator, Sequence
+
+import numpy as np
+
+from pyllm import _core
+from pyllm.errors import ContextOverflowError, DraftModelError
+
+MODES = ("ngram", "draft")
+
+
+@dataclass
+class SpecStats:
+    """Counts over every generation that used this speculator (pyllm bench reports them)."""
+    steps: int = 0        # batched verifications
+    proposed: int = 0     # tokens proposed
+    accepted: int = 0     # of which accepted
+
+    @property
+    def acceptance_rate(self) -> float | None:
+        return self.accepted / self.proposed if self.proposed else None
+
+
+class NgramProposer:
+    """Prompt lookup: the tokens that followed the latest earlier occurrence of the longest
+    matching suffix n-gram (n_max down to n_min) of the history. Indexes the history
+    incrementally, so a step costs O(n_max) dictionary lookups."""
+
+    def __init__(self, n_max: int = 3, n_min: int = 1):
+        self.n_max, self.n_min = n_max, n_min
+        self._index: dict[int, dict[tuple, int]] = {n: {} for n in range(n_min, n_max + 1)}
+        self._indexed = 0
+
+    def reset(self) -> None:
+        for d in self._index.values():
+            d.clear()
+        self._indexed = 0
+
+    def propose(self, history: list[int], k: int) -> list[int]:
+        L = len(history)
+        # End positions e (the n-gram is history[e-n:e], its continuation starts at history[e]),
+        # for every e < L: the suffix itself (e = L) is looked up, never indexed, before it grows.
+        for e in range(self._indexed, L):
+            for n, index in self._index.items():
+                if e >= n:
+                    index[tuple(history[e - n:e])] = e
+        self._indexed = L
+        for n in range(self.n_max, self.n_min - 1, -1):
+            if L < n:
+                continue
+            e = self._index[n].get(tuple(history[L - n:]))
+            if e is not None:
+                return history[e:e + k]
+        return []
+
+
+class Speculator:
+    """What a generation needs to speculate: the mode, the draft length, the draft model."""
+
+    def __init__(self, mode: str, n_draft: int, draft=None, n_max: int = 3):
+        self.mode = mode
+        self.n_draft = n_draft
+        self.draft = draft           # a pyllm Model (draft mode)
+        self.n_max = n_max
+        self.stats = SpecStats()
+
+
+def make_speculator(model, speculative=None, draft_model=None, n_draft: int | None = None) -> Speculator:
+    """Checks the arguments and loads the draft model (vocabulary checked against the target's)."""
+    if isinstance(speculative, Speculator):
+        return speculative
+    if draft_model is not None:
+        if speculative not in (None, "draft"):
+            raise DraftModelError(f"speculative={speculative!r} with a draft_model: use speculative='draft' or omit it")
+        mode = "draft"
+    else:
+        mode = speculative
+    if mode not in MODES:
+        raise DraftModelError(f"unknown speculative mode {speculative!r}: use 'ngram', or give draft_model=")
+    if mode == "draft" and draft_model is None:
+        raise DraftModelError("speculative='draft' needs draft_model=PATH_OR_NAME")
+    if n_draft is None:
+        n_draft = 8 if mode == "ngram" else 5
+    if isinstance(n_draft, bool) or not isinstance(n_draft, int) or n_draft < 1:
+        raise ValueError(f"n_draft must be a positive integer, got {n_draft!r}")
+    draft = None
+    if mode == "draft":
+        from pyllm.model import Model
+        draft = draft_model if isinstance(draft_model, Model) else \
+            Model(draft_model, n_ctx=model.n_ctx, n_threads=model.n_threads)
+        check_vocab(model, draft)
+    return Speculator(mode, n_draft, draft)
+
+
+def check_vocab(target, draft) -> None:
+    """The draft must speak the target's vocabulary: same size, same token texts, same
+    end-of-generation ids (else its guesses are other tokens)."""
+    a, b = target.tokenizer, draft.tokenizer
+    if a.n_vocab != b.n_vocab:
+        raise DraftModelError(f"the draft model's vocabulary has {b.n_vocab} tokens, the target's {a.n_vocab}: "
+                              f"a draft model must share the target's tokenizer")
+    if a.tokens != b.tokens:
+        i = next(i for i, (x, y) in enumerate(zip(a.tokens, b.tokens)) if x != y)
+        raise DraftModelError(f"the draft model's token {i} is {b.tokens[i]!r}, the target's {a.tokens[i]!r}: "
+                              f"a draft model must share the target's tokenizer")
+    if a.eog_ids != b.eog_ids:
+        raise DraftModelError("the draft model's end-of-generation tokens differ from the target's")
+
+
+def _sampler(n_vocab: int, s, seed: int):
+    return _core.Sampler(n_vocab, temperature=s.temperature, top_k=s.top_k, top_p=s.top_p, min_p=s.min_p,
+                         repeat_penalty=s.repeat_penalty, presence_penalty=s.presence_penalty,
+                         frequency_penalty=s.frequency_penalty, penalty_last_n=s.penalty_last_n, seed=seed)
+
+
+class _DraftRunner:
+    """The draft model's side: keeps its KV cache on the shared history and proposes k tokens,
+    with their draft probabilities q (1.0 each when greedy)."""
+
+    def __init__(self, draft, sampling, seed: int):
+        self.model = draft
+        self.greedy = sampling.temperature <= 0
+        self.sampler = _sampler(draft.n_vocab, sampling, seed ^ 0x5DEECE66D)
+        self.rng = np.random.default_rng(seed ^ 0x9E3779B9)
+
+    def propose(self, history: list[int], k: int):
+        m = self.model
+        ctx = m._context()
+        pending, _ = m._prefill(history)
+        logits = ctx.eval(np.asarray(pending, np.int32), False)
+        m._cached.extend(pending)
+        if self.greedy:
+            first = int(np.argmax(logits))
+            if k == 1:
+                return [first], None
+            rest = ctx.decode_steps(first, k - 1)   # feeds first, then each argmax, in C++
+            m._cached.extend([first] + list(rest[:-1]))
+            return [first] + list(rest), None
+        tokens, dists = [], []
+        for i in range(k):
+            ids, probs = self.sampler.distribution(logits)
+            p = probs.astype(np.float64)
+            t = int(ids[self.rng.choice(len(ids), p=p / p.sum())])
+            tokens.append(t)
+            dists.append((ids, probs))
+            if i + 1 < k:
+                logits = ctx.eval(np.asarray([t], np.int32), False)
+                m._cached.append(t)
+        return tokens, dists
+
+
+def generate_tokens(model, prompt_ids: Sequence[int], max_tokens, sampling, info, constraint,
+                    spec: Speculator) -> Iterator[int]:
+    """Model.generate_tokens with speculation (same contract: yields generated ids, fills info)."""
+    from pyllm.model import Completion
+    info = info if info is not None else Completion()
+    ids = model._check_ids(prompt_ids).tolist()
+    if not ids:
+        raise ValueError("the prompt is empty: give at least one token")
+    if len(ids) > model.n_ctx:
+        raise ContextOverflowError(
+            f"the prompt has {len(ids)} tokens but the context holds {model.n_ctx} (n_ctx); "
+            f"shorten the prompt or load the model with a larger n_ctx")
+    info.n_prompt_tokens = len(ids)
+    seed = sampling.seed if sampling.seed is not None else random.getrandbits(63)
+    sampler = _sampler(model.n_vocab, sampling, seed)
+    greedy = sampling.temperature <= 0
+    rng = np.random.default_rng(seed ^ 0x2545F491)
+    eog = model.eog_ids()
+    limit = model.n_ctx - len(ids) + 1
+    if max_tokens is not None:
+        limit = min(limit, max(0, int(max_tokens)))
+    proposer = NgramProposer(spec.n_max) if spec.mode == "ngram" else None
+    drafter = _DraftRunner(spec.draft, sampling, seed) if spec.mode == "draft" else None
+    stats = spec.stats
+    history = list(ids)
+    with model._lock:
+        ctx = model._context()
+        pending, reused = model._prefill(ids)
+        info.n_reused_tokens = reused
+        for token in ids[:reused]:
+            sampler.accept(token)
+        produced = 0
+        # The prompt: one plain step (its logits for every position are never needed).
+        if limit <= 0:
+            info.finish_reason = "length"
+            return
+        allowed = constraint.mask() if constraint is not None else None
+        token = ctx.eval_sample(np.asarray(pending, np.int32), sampler, allowed)
+        model._cached.extend(pending)
+        while True:
+            # `token` was sampled and is not in the cache yet.
+            if token in eog:
+                info.finish_reason = "stop"
+                return
+            produced += 1
+            if constraint is not None:
+                constraint.advance(token)
+            history.append(token)
+            yield token
+            if constraint is not None and constraint.done:
+                info.finish_reason = "stop"
+                return
+            if produced >= limit or ctx.n_past + 1 > model.n_ctx:
+                info.finish_reason = "length"
+                return
+            # Room for k proposals plus the model's own token, in the budget and in the cache.
+            k = min(spec.n_draft, limit - produced - 1, model.n_ctx - ctx.n_past - 1)
+            draft, dists = [], None
+            if k > 0:
+                if proposer is not None:
+                    draft = proposer.propose(history, k)
+                else:
+                    draft, dists = drafter.propose(history, k)
+            if not draft:
+                allowed = constraint.mask() if constraint is not None else None
+                nxt = ctx.eval_sample(np.asarray([token], np.int32), sampler, allowed)
+                model._cached.append(token)
+                token = nxt
+                continue
+            batch = [token] + [int(t) for t in draft]
+            logits = ctx.eval(np.asarray(batch, np.int32), True)   # one batched pass, every row
+            model._cached.extend(batch)
+            sampler.accept(token)
+            stats.steps += 1
+            stats.proposed += len(draft)
+            n_ok = 0
+            nxt = None
+            for i, d in enumerate(draft):
+                allowed = constraint.mask() if constraint is not None else None
+                if greedy:
+                    t = int(sampler.sample(logits[i], allowed))
+                    if t != d:
+                        nxt = t
+                        break
+                else:
+                    pid, pp = sampler.distribution(logits[i], allowed)
+                    p = dict(zip(pid.tolist(), pp.astype(np.float64).tolist()))
+                    if dists is None:
+                        q = {d: 1.0}   # prompt lookup: a point mass on d
+                    else:
+                        qid, qp = dists[i]
+                        q = dict(zip(qid.tolist(), qp.astype(np.float64).tolist()))
+                    pd, qd = p.get(d, 0.0), q.get(d, 0.0)
+                    if not (qd > 0 and rng.random() < min(1.0, pd / qd)):
+                        nxt = _residual_draw(p, q, rng)
+                        break
+                n_ok += 1
+                if d in eog:
+                    break   # accepted an end-of-generation token: handled below as `token`
+                if constraint is not None:
+                    constraint.advance(d)
+                sampler.accept(d)
+                produced += 1
+                history.append(d)
+                yield d
+                if constraint is not None and constraint.done:
+                    info.finish_reason = "stop"
+                    _truncate(model, ctx, len(draft) - n_ok)
+                    return
+            stats.accepted += n_ok
+            if nxt is None and n_ok and draft[n_ok - 1] in eog:
+                _truncate(model, ctx, len(draft) - n_ok + 1)
+                info.finish_reason = "stop"
+                return
+            if nxt is None:
+                # Every proposal agreed: the last row gives one more token for free.
+                allowed = constraint.mask() if constraint is not None else None
+                nxt = int(sampler.sample(logits[len(draft)], allowed))
+            # The cache holds token + every proposal; keep token + the accepted ones. `nxt` (the
+            # model's own token after them) is not evaluated yet: it starts the next batch.
+            _truncate(model, ctx, len(draft) - n_ok)
+            token = int(nxt)
+
+
+def _truncate(model, ctx, n_drop: int) -> None:
+    if n_drop > 0:
+        keep = ctx.n_past - n_drop
+        ctx.truncate(keep)
+        del model._cached[keep:]
+
+
+def _residual_draw(p: dict, q: dict, rng) -> int:
+    """One draw from max(0, p - q) renormalized (p when that is all zero)."""
+    ids = list(p)
+    w = np.array([max(0.0, p[t] - q.get(t, 0.0)) for t in ids])
+    total = w.sum()
+    if total <= 0:
+        w = np.array([p[t] for t in ids])
+        total = w.sum()
+    return int(ids[rng.choice(len(ids), p=w / total)])
