@@ -25,7 +25,6 @@ struct SamplerParams {
 class Sampler {
 public:
     Sampler(int n_vocab, const SamplerParams& params, uint64_t seed);
-    int n_vocab() const { return n_vocab_; }
 
     // Records a token (prompt or generated) in the penalty window.
     void accept(int32_t token);
