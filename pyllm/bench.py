@@ -240,10 +240,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--text", help="text file for the user-level prompt (default: built-in prose)")
     p.add_argument("--bandwidth-mib", type=int, default=DEFAULT_BANDWIDTH_BYTES >> 20,
                    help="buffer size for the read-bandwidth measurement (default 512)")
+    p.add_argument("--synthetic", metavar="SHAPE",
+                   help="bench a random-weight model of a real shape instead (llama-1b, llama-3b, llama-8b; "
+                        "written once into the cache, see pyllm/synthetic.py)")
+    p.add_argument("--type", default="Q4_K_M", help="the --synthetic model's quantization (default Q4_K_M)")
 
 
 def run(args) -> int:
     text = Path(args.text).read_text(encoding="utf-8") if args.text else None
+    if args.synthetic:
+        from pyllm import synthetic
+        args.model = synthetic.ensure(args.synthetic, args.type, log=lambda s: print(s, file=sys.stderr))
     result = run_bench(args.model, args.n_prompt, args.n_gen, args.threads, args.repetitions,
                        user=not args.no_user, text=text, bandwidth_bytes=args.bandwidth_mib << 20)
     if args.output == "json":
