@@ -54,3 +54,25 @@ def test_unknown_shape_and_type_are_refused(tmp_path, monkeypatch):
     with pytest.raises(QuantizeError, match="Q9_Z"):
         synthetic.ensure("llama-1b", "Q9_Z")
     assert not (tmp_path / "synthetic").exists() or not any((tmp_path / "synthetic").iterdir())
+
+
+def test_k_quant_model_repacks_and_matches_the_file_layout(tmp_path, monkeypatch, smollm2_path):
+    """At 256-multiple widths Q4_K_M's Q4_K and Q6_K matrices (the tied Q6_K output/embedding
+    included) are repacked to the x8 layout where the ISA has it, changing only the float summation
+    order: logits agree with the file-layout run (bound as tests/test_model.py's x8 check)."""
+    from pyllm import _core
+    monkeypatch.setenv("PYLLM_CACHE_DIR", str(tmp_path))
+    monkeypatch.setitem(synthetic.SHAPES, "tiny", TINY)
+    path = synthetic.ensure("tiny", "Q4_K_M", tokenizer_src=smollm2_path)
+    with pyllm.Model(str(path), n_ctx=64, n_threads=2) as m:
+        ids = m.tokenize("The capital of France is Paris, and the capital of Italy is")
+        repacked, weight_bytes = m._model.repacked_bytes, m._model.weight_bytes
+        got = m.logits(ids)
+    monkeypatch.setenv("PYLLM_REPACK", "0")
+    with pyllm.Model(str(path), n_ctx=64, n_threads=2) as m:
+        want = m.logits(ids)
+    if {12, 14} <= set(_core.x8_types(_core.isa())):
+        assert repacked > 0.95 * weight_bytes
+    if _core.isa() == "ref":
+        np.testing.assert_array_equal(got, want)
+    assert (np.abs(got - want).max(1) / want.std()).max() < 0.3
