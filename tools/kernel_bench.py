@@ -98,7 +98,7 @@ def main():
                     dt = best_time(lambda: mm(w, k, x), 0.2 if args.quick else 0.6, 3)
                     cells.append(f" {2 * rows * k * n_tok / dt / 1e9:16.1f}")
                 label = isa + ("/x8" if x8 else "")
-                print(f"{name:6} {label:10}" + "".join(cells) + ("" if fit(576) == 576 else f"   (k={fit(576)})"), flush=True)
+                print(f"{name:6} {label:10}" + "".join(cells) + ("" if fit(576) == 576 or args.llama_1b else f"   (k={fit(576)})"), flush=True)
 
 if __name__ == "__main__":
     main()
