@@ -299,10 +299,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--speculative", choices=("ngram",), help="measure speculative decoding by prompt lookup")
     p.add_argument("--draft-model", metavar="MODEL", help="measure speculative decoding with this draft model")
     p.add_argument("--n-draft", type=int, help="tokens proposed per step")
+    p.add_argument("--synthetic", metavar="SHAPE",
+                   help="bench a random-weight model of a real shape instead (llama-1b, llama-3b, llama-8b; "
+                        "written once into the cache, see pyllm/synthetic.py)")
+    p.add_argument("--type", default="Q4_K_M", help="the --synthetic model's quantization (default Q4_K_M)")
 
 
 def run(args) -> int:
     text = Path(args.text).read_text(encoding="utf-8") if args.text else None
+    if args.synthetic:
+        from pyllm import synthetic
+        args.model = synthetic.ensure(args.synthetic, args.type, log=lambda s: print(s, file=sys.stderr))
     if args.speculative or args.draft_model:
         r = run_spec_bench(args.model, args.speculative, args.draft_model, args.n_draft, args.n_gen, args.threads,
                            min(args.repetitions, 3) if args.repetitions == 5 else args.repetitions, text)

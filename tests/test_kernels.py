@@ -124,15 +124,24 @@ def test_gemm_output_stride_and_rows_subset(isa):
 
 # --- the x8 (row-interleaved) layout ------------------------------------------------------------
 
-X8_TYPES = [Q4_0, Q4_1, Q5_0, Q5_1, Q8_0]
+X8_KQUANTS = [Q4_K, Q5_K, Q6_K]
+X8_TYPES = [Q4_0, Q4_1, Q5_0, Q5_1, Q8_0] + X8_KQUANTS
 X8_ROWS = [8, 13, 16, 41]  # whole groups, and groups plus a plain tail
 X8_TOK = [1, 2, 4, 5, 9]   # decode, prefill tiles of 4 and their tails
-X8_CASES = [(isa, t, k) for isa in SIMD_ISAS for t in X8_TYPES if t in _core.x8_types(isa)
-            for k in (32, 64, 576, 1536, 4128, 16480)]  # 16480: more blocks than one pass holds
+
+
+def x8_sizes(type_id):
+    # 16480: more blocks than one pass holds; K-quants: one super-block, two, and 17 (the prefill
+    # path's chunks of 8 super-blocks plus a tail).
+    return (256, 512, 4352) if type_id in X8_KQUANTS else (32, 64, 576, 1536, 4128, 16480)
+
+
+X8_CASES = [(isa, t, k) for isa in SIMD_ISAS for t in X8_TYPES if t in _core.x8_types(isa) for k in x8_sizes(t)]
 
 
 def test_x8_types():
-    """x86 tables repack the five types; the reference repacks them too (its x8 gemm is the truth)."""
+    """x86 tables repack the eight types (AVX-512 with the AVX2 K-quant kernels); the reference
+    repacks them too (its x8 gemm is the truth)."""
     assert set(_core.x8_types("ref")) == set(X8_TYPES)
     for isa in SIMD_ISAS:
         assert set(_core.x8_types(isa)) <= set(X8_TYPES)
@@ -144,7 +153,7 @@ def test_x8_types():
 def test_x8_reference_is_bit_identical_to_plain(type_id):
     """The reference x8 gemm gathers blocks back and sums in the plain dot's order: bit-identical."""
     rng = np.random.default_rng(type_id)
-    for k in (32, 96, 576):
+    for k in ((256, 768, 2304) if type_id in X8_KQUANTS else (32, 96, 576)):
         w = random_weights(rng, type_id, 21, k)
         x = rng.standard_normal((3, k)).astype(np.float32)
         np.testing.assert_array_equal(_core.matmul_x8("ref", type_id, w, k, x), _core.matmul("ref", type_id, w, k, x))
@@ -153,11 +162,19 @@ def test_x8_reference_is_bit_identical_to_plain(type_id):
 @pytest.mark.parametrize("type_id", X8_TYPES)
 def test_x8_repack_is_a_permutation_and_rows_read_back(type_id):
     rng = np.random.default_rng(type_id + 5)
-    k = 576
+    k = 768 if type_id in X8_KQUANTS else 576
     w = random_weights(rng, type_id, 19, k)
     packed = _core.repack_x8("ref", type_id, w, k)
     assert packed.shape == w.shape
-    if type_id in (Q5_0, Q5_1):
+    if type_id in (Q4_K, Q5_K):
+        # The 12-byte packed scales and mins are unpacked to the kernel's form (same 96 bits, other
+        # places): the group's bits are kept, d/dmin and quants are moved whole.
+        assert np.unpackbits(packed[:16]).sum() == np.unpackbits(w[:16]).sum()
+        size = _core.type_info(type_id)["type_size"]
+        blocks = w[:16].reshape(16, -1, size)
+        cols = packed[:16].reshape(2, -1, 8 * size)
+        np.testing.assert_array_equal(np.sort(cols[:, :, 128:], axis=None), np.sort(blocks[:, :, 16:], axis=None))
+    elif type_id in (Q5_0, Q5_1):
         # The fifth bits (qh) become bit-interleaved masks: the other bytes are permuted, the
         # fifth bits only as bits.
         halves = len(LAYOUT[type_id]["halves"])
@@ -204,7 +221,7 @@ def test_x8_gemm_extreme_quants(isa):
         for fill in (0x00, 0xFF, 0x80, 0x7F):
             w = random_weights(np.random.default_rng(fill), type_id, 16, k)
             blocks = w.reshape(16, -1, info["type_size"])
-            for lo, hi in LAYOUT[type_id]["quants"]:
+            for lo, hi in LAYOUT[type_id]["quants"] + LAYOUT[type_id].get("scales", []):
                 blocks[:, :, lo:hi] = fill
             for sign in (1.0, -1.0):
                 x = np.full((2, k), 127.0 * sign, dtype=np.float32)

@@ -136,7 +136,7 @@ def table(results: dict[str, dict[str, list[dict]]]) -> str:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("models", nargs="+", help=".gguf files")
+    ap.add_argument("models", nargs="*", help=".gguf files")
     ap.add_argument("-t", "--threads", type=int, default=2)
     ap.add_argument("-p", "--n-prompt", type=int, default=256)
     ap.add_argument("-n", "--n-gen", type=int, default=64)
@@ -146,10 +146,20 @@ def main() -> int:
     ap.add_argument("--variants-dir", default=str(Path.home() / ".cache" / "pyllm" / "bench"))
     ap.add_argument("--quantize", default="", help="e.g. Q4_0,Q8_0,Q4_K_M: also time quantizing the first model")
     ap.add_argument("--json", help="also write every raw run here")
+    ap.add_argument("--synthetic", default="", help="e.g. llama-1b: also the random-weight model of that shape "
+                    "(pyllm/synthetic.py; made once by pyllm, quantized by `pyllm quantize`), in each --synthetic-types")
+    ap.add_argument("--synthetic-types", default="Q4_K_M", help="e.g. Q4_K_M,Q4_0,Q8_0 (default Q4_K_M)")
     a = ap.parse_args()
 
     python = peer_python()
     models = [str(Path(m).resolve()) for m in a.models]
+    if a.synthetic:
+        sys.path.insert(0, str(REPO))
+        from pyllm import synthetic
+        for t in (t.strip() for t in a.synthetic_types.split(",") if t.strip()):
+            models.append(str(synthetic.ensure(a.synthetic, t, log=lambda s: print(s, file=sys.stderr))))
+    if not models:
+        ap.error("give .gguf files or --synthetic")
     if a.variants:
         out_dir = Path(a.variants_dir)
         out_dir.mkdir(parents=True, exist_ok=True)

@@ -7,7 +7,10 @@ includes quantizing the activations (as the model's matmul does). Types the ISA 
 layout the model uses (repacked once, outside the timing). SmolLM2-135M's shapes: hidden 576,
 q/o 576x576, ffn 1536x576, vocab 49152x576.
 
-    PYTHONPATH=. python3 tools/kernel_bench.py [--types Q4_0,Q8_0] [--isas ref,avx2] [--quick]
+    PYTHONPATH=. python3 tools/kernel_bench.py [--types Q4_0,Q8_0] [--isas ref,avx2] [--quick] [--llama-1b]
+
+--llama-1b uses Llama-3.2-1B's shapes instead (k a multiple of 256, so K-quants run at their real
+widths): decode ffn 8192x2048 and down 2048x8192, prefill 8192x2048 x 256 tokens.
 """
 import argparse
 import time
@@ -41,7 +44,11 @@ def main():
     ap.add_argument("--types", default=",".join(DEFAULT_TYPES))
     ap.add_argument("--isas", default=",".join(_core.available_isas()))
     ap.add_argument("--quick", action="store_true", help="shorter timing, skip ref prefill")
+    ap.add_argument("--llama-1b", action="store_true", help="Llama-3.2-1B's matrix shapes")
     args = ap.parse_args()
+    global DECODE_SHAPES, PREFILL_SHAPE
+    if args.llama_1b:
+        DECODE_SHAPES, PREFILL_SHAPE = [(8192, 2048), (2048, 8192)], (8192, 2048, 256)
     isas = [i for i in args.isas.split(",") if i]
     rng = np.random.default_rng(0)
     print(f"cpu: {_core.cpu_features()}")
@@ -91,7 +98,7 @@ def main():
                     dt = best_time(lambda: mm(w, k, x), 0.2 if args.quick else 0.6, 3)
                     cells.append(f" {2 * rows * k * n_tok / dt / 1e9:16.1f}")
                 label = isa + ("/x8" if x8 else "")
-                print(f"{name:6} {label:10}" + "".join(cells) + ("" if fit(576) == 576 else f"   (k={fit(576)})"), flush=True)
+                print(f"{name:6} {label:10}" + "".join(cells) + ("" if fit(576) == 576 or args.llama_1b else f"   (k={fit(576)})"), flush=True)
 
 if __name__ == "__main__":
     main()

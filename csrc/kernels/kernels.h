@@ -32,6 +32,20 @@ using gemm_fn = void (*)(int64_t k, const void* w, size_t w_stride, int64_t n_ro
 // one vcvtph2ps. A group is 8 plain rows' bytes, so the tensor keeps its size and row r (a
 // multiple of 8) still starts at r*row_bytes (the bytes are a permutation of the plain ones, but for
 // Q5's fifth bits, which are a permutation of bits). Rows after the last full group stay plain.
+//
+// Q4_K, Q5_K and Q6_K, the same idea per 256-element super-block column (8 plain blocks' bytes,
+// so again the same size and row starts; kernels/ref/kquants_x8.cpp is the repacker). Per-sub-block
+// bytes are in "pair order": sub-blocks 2p and 2p+1 of the 8 rows make 16 bytes, row L's at
+// 16p + 2L and 16p + 2L + 1 (widened to int16, a madd with a broadcast pair of activation sums
+// leaves row L's term in int32 lane L; a byte shuffle gives one sub-block's scale to both of row
+// L's maddubs words). Quant runs are 4 bytes of the plain array, run c of row L at 32c + 4L.
+//   Q4_K (1152 B): d[8] f16 | dmin[8] f16 | sm[64]: byte (pair order) = scale | (min >> 4) << 6 |
+//        ml[32]: byte i = low nibble of the min at pair position i, high nibble that of i + 32 |
+//        qs runs (32).  The 12-byte 6-bit packing becomes 8+8 directly usable fields (same 96 bits).
+//   Q5_K (1408 B): as Q4_K, then qh runs (8) before the qs runs.
+//   Q6_K (1680 B): d[8] f16 | scales[128] int8 (pair order over 16 sub-blocks) | ql runs (32) |
+//        qh runs (16).  A byte permutation.
+// Q2_K and Q3_K have no x8 layout (they stay on the plain K-quant gemm).
 constexpr int kX8Rows = 8;
 // dst (same size as src) = the x8 layout of n_rows plain rows of k elements, row_bytes apart.
 using repack_fn = void (*)(const void* src, size_t row_bytes, int64_t n_rows, int64_t k, void* dst);

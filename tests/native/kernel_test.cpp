@@ -272,8 +272,12 @@ int main() {
                 else if (tt.block_size == QK_K) ks = {256, 768, 4352};
                 else ks = {32, 64, 96, 256, 4128};
                 for (int64_t k : ks) test_gemm(kt, ref, t, k);
-                if (kt.gemm_x8[t])
-                    for (int64_t k : {32, 64, 576, 4128}) test_gemm(kt, ref, t, k, /*x8=*/true);
+                if (kt.gemm_x8[t]) {
+                    if (tt.block_size == QK_K)
+                        for (int64_t k : {256, 512, 4352}) test_gemm(kt, ref, t, k, /*x8=*/true);
+                    else
+                        for (int64_t k : {32, 64, 576, 4128}) test_gemm(kt, ref, t, k, /*x8=*/true);
+                }
             }
             if (kt.to_float[t] && t != TYPE_Q8_K && t != TYPE_F32) test_to_float(kt, ref, t);
         }
@@ -281,10 +285,11 @@ int main() {
         test_f16_helpers(kt, ref);
     }
     // The reference x8 gemm is bit-identical to the plain one; x8 rows read back bit-identically.
-    for (Type t : {TYPE_Q4_0, TYPE_Q4_1, TYPE_Q5_0, TYPE_Q5_1, TYPE_Q8_0}) {
-        for (int64_t k : {32, 576}) test_gemm(ref, ref, t, k, /*x8=*/true);
+    for (Type t : {TYPE_Q4_0, TYPE_Q4_1, TYPE_Q5_0, TYPE_Q5_1, TYPE_Q8_0, TYPE_Q4_K, TYPE_Q5_K, TYPE_Q6_K}) {
+        const bool kq = type_traits(t).block_size == QK_K;
+        for (int64_t k : {kq ? 256 : 32, kq ? 768 : 576}) test_gemm(ref, ref, t, k, /*x8=*/true);
         const int rows = 19;
-        const int64_t k = 96;
+        const int64_t k = kq ? 512 : 96;
         const std::vector<uint8_t> w = random_weights(t, rows, k);
         std::vector<uint8_t> packed(w.size());
         ref.repack_x8[t](w.data(), row_size(t, k), rows, k, packed.data());

@@ -20,6 +20,7 @@
 namespace pyllm {
 
 void register_kquant_neon_kernels(KernelTable& t);  // kquants_neon.cpp
+void register_kquant_x8_neon_kernels(KernelTable& t);  // kquants_x8_neon.cpp
 
 namespace {
 
@@ -438,6 +439,7 @@ KernelTable make_neon_table() {
     t.pv_f16 = pv_f16_neon;
     t.swiglu = swiglu_neon;
     register_kquant_neon_kernels(t);
+    register_kquant_x8_neon_kernels(t);
     fill_missing_from_ref(t);
     return t;
 }

@@ -10,6 +10,10 @@
 
 namespace pyllm {
 
+// Q4_K, Q5_K and Q6_K (kernels/ref/kquants_x8.cpp).
+bool kquant_x8_row_to_float(Type type, const void* w, size_t row_bytes, int64_t row, int64_t k, float* y);
+void register_kquant_x8_ref_kernels(KernelTable& t);
+
 namespace {
 
 // Byte shape of one plain block: n_halves f16 fields (d, then m), for Q5 the 4 bytes qh of fifth
@@ -113,6 +117,7 @@ void gemm_x8_ref(int64_t k, const void* w, size_t w_stride, int64_t n_rows,
 void x8_row_to_float(Type type, const void* w, size_t row_bytes, int64_t n_rows, int64_t row, int64_t k, float* y) {
     X8Format f;
     const uint8_t* wb = static_cast<const uint8_t*>(w);
+    if (row < n_rows / kX8Rows * kX8Rows && kquant_x8_row_to_float(type, w, row_bytes, row, k, y)) return;
     const to_float_fn deq = type_traits(type).to_float;
     if (!x8_format(type, &f) || row >= n_rows / kX8Rows * kX8Rows) {  // not x8, or a plain tail row
         deq(wb + row * row_bytes, y, k);
@@ -136,6 +141,7 @@ void register_x8_ref_kernels(KernelTable& t) {
     t.gemm_x8[TYPE_Q5_0] = gemm_x8_ref<TYPE_Q5_0, vec_dot_q5_0_q8_0_ref>;
     t.gemm_x8[TYPE_Q5_1] = gemm_x8_ref<TYPE_Q5_1, vec_dot_q5_1_q8_1_ref>;
     t.gemm_x8[TYPE_Q8_0] = gemm_x8_ref<TYPE_Q8_0, vec_dot_q8_0_q8_0_ref>;
+    register_kquant_x8_ref_kernels(t);
 }
 
 } // namespace pyllm

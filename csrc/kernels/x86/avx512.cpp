@@ -388,6 +388,13 @@ KernelTable make_avx512_table() {
             if (!t.gemm[i]) t.gemm[i] = avx2->gemm[i];
             if (!t.quantize_act[i]) t.quantize_act[i] = avx2->quantize_act[i];
             if (!t.to_float[i]) t.to_float[i] = avx2->to_float[i];
+            // The x8 K-quant kernels (kquants_x8_avx2.cpp) are AVX2 only: this machine class has no
+            // AVX-512 to test an AVX-512 version on, so AVX-512 CPUs run the AVX2 one. The layout
+            // and its kernel travel together.
+            if (!t.gemm_x8[i] && !t.repack_x8[i]) {
+                t.gemm_x8[i] = avx2->gemm_x8[i];
+                t.repack_x8[i] = avx2->repack_x8[i];
+            }
         }
     }
     fill_missing_from_ref(t);

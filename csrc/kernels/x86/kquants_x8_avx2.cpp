@@ -1,0 +1,219 @@
+// AVX2 (+FMA, F16C) GEMM over the x8 layout (kernels.h) of Q4_K, Q5_K and Q6_K against Q8_K
+// activations. One 32-byte load is a 4-byte run of 8 rows; the activation's matching 4 bytes are
+// broadcast, maddubs leaves row L's two int16 pair sums in words 2L, 2L+1, and a madd with the
+// sub-block's scales (widened so words 2L, 2L+1 hold row L's scale) puts row L's scaled sum in
+// int32 lane L: 8 lanes = 8 outputs, no horizontal sums. Decode walks the groups once (every
+// weight byte read once); prefill tiles 8 rows x 4 tokens, each unpacked run feeding all 4.
+// The AVX-512 table uses these kernels too (an AVX-512 CPU runs AVX2; avx512.cpp). Compiled
+// with the AVX2 flags; only the registrar is external.
+#if defined(__x86_64__) || defined(__i386__)
+
+#include <immintrin.h>
+
+#include <cstring>
+#include <initializer_list>
+
+#include "kernels/kernels.h"
+#include "kernels/kx8_tiling.h"
+#include "quant/blocks.h"
+
+namespace pyllm {
+
+namespace {
+
+inline __m256i ld32(const void* p) { return _mm256_loadu_si256(static_cast<const __m256i*>(p)); }
+inline __m256i bcast4(const int8_t* p) {
+    int32_t v;
+    std::memcpy(&v, p, 4);
+    return _mm256_set1_epi32(v);
+}
+inline __m256 load8_halves(const uint8_t* p) { return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))); }
+
+// Within each 16-byte lane of pair-order bytes (row L's sub-blocks 2p, 2p+1 at 2L, 2L+1): row L's
+// even (kOdd = 0) or odd sub-block byte into both bytes 2L, 2L+1.
+template <int kOdd>
+inline __m256i dup_sub(__m256i pair_bytes) {
+    const __m256i idx = _mm256_setr_epi8(kOdd, kOdd, 2 + kOdd, 2 + kOdd, 4 + kOdd, 4 + kOdd, 6 + kOdd, 6 + kOdd, 8 + kOdd,
+                                         8 + kOdd, 10 + kOdd, 10 + kOdd, 12 + kOdd, 12 + kOdd, 14 + kOdd, 14 + kOdd,
+                                         kOdd, kOdd, 2 + kOdd, 2 + kOdd, 4 + kOdd, 4 + kOdd, 6 + kOdd, 6 + kOdd, 8 + kOdd,
+                                         8 + kOdd, 10 + kOdd, 10 + kOdd, 12 + kOdd, 12 + kOdd, 14 + kOdd, 14 + kOdd);
+    return _mm256_shuffle_epi8(pair_bytes, idx);
+}
+inline __m128i lane(__m256i v, int hi) { return hi ? _mm256_extracti128_si256(v, 1) : _mm256_castsi256_si128(v); }
+
+// Byte bit b moved to bit 4 (0x10) of the same byte (16-bit shifts; the mask drops what leaks).
+inline __m256i bit_to_x10(__m256i bytes, int b) {
+    const __m256i s = b < 4 ? _mm256_slli_epi16(bytes, 4 - b) : _mm256_srli_epi16(bytes, b - 4);
+    return _mm256_and_si256(s, _mm256_set1_epi8(0x10));
+}
+
+// Q4_K / Q5_K. Column: d[8] at 0, dmin[8] at 16, sm[64] at 32 (scale | min >> 4 << 6, pair order),
+// ml[32] at 96 (the mins' low nibbles), Q5: qh runs at 128; qs runs at kQs. Q4 maddubs pairs are
+// at most 2*15*127, so a sub-block's 8 runs add up in int16 (<= 30480) before the madd with its
+// scales; Q5 pairs reach 2*31*127, so 4 runs at a time (<= 31496). The mins term is
+// sum_j min(L, j) * bsum32_j by 4 madds of (j, j+1) pairs.
+template <bool kQ5>
+struct K45X8 {
+    static constexpr int kCol = kQ5 ? 1408 : 1152, kQh = 128, kQs = kQ5 ? 384 : 128, kToks = 4;
+
+    template <int T>
+    static void tile(const uint8_t* w, int64_t nb, const uint8_t* const* a_rows, float* out, int64_t out_stride, bool add) {
+        const block_q8_K* a[T];
+        for (int t = 0; t < T; ++t) a[t] = reinterpret_cast<const block_q8_K*>(a_rows[t]);
+        const __m256i low4 = _mm256_set1_epi8(0x0f), low6 = _mm256_set1_epi8(63), x30 = _mm256_set1_epi8(0x30);
+        const __m256i ones16 = _mm256_set1_epi16(1);
+        __m256 acc[T];
+        for (int t = 0; t < T; ++t) acc[t] = _mm256_setzero_ps();
+        for (int64_t i = 0; i < nb; ++i) {
+            const uint8_t* col = w + i * kCol;
+            const __m256i s01 = ld32(col + 32), s23 = ld32(col + 64), ml = ld32(col + 96);
+            __m256i isum[T];
+            for (int t = 0; t < T; ++t) isum[t] = _mm256_setzero_si256();
+            for (int jj = 0; jj < 4; ++jj) {  // elements 64jj..64jj+63: sub-blocks 2jj (low nibbles), 2jj+1 (high)
+                const __m256i sc = _mm256_and_si256(jj < 2 ? s01 : s23, low6);
+                const __m256i sc_lo = _mm256_cvtepu8_epi16(lane(dup_sub<0>(sc), jj & 1));
+                const __m256i sc_hi = _mm256_cvtepu8_epi16(lane(dup_sub<1>(sc), jj & 1));
+                __m256i plo[T], phi[T];
+                for (int t = 0; t < T; ++t) plo[t] = phi[t] = _mm256_setzero_si256();
+                for (int r = 0; r < 8; ++r) {
+                    const __m256i raw = ld32(col + kQs + 32 * (8 * jj + r));
+                    __m256i lo = _mm256_and_si256(raw, low4);
+                    __m256i hi = _mm256_and_si256(_mm256_srli_epi16(raw, 4), low4);
+                    if constexpr (kQ5) {
+                        const __m256i qh = ld32(col + kQh + 32 * r);
+                        lo = _mm256_or_si256(lo, bit_to_x10(qh, 2 * jj));
+                        hi = _mm256_or_si256(hi, bit_to_x10(qh, 2 * jj + 1));
+                    }
+                    for (int t = 0; t < T; ++t) {
+                        const int8_t* q8 = a[t][i].qs + 64 * jj + 4 * r;
+                        plo[t] = _mm256_add_epi16(plo[t], _mm256_maddubs_epi16(lo, bcast4(q8)));
+                        phi[t] = _mm256_add_epi16(phi[t], _mm256_maddubs_epi16(hi, bcast4(q8 + 32)));
+                    }
+                    if (kQ5 ? (r & 3) == 3 : r == 7)
+                        for (int t = 0; t < T; ++t) {
+                            isum[t] = _mm256_add_epi32(isum[t], _mm256_add_epi32(_mm256_madd_epi16(plo[t], sc_lo),
+                                                                                 _mm256_madd_epi16(phi[t], sc_hi)));
+                            plo[t] = phi[t] = _mm256_setzero_si256();
+                        }
+                }
+            }
+            // The mins: 6 bits = low nibble from ml | the top two bits of the scale byte.
+            const __m256i m01 = _mm256_or_si256(_mm256_and_si256(ml, low4), _mm256_and_si256(_mm256_srli_epi16(s01, 2), x30));
+            const __m256i m23 = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(ml, 4), low4),
+                                                _mm256_and_si256(_mm256_srli_epi16(s23, 2), x30));
+            const __m256i mp[4] = {_mm256_cvtepu8_epi16(lane(m01, 0)), _mm256_cvtepu8_epi16(lane(m01, 1)),
+                                   _mm256_cvtepu8_epi16(lane(m23, 0)), _mm256_cvtepu8_epi16(lane(m23, 1))};
+            const __m256 dw = load8_halves(col), mw = load8_halves(col + 16);
+            for (int t = 0; t < T; ++t) {
+                // bsum32_j (j = 0..7) as int16, pairs (2p, 2p+1) in int32 elements 0, 1, 4, 5.
+                const __m256i b32 = _mm256_madd_epi16(ld32(a[t][i].bsums), ones16);
+                const __m256i pk = _mm256_packs_epi32(b32, b32);
+                __m256i corr = _mm256_madd_epi16(mp[0], _mm256_permutevar8x32_epi32(pk, _mm256_set1_epi32(0)));
+                corr = _mm256_add_epi32(corr, _mm256_madd_epi16(mp[1], _mm256_permutevar8x32_epi32(pk, _mm256_set1_epi32(1))));
+                corr = _mm256_add_epi32(corr, _mm256_madd_epi16(mp[2], _mm256_permutevar8x32_epi32(pk, _mm256_set1_epi32(4))));
+                corr = _mm256_add_epi32(corr, _mm256_madd_epi16(mp[3], _mm256_permutevar8x32_epi32(pk, _mm256_set1_epi32(5))));
+                const __m256 dy = _mm256_set1_ps(a[t][i].d);
+                acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum[t]), _mm256_mul_ps(dw, dy), acc[t]);
+                acc[t] = _mm256_fnmadd_ps(_mm256_cvtepi32_ps(corr), _mm256_mul_ps(mw, dy), acc[t]);
+            }
+        }
+        for (int t = 0; t < T; ++t) {
+            float* o = out + t * out_stride;
+            _mm256_storeu_ps(o, add ? _mm256_add_ps(_mm256_loadu_ps(o), acc[t]) : acc[t]);
+        }
+    }
+};
+
+// Q6_K. Column: d[8] at 0, scales[128] (int8, pair order over 16 sub-blocks) at 16, ql runs at
+// 144, qh runs at 1168. Run m of half h: ql run 16h+m has elements 128h+4m.. (low nibbles) and
+// +64 (high), ql run 16h+8+m has +32 and +96, qh run 8h+m the fifth/sixth bits of all four (bits
+// 0-1, 2-3, 4-5, 6-7). Levels are q - 32: dot = sum sc*dot(q, y) - 32 * sum sc*bsum16. Pairs
+// reach 2*63*127, so two runs add in int16 (<= 32004) before the madd with the scales.
+struct K6X8 {
+    static constexpr int kCol = 1680, kToks = 4;
+
+    template <int T>
+    static void tile(const uint8_t* w, int64_t nb, const uint8_t* const* a_rows, float* out, int64_t out_stride, bool add) {
+        const block_q8_K* a[T];
+        for (int t = 0; t < T; ++t) a[t] = reinterpret_cast<const block_q8_K*>(a_rows[t]);
+        const __m256i low4 = _mm256_set1_epi8(0x0f), x30 = _mm256_set1_epi8(0x30);
+        __m256 acc[T];
+        for (int t = 0; t < T; ++t) acc[t] = _mm256_setzero_ps();
+        for (int64_t i = 0; i < nb; ++i) {
+            const uint8_t* col = w + i * kCol;
+            const uint8_t* ql = col + 144;
+            const uint8_t* qhp = col + 1168;
+            __m256i isum[T], corr[T];
+            for (int t = 0; t < T; ++t) isum[t] = corr[t] = _mm256_setzero_si256();
+            for (int h = 0; h < 2; ++h) {
+                for (int s = 0; s < 2; ++s) {
+                    // Sub-block 8h + 2v + s (v = which quarter of the half): pair 4h + v, member s.
+                    const __m256i sp0 = ld32(col + 16 + 64 * h), sp1 = ld32(col + 16 + 64 * h + 32);  // pairs 4h..4h+3
+                    const __m256i d0 = s ? dup_sub<1>(sp0) : dup_sub<0>(sp0), d1 = s ? dup_sub<1>(sp1) : dup_sub<0>(sp1);
+                    const __m256i scv[4] = {_mm256_cvtepi8_epi16(lane(d0, 0)), _mm256_cvtepi8_epi16(lane(d0, 1)),
+                                            _mm256_cvtepi8_epi16(lane(d1, 0)), _mm256_cvtepi8_epi16(lane(d1, 1))};
+                    for (int mp = 0; mp < 2; ++mp) {
+                        __m256i v[2][4];
+                        for (int e = 0; e < 2; ++e) {
+                            const int m = 4 * s + 2 * mp + e;
+                            const __m256i qa = ld32(ql + 32 * (16 * h + m)), qb = ld32(ql + 32 * (16 * h + 8 + m));
+                            const __m256i qh = ld32(qhp + 32 * (8 * h + m));
+                            v[e][0] = _mm256_or_si256(_mm256_and_si256(qa, low4), _mm256_and_si256(_mm256_slli_epi16(qh, 4), x30));
+                            v[e][1] = _mm256_or_si256(_mm256_and_si256(qb, low4), _mm256_and_si256(_mm256_slli_epi16(qh, 2), x30));
+                            v[e][2] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(qa, 4), low4), _mm256_and_si256(qh, x30));
+                            v[e][3] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(qb, 4), low4),
+                                                      _mm256_and_si256(_mm256_srli_epi16(qh, 2), x30));
+                        }
+                        const int m0 = 4 * s + 2 * mp;
+                        for (int t = 0; t < T; ++t)
+                            for (int q = 0; q < 4; ++q) {
+                                const int8_t* q8 = a[t][i].qs + 128 * h + 32 * q + 4 * m0;
+                                const __m256i p = _mm256_add_epi16(_mm256_maddubs_epi16(v[0][q], bcast4(q8)),
+                                                                   _mm256_maddubs_epi16(v[1][q], bcast4(q8 + 4)));
+                                isum[t] = _mm256_add_epi32(isum[t], _mm256_madd_epi16(p, scv[q]));
+                            }
+                    }
+                }
+            }
+            // 32 * sum_j sc(L, j) * bsum16_j, by pairs (j, j+1): the bsums' int32 element p.
+            for (int p = 0; p < 8; ++p) {
+                const __m256i sp = _mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(col + 16 + 16 * p)));
+                for (int t = 0; t < T; ++t) {
+                    int32_t bp;
+                    std::memcpy(&bp, a[t][i].bsums + 2 * p, 4);
+                    corr[t] = _mm256_add_epi32(corr[t], _mm256_madd_epi16(sp, _mm256_set1_epi32(bp)));
+                }
+            }
+            const __m256 dw = load8_halves(col);
+            for (int t = 0; t < T; ++t) {
+                const __m256i net = _mm256_sub_epi32(isum[t], _mm256_slli_epi32(corr[t], 5));
+                acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(net), _mm256_mul_ps(dw, _mm256_set1_ps(a[t][i].d)), acc[t]);
+            }
+        }
+        for (int t = 0; t < T; ++t) {
+            float* o = out + t * out_stride;
+            _mm256_storeu_ps(o, add ? _mm256_add_ps(_mm256_loadu_ps(o), acc[t]) : acc[t]);
+        }
+    }
+};
+
+} // namespace
+
+void register_kquant_x8_avx2_kernels(KernelTable& t) {
+    const KernelTable& ref = *kernel_table_ref();
+    t.gemm_x8[TYPE_Q4_K] = gemm_kx8_tiled<K45X8<false>>;
+    t.gemm_x8[TYPE_Q5_K] = gemm_kx8_tiled<K45X8<true>>;
+    t.gemm_x8[TYPE_Q6_K] = gemm_kx8_tiled<K6X8>;
+    for (Type type : {TYPE_Q4_K, TYPE_Q5_K, TYPE_Q6_K}) t.repack_x8[type] = ref.repack_x8[type];
+}
+
+} // namespace pyllm
+
+#else  // not x86: nothing to register
+
+#include "kernels/kernels.h"
+namespace pyllm {
+void register_kquant_x8_avx2_kernels(KernelTable&) {}
+} // namespace pyllm
+
+#endif
