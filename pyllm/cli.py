@@ -23,6 +23,28 @@ def _add_model_arg(p: argparse.ArgumentParser, optional: bool = True) -> None:
                    help=f"a .gguf path or a known model name (default: {hub.DEFAULT_MODEL})")
 
 
+def add_cache_type_arguments(p: argparse.ArgumentParser) -> None:
+    """llama.cpp's KV cache knobs: -ctk/--cache-type-k, -ctv/--cache-type-v (and --cache-type for both)."""
+    from pyllm.model import KV_CACHE_TYPES, kv_cache_type
+
+    def cache_type(s: str) -> str:
+        try:
+            return kv_cache_type(s)
+        except ValueError as e:
+            raise argparse.ArgumentTypeError(str(e)) from None
+
+    choices = ", ".join(KV_CACHE_TYPES)
+    p.add_argument("-ctk", "--cache-type-k", type=cache_type, default=None, help=f"KV cache type for K ({choices}; default f16)")
+    p.add_argument("-ctv", "--cache-type-v", type=cache_type, default=None, help="KV cache type for V (default f16)")
+    p.add_argument("--cache-type", type=cache_type, default=None, help="KV cache type for both K and V")
+
+
+def cache_type_kwargs(args) -> dict:
+    """The Model(...) keywords of add_cache_type_arguments' options."""
+    return {"cache_type": getattr(args, "cache_type", None), "cache_type_k": getattr(args, "cache_type_k", None),
+            "cache_type_v": getattr(args, "cache_type_v", None)}
+
+
 def cmd_run(args) -> int:
     from pyllm.model import Model
     prompt = args.prompt if args.prompt is not None else args.prompt_pos
@@ -31,7 +53,7 @@ def cmd_run(args) -> int:
         prompt, args.model = args.model, hub.DEFAULT_MODEL
     if prompt is None:
         prompt = sys.stdin.read()
-    m = Model(args.model, n_ctx=args.ctx, n_threads=args.threads)
+    m = Model(args.model, n_ctx=args.ctx, n_threads=args.threads, **cache_type_kwargs(args))
     out = sys.stdout
     if args.echo:
         out.write(prompt)
@@ -130,6 +152,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("-c", "--ctx", type=int, help="context size (default: min(trained, 4096))")
     p.add_argument("-t", "--threads", type=int)
     p.add_argument("--echo", action="store_true", help="print the prompt before the completion")
+    add_cache_type_arguments(p)
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("pull", help="download a known model into the cache")

@@ -290,6 +290,20 @@ def test_pv_f16(isa, rows, nb, d):
 
 
 @pytest.mark.parametrize("isa", ["ref"] + SIMD_ISAS)
+@pytest.mark.parametrize("rows,nb,d", [(1, 1, 1), (3, 32, 64), (5, 7, 33), (4, 32, 128), (9, 17, 72), (2, 3, 200)])
+def test_pv_f32(isa, rows, nb, d):
+    # P.V over a dequantized block of a quantized V cache: float rounding only (1e-6 of |terms|).
+    rng = np.random.default_rng(rows * 1000 + nb * 10 + d + 1)
+    p = rng.random((rows, nb)).astype(np.float32)
+    v = rng.standard_normal((nb, d)).astype(np.float32)
+    acc = rng.standard_normal((rows, d)).astype(np.float32)
+    got = _core.pv_f32(isa, p, v, acc)
+    want = acc.astype(np.float64) + p.astype(np.float64) @ v.astype(np.float64)
+    mag = np.abs(acc) + np.abs(p) @ np.abs(v.astype(np.float64))
+    assert np.all(np.abs(got - want) <= 1e-6 * mag + 1e-30)
+
+
+@pytest.mark.parametrize("isa", ["ref"] + SIMD_ISAS)
 @pytest.mark.parametrize("n", [1, 7, 8, 15, 16, 17, 1536])
 def test_swiglu(isa, n):
     rng = np.random.default_rng(n)

@@ -253,22 +253,21 @@ LlamaModel::~LlamaModel() {
 
 // --- context ------------------------------------------------------------------------------------
 
-uint64_t Context::kv_cache_bytes(const LlamaConfig& cfg, int n_ctx) {
-    return 2ull * cfg.n_layer * (uint64_t)n_ctx * cfg.n_head_kv * cfg.head_dim * sizeof(uint16_t);
+uint64_t Context::kv_cache_bytes(const LlamaConfig& cfg, int n_ctx, Type type_k, Type type_v) {
+    return KvCache::bytes_for(type_k, type_v, cfg.n_layer, n_ctx, cfg.n_head_kv, cfg.head_dim);
 }
 
-Context::Context(std::shared_ptr<const LlamaModel> model, int n_ctx, int n_batch, int n_threads)
-    : model_(std::move(model)), kt_(kernels()), pool_(n_threads), n_ctx_(n_ctx), n_batch_(n_batch) {
-    const LlamaConfig& c = model_->config();
+static int checked_n_ctx(int n_ctx) {
     if (n_ctx < 1) fail(ErrorKind::invalid_argument, "n_ctx must be at least 1, got " + std::to_string(n_ctx));
+    return n_ctx;
+}
+
+Context::Context(std::shared_ptr<const LlamaModel> model, int n_ctx, int n_batch, int n_threads, Type type_k, Type type_v)
+    : model_(std::move(model)), kt_(kernels()), pool_(n_threads), n_ctx_(n_ctx), n_batch_(n_batch),
+      kv_(type_k, type_v, model_->config().n_layer, checked_n_ctx(n_ctx), model_->config().n_head_kv, model_->config().head_dim) {
+    const LlamaConfig& c = model_->config();
     if (n_batch < 1) fail(ErrorKind::invalid_argument, "n_batch must be at least 1");
     const int64_t kv = (int64_t)c.n_head_kv * c.head_dim, nq = (int64_t)c.n_head * c.head_dim;
-    const size_t cache_elems = (size_t)c.n_layer * n_ctx * kv;
-    k_cache_.reset(static_cast<uint16_t*>(std::calloc(cache_elems, sizeof(uint16_t))));
-    v_cache_.reset(static_cast<uint16_t*>(std::calloc(cache_elems, sizeof(uint16_t))));
-    if (!k_cache_ || !v_cache_)
-        fail(ErrorKind::invalid_argument, "cannot allocate a KV cache of " + std::to_string(2 * cache_elems * 2 / (1 << 20)) +
-             " MiB for n_ctx=" + std::to_string(n_ctx));
     x_.resize((size_t)n_batch * c.n_embd);
     xb_.resize(x_.size());
     tmp_.resize(x_.size());
@@ -380,13 +379,9 @@ void Context::forward_batch(const int32_t* tokens, int64_t nb, float* logits, bo
             const float* cs = cos_sin_.data() + t * c.n_rot;
             rope(qr, 1, nq, c.n_head, (int)hd, c.n_rot, c.rope_neox, cs);
             rope(kr, 1, nkv, c.n_head_kv, (int)hd, c.n_rot, c.rope_neox, cs);
-            const size_t row = ((size_t)l * n_ctx_ + pos0 + t) * nkv;
-            kt_.f32_to_f16(kr, k_cache_.get() + row, nkv);
-            kt_.f32_to_f16(vr, v_cache_.get() + row, nkv);
+            kv_.store(kt_, l, pos0 + t, kr, vr);
         });
-        const size_t layer_off = (size_t)l * n_ctx_ * nkv;
-        attention(pool_, kt_, q_.data(), nq, k_cache_.get() + layer_off, v_cache_.get() + layer_off, nkv,
-                  att_.data(), nq, nb, pos0, c.n_head, c.n_head_kv, (int)hd, scale, att_scratch_.data());
+        attention(pool_, kt_, q_.data(), nq, kv_.layer(l), att_.data(), nq, nb, pos0, c.n_head, c.n_head_kv, (int)hd, scale, att_scratch_.data());
         capture(l, LinearInput::attn_output, att_.data(), nq);
         {
             size_t ro;

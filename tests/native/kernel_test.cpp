@@ -224,6 +224,21 @@ void test_f16_helpers(const KernelTable& kt, const KernelTable& ref) {
                 ok &= std::fabs(a1[r * d + i] - a2[r * d + i]) <= 1e-6 * mag + 1e-30;
             }
         check(ok, std::string(kt.isa) + " pv_f16 rows=" + std::to_string(rows) + " nb=" + std::to_string(nb) + " d=" + std::to_string(d));
+        // pv_f32: the same with V in f32 (a dequantized block of a quantized V cache), V rows
+        // d + 3 apart (a strided block).
+        std::vector<float> vs((size_t)nb * (d + 3), 7.0f);
+        for (int j = 0; j < nb; ++j) std::memcpy(&vs[(size_t)j * (d + 3)], &vf[(size_t)j * d], d * sizeof(float));
+        std::vector<float> b1 = acc, b2 = acc;
+        kt.pv_f32(rows, nb, d, p.data(), nb, vs.data(), d + 3, b1.data());
+        ref.pv_f32(rows, nb, d, p.data(), nb, vs.data(), d + 3, b2.data());
+        ok = true;
+        for (int r = 0; r < rows; ++r)
+            for (int i = 0; i < d; ++i) {
+                double mag = std::fabs(acc[r * d + i]);
+                for (int j = 0; j < nb; ++j) mag += std::fabs(p[r * nb + j] * vf[j * d + i]);
+                ok &= std::fabs(b1[r * d + i] - b2[r * d + i]) <= 1e-6 * mag + 1e-30;
+            }
+        check(ok, std::string(kt.isa) + " pv_f32 rows=" + std::to_string(rows) + " nb=" + std::to_string(nb) + " d=" + std::to_string(d));
     }
 }
 

@@ -389,6 +389,8 @@ KernelTable make_avx512_table() {
             if (!t.quantize_act[i]) t.quantize_act[i] = avx2->quantize_act[i];
             if (!t.to_float[i]) t.to_float[i] = avx2->to_float[i];
         }
+        // pv_f32 (quantized V cache): AVX2's; no AVX-512 machine here to test a 16-wide one on.
+        if (!t.pv_f32) t.pv_f32 = avx2->pv_f32;
     }
     fill_missing_from_ref(t);
     return t;
