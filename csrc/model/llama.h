@@ -85,6 +85,7 @@ public:
 
 private:
     static bool repackable(const Matrix& m);
+    static bool is_float_matrix(const Matrix& m);
     void repack(Matrix& m, uint8_t* dst, bool release);
 
     LlamaConfig cfg_;
