@@ -304,6 +304,21 @@ def test_pv_f32(isa, rows, nb, d):
 
 
 @pytest.mark.parametrize("isa", ["ref"] + SIMD_ISAS)
+@pytest.mark.parametrize("n", [1, 7, 8, 17, 32, 33])
+def test_exp_sum(isa, n):
+    # The softmax step: exp(s - m) for s <= m (down to underflow), and their sum, within 1e-6
+    # relative of float64 (the polynomial exp is ~1e-7; a wrong lane or tail is O(1)); below
+    # e^-87 (float's range) the SIMD exp clamps, so 1e-37 absolute.
+    rng = np.random.default_rng(n)
+    s = (-np.abs(rng.standard_normal(n)) * 8).astype(np.float32)
+    s[: min(n, 2)] = [-150.0, 0.0][: min(n, 2)]
+    got, total = _core.exp_sum(isa, s, 0.25)
+    want = np.exp(s.astype(np.float64) - 0.25)
+    assert np.all(np.abs(got - want) <= 1e-6 * want + 1e-37)
+    assert abs(total - want.sum()) <= 1e-6 * want.sum() + 1e-37  # e^-150 underflows to 0 in float
+
+
+@pytest.mark.parametrize("isa", ["ref"] + SIMD_ISAS)
 @pytest.mark.parametrize("n", [1, 7, 8, 15, 16, 17, 1536])
 def test_swiglu(isa, n):
     rng = np.random.default_rng(n)

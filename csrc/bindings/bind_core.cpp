@@ -228,6 +228,15 @@ py::array attention_test(const std::string& isa, f32_array q, f32_array k, f32_a
     return out;
 }
 
+// (s', sum): s'[j] = exp(s[j] - m), attention's softmax step.
+py::tuple exp_sum(const std::string& isa, f32_array s, float m) {
+    if (s.ndim() != 1) fail(ErrorKind::invalid_argument, "exp_sum: s must be 1-D");
+    py::array_t<float> out(s.shape(0));
+    std::memcpy(out.mutable_data(), s.data(), s.shape(0) * sizeof(float));
+    const float sum = checked_table(isa).exp_sum(out.mutable_data(), s.shape(0), m);
+    return py::make_tuple(out, sum);
+}
+
 py::array swiglu(const std::string& isa, f32_array gate, f32_array up) {
     if (gate.ndim() != 1 || up.ndim() != 1 || gate.shape(0) != up.shape(0)) fail(ErrorKind::invalid_argument, "swiglu: gate and up must be 1-D of one length");
     py::array_t<float> out(gate.shape(0));
@@ -279,6 +288,7 @@ void register_core(py::module_& m) {
     m.def("pv_f16", &pv_f16, py::arg("isa"), py::arg("p"), py::arg("v"), py::arg("acc"));
     m.def("attention", &attention_test, py::arg("isa"), py::arg("q"), py::arg("k"), py::arg("v"), py::arg("n_head"),
           py::arg("n_kv_head"), py::arg("cache_type_k") = "f16", py::arg("cache_type_v") = "f16", py::arg("n_threads") = 1);
+    m.def("exp_sum", &exp_sum, py::arg("isa"), py::arg("s"), py::arg("m"));
     m.def("pv_f32", &pv_f32, py::arg("isa"), py::arg("p"), py::arg("v"), py::arg("acc"));
     m.def("swiglu", &swiglu, py::arg("isa"), py::arg("gate"), py::arg("up"));
     m.def("f32_to_f16", &f32_to_f16, py::arg("isa"), py::arg("x"));

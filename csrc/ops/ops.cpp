@@ -215,7 +215,7 @@ struct HeadCache {
 // One block of the online softmax for one query row: the scaled scores s[0..n) become exp(s - m)
 // for the new running max m; the running sum and the row's accumulator, kept relative to the old
 // max, are rescaled to m.
-void softmax_block(float* s, int n, float& run_max, float& run_sum, float* acc, int head_dim) {
+void softmax_block(const KernelTable& kt, float* s, int n, float& run_max, float& run_sum, float* acc, int head_dim) {
     float m = run_max;
     for (int j = 0; j < n; ++j) m = std::max(m, s[j]);
     if (m > run_max) {
@@ -224,12 +224,8 @@ void softmax_block(float* s, int n, float& run_max, float& run_sum, float* acc, 
         for (int i = 0; i < head_dim; ++i) acc[i] *= r;
         run_max = m;
     }
-    float sum = 0.0f;
-    for (int j = 0; j < n; ++j) {
-        s[j] = std::exp(s[j] - m);
-        sum += s[j];
-    }
-    run_sum += sum;
+    // The exps are most of a long-context decode step's arithmetic (n_head of them per position).
+    run_sum += kt.exp_sum(s, n, m);
 }
 
 // Online softmax of the group's query heads over cache positions [p0, p1): a running max and sum
@@ -250,7 +246,7 @@ void attend_range(const KernelTable& kt, const float* qg, const KvLayerView& kv,
         for (int h = 0; h < n_group; ++h) {
             float* sh = scores + h * kScoreBlock;
             for (int j = 0; j < nb; ++j) sh[j] *= scale;
-            softmax_block(sh, nb, run_max[h], run_sum[h], acc + h * head_dim, head_dim);
+            softmax_block(kt, sh, nb, run_max[h], run_sum[h], acc + h * head_dim, head_dim);
         }
         hc.pv(b0, nb, n_group, scores, acc);
     }
@@ -290,7 +286,7 @@ void attend_prefill(const KernelTable& kt, const float* q, int64_t q_stride, con
             const int visible = (int)std::max<int64_t>(0, std::min<int64_t>(nb, last - b0 + 1));
             // Masked positions get probability 0 (P.V reads the row's first nb entries).
             for (int j = visible; j < nb; ++j) sr[j] = 0.0f;
-            if (visible) softmax_block(sr, visible, run_max[r], run_sum[r], acc + (size_t)r * head_dim, head_dim);
+            if (visible) softmax_block(kt, sr, visible, run_max[r], run_sum[r], acc + (size_t)r * head_dim, head_dim);
         }
         hc.pv(b0, nb, n_rows, sc, acc);
     }

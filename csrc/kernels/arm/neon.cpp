@@ -253,6 +253,23 @@ inline float32x4_t exp_neon(float32x4_t x) {
     return vmulq_f32(e, vreinterpretq_f32_s32(bits));
 }
 
+float exp_sum_neon(float* s, int64_t n, float m) {
+    const float32x4_t mv = vdupq_n_f32(m);
+    float32x4_t acc = vdupq_n_f32(0.0f);
+    int64_t j = 0;
+    for (; j + 4 <= n; j += 4) {
+        const float32x4_t e = exp_neon(vsubq_f32(vld1q_f32(s + j), mv));
+        vst1q_f32(s + j, e);
+        acc = vaddq_f32(acc, e);
+    }
+    float sum = vaddvq_f32(acc);
+    for (; j < n; ++j) {
+        s[j] = std::exp(s[j] - m);
+        sum += s[j];
+    }
+    return sum;
+}
+
 void swiglu_neon(float* gate, const float* up, int64_t n) {
     int64_t i = 0;
     for (; i + 4 <= n; i += 4) {
@@ -444,6 +461,7 @@ KernelTable make_neon_table() {
     t.f32_to_f16 = f32_to_f16_neon;
     t.pv_f16 = pv_neon<uint16_t>;
     t.pv_f32 = pv_neon<float>;
+    t.exp_sum = exp_sum_neon;
     t.swiglu = swiglu_neon;
     register_kquant_neon_kernels(t);
     fill_missing_from_ref(t);

@@ -251,6 +251,23 @@ inline __m256 exp_avx2(__m256 x) {
     return _mm256_mul_ps(e, _mm256_castsi256_ps(bits));
 }
 
+float exp_sum_avx2(float* s, int64_t n, float m) {
+    const __m256 mv = _mm256_set1_ps(m);
+    __m256 acc = _mm256_setzero_ps();
+    int64_t j = 0;
+    for (; j + 8 <= n; j += 8) {
+        const __m256 e = exp_avx2(_mm256_sub_ps(_mm256_loadu_ps(s + j), mv));
+        _mm256_storeu_ps(s + j, e);
+        acc = _mm256_add_ps(acc, e);
+    }
+    float sum = hsum(acc);
+    for (; j < n; ++j) {
+        s[j] = std::exp(s[j] - m);
+        sum += s[j];
+    }
+    return sum;
+}
+
 void swiglu_avx2(float* gate, const float* up, int64_t n) {
     int64_t i = 0;
     for (; i + 8 <= n; i += 8) {
@@ -433,6 +450,7 @@ KernelTable make_avx2_table() {
     t.f32_to_f16 = f32_to_f16_avx2;
     t.pv_f16 = pv_avx2<uint16_t>;
     t.pv_f32 = pv_avx2<float>;
+    t.exp_sum = exp_sum_avx2;
     t.swiglu = swiglu_avx2;
     register_kquant_avx2_kernels(t);
     register_x8_avx2_kernels(t);
