@@ -79,20 +79,25 @@ def _reset(model) -> None:
     model._cached = []
 
 
-def _engine_runs(model, n_prompt: int, n_gen: int, reps: int) -> tuple[list[float], list[float]]:
+def _engine_runs(model, n_prompt: int, n_gen: int, reps: int, depth: int = 0) -> tuple[list[float], list[float]]:
+    # depth: tokens already cached before each measured run (llama-bench's -d), filled once (not
+    # timed) and kept; each run truncates the cache back to them.
     ctx = model._ctx
     ids = _synthetic_ids(max(n_prompt, n_gen + 1), model.n_vocab)
+    if depth:
+        _reset(model)
+        ctx.eval(_synthetic_ids(depth, model.n_vocab), False)
     pp, tg = [], []
     for rep in range(reps + 1):  # the first repetition warms up (page faults, caches, pool)
         if n_prompt:
-            _reset(model)
+            ctx.truncate(depth)
             t0 = time.perf_counter()
             ctx.eval(ids[:n_prompt], False)
             dt = time.perf_counter() - t0
             if rep:
                 pp.append(n_prompt / dt)
         if n_gen:
-            _reset(model)
+            ctx.truncate(depth)
             ctx.eval(ids[:1], False)
             t0 = time.perf_counter()
             for i in range(n_gen):
@@ -134,7 +139,7 @@ def bytes_read_per_token(model, context_len: float) -> float:
     tensors = model._file.tensors
     if "output.weight" in tensors and "token_embd.weight" in tensors:
         weights -= tensors["token_embd.weight"]["nbytes"]
-    kv_per_position = _core.LlamaModel.kv_cache_bytes(_model_cfg(model), model.n_ctx) / model.n_ctx
+    kv_per_position = model.kv_cache_bytes / model.n_ctx
     return weights + kv_per_position * context_len
 
 
@@ -145,29 +150,37 @@ def _model_cfg(model) -> dict:
 
 def run_bench(model_path: str | os.PathLike, n_prompt: int = 512, n_gen: int = 128, n_threads: int | None = None,
               reps: int = 5, user: bool = True, text: str | None = None,
-              bandwidth_bytes: int = DEFAULT_BANDWIDTH_BYTES) -> dict:
+              bandwidth_bytes: int = DEFAULT_BANDWIDTH_BYTES, depth: int = 0, cache_type: str | None = None,
+              cache_type_k: str | None = None, cache_type_v: str | None = None) -> dict:
     """Runs the whole benchmark in this process and returns its figures (tok/s as mean and sd)."""
     from pyllm.model import Model
     if n_prompt < 0 or n_gen < 0 or (n_prompt == 0 and n_gen == 0):
         raise ValueError("give a positive prompt (-p) or generation (-n) length")
     if reps < 1:
         raise ValueError(f"repetitions must be at least 1, got {reps}")
+    if depth < 0:
+        raise ValueError(f"depth must be >= 0, got {depth}")
     path = hub.resolve(model_path)
-    n_ctx = max(1024, n_prompt + n_gen + 8)  # as the llama.cpp side sizes its context
+    n_ctx = max(1024, depth + n_prompt + n_gen + 8)  # as the llama.cpp side sizes its context
 
     # Load to first token: construction, then one single-token evaluation (its logits ready).
     t0 = time.perf_counter()
-    model = Model(path, n_ctx=n_ctx, n_threads=n_threads)
+    model = Model(path, n_ctx=n_ctx, n_threads=n_threads, cache_type=cache_type, cache_type_k=cache_type_k,
+                  cache_type_v=cache_type_v)
     model._ctx.eval(_synthetic_ids(1, model.n_vocab), False)
     load_s = time.perf_counter() - t0
     _reset(model)
 
-    pp, tg = _engine_runs(model, n_prompt, n_gen, reps)
+    pp, tg = _engine_runs(model, n_prompt, n_gen, reps, depth)
     result: dict = {
         "model": Path(path).stem, "path": str(path), "file_bytes": Path(path).stat().st_size,
         "isa": system_info()["isa"],
         "threads": model.n_threads, "n_prompt": n_prompt, "n_gen": n_gen, "reps": reps,
-        "load_s": load_s,
+        "load_s": load_s, "depth": depth,
+        "cache_type_k": model.cache_type_k, "cache_type_v": model.cache_type_v, "n_ctx": model.n_ctx,
+        # The KV cache at n_ctx, and at the deepest position a run reached (what is resident).
+        "kv_cache_bytes": model.kv_cache_bytes,
+        "kv_used_bytes": model.kv_cache_bytes * (depth + max(n_prompt, n_gen + 1)) // model.n_ctx,
     }
     if pp:
         result["pp_tok_s"], result["pp_sd"] = _mean_sd(pp)
@@ -190,7 +203,7 @@ def run_bench(model_path: str | os.PathLike, n_prompt: int = 512, n_gen: int = 1
     result["read_bandwidth_bytes_s"] = max(rates)  # the best pass, as STREAM reports
     if tg:
         # The tg run decodes at positions 1..n, so on average it reads (n + 2) / 2 cached positions.
-        per_token = bytes_read_per_token(model, (n_gen + 2) / 2)
+        per_token = bytes_read_per_token(model, depth + (n_gen + 2) / 2)
         result["decode_bytes_per_token"] = per_token
         result["decode_read_bytes_s"] = per_token * result["tg_tok_s"]
         result["decode_bandwidth_fraction"] = result["decode_read_bytes_s"] / result["read_bandwidth_bytes_s"]
@@ -264,10 +277,11 @@ def format_markdown(r: dict) -> str:
     size = f"{r['file_bytes'] / 2**20:.1f} MiB"
     head = [r["model"], size, str(r["threads"]), str(r["isa"])]
     rows = []
+    at = f" @ d{r['depth']}" if r.get("depth") else ""
     if "pp_tok_s" in r:
-        rows.append(head + [f"pp{r['n_prompt']}", _fmt_rate(r, "pp")])
+        rows.append(head + [f"pp{r['n_prompt']}{at}", _fmt_rate(r, "pp")])
     if "tg_tok_s" in r:
-        rows.append(head + [f"tg{r['n_gen']}", _fmt_rate(r, "tg")])
+        rows.append(head + [f"tg{r['n_gen']}{at}", _fmt_rate(r, "tg")])
     if "user_pp_tok_s" in r:
         rows.append(head + [f"user pp{r['user_prompt_tokens']}", _fmt_rate(r, "user_pp")])
     if "user_tg_tok_s" in r:
@@ -277,6 +291,9 @@ def format_markdown(r: dict) -> str:
     lines.append("")
     lines.append(f"load to first token: {r['load_s'] * 1000:.0f} ms · peak RSS: {r['peak_rss_bytes'] / 2**20:.0f} MiB"
                  f" · read bandwidth ({r['threads']} threads): {r['read_bandwidth_bytes_s'] / 1e9:.1f} GB/s")
+    if "kv_cache_bytes" in r:
+        lines.append(f"KV cache (K {r['cache_type_k']}, V {r['cache_type_v']}): {r['kv_cache_bytes'] / 2**20:.1f} MiB "
+                     f"at n_ctx {r['n_ctx']}, {r['kv_used_bytes'] / 2**20:.1f} MiB used")
     if "decode_bandwidth_fraction" in r:
         lines.append(f"decode reads {r['decode_bytes_per_token'] / 1e6:.1f} MB/token (weights + KV) → "
                      f"{r['decode_read_bytes_s'] / 1e9:.1f} GB/s = {100 * r['decode_bandwidth_fraction']:.0f}% "
@@ -294,6 +311,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("-o", "--output", choices=("md", "json"), default="md", help="output format")
     p.add_argument("--no-user", action="store_true", help="skip the user-level streamed generate")
     p.add_argument("--text", help="text file for the user-level prompt (default: built-in prose)")
+    p.add_argument("-d", "--depth", type=int, default=0,
+                   help="tokens in the cache before each test, as llama-bench's -d (default 0)")
+    from pyllm.cli import add_cache_type_arguments
+    add_cache_type_arguments(p)
     p.add_argument("--bandwidth-mib", type=int, default=DEFAULT_BANDWIDTH_BYTES >> 20,
                    help="buffer size for the read-bandwidth measurement (default 512)")
     p.add_argument("--speculative", choices=("ngram",), help="measure speculative decoding by prompt lookup")
@@ -316,7 +337,8 @@ def run(args) -> int:
         print(json.dumps(r) if args.output == "json" else format_spec_markdown(r))
         return 0
     result = run_bench(args.model, args.n_prompt, args.n_gen, args.threads, args.repetitions,
-                       user=not args.no_user, text=text, bandwidth_bytes=args.bandwidth_mib << 20)
+                       user=not args.no_user, text=text, bandwidth_bytes=args.bandwidth_mib << 20, depth=args.depth,
+                       cache_type=args.cache_type, cache_type_k=args.cache_type_k, cache_type_v=args.cache_type_v)
     if args.output == "json":
         print(json.dumps({k: (round(v, 4) if isinstance(v, float) and math.isfinite(v) else v)
                           for k, v in result.items()}))

@@ -381,6 +381,8 @@ def add_chat_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--chat-template", default=None, metavar="FILE|NAME",
                         help="a Jinja chat template file, or a built-in: chatml, llama3, mistral "
                              "(default: the model's own)")
+    from pyllm.cli import add_cache_type_arguments
+    add_cache_type_arguments(parser)
 
 
 def _settings_from_args(args) -> Settings:
@@ -403,7 +405,9 @@ def run_chat(args) -> int:
         except ValueError as e:
             return error(str(e))
         try:
-            model = Model(args.model if args.model else hub.DEFAULT_MODEL, n_ctx=args.ctx, n_threads=args.threads)
+            from pyllm.cli import cache_type_kwargs
+            model = Model(args.model if args.model else hub.DEFAULT_MODEL, n_ctx=args.ctx, n_threads=args.threads,
+                          **cache_type_kwargs(args))
         except (PyllmError, OSError, ValueError) as e:
             return error(str(e))
         try:

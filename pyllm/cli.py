@@ -23,6 +23,28 @@ def _add_model_arg(p: argparse.ArgumentParser, optional: bool = True) -> None:
                    help=f"a .gguf path or a known model name (default: {hub.DEFAULT_MODEL})")
 
 
+def add_cache_type_arguments(p: argparse.ArgumentParser) -> None:
+    """llama.cpp's KV cache knobs: -ctk/--cache-type-k, -ctv/--cache-type-v (and --cache-type for both)."""
+    from pyllm.model import KV_CACHE_TYPES, kv_cache_type
+
+    def cache_type(s: str) -> str:
+        try:
+            return kv_cache_type(s)
+        except ValueError as e:
+            raise argparse.ArgumentTypeError(str(e)) from None
+
+    choices = ", ".join(KV_CACHE_TYPES)
+    p.add_argument("-ctk", "--cache-type-k", type=cache_type, default=None, help=f"KV cache type for K ({choices}; default f16)")
+    p.add_argument("-ctv", "--cache-type-v", type=cache_type, default=None, help="KV cache type for V (default f16)")
+    p.add_argument("--cache-type", type=cache_type, default=None, help="KV cache type for both K and V")
+
+
+def cache_type_kwargs(args) -> dict:
+    """The Model(...) keywords of add_cache_type_arguments' options."""
+    return {"cache_type": getattr(args, "cache_type", None), "cache_type_k": getattr(args, "cache_type_k", None),
+            "cache_type_v": getattr(args, "cache_type_v", None)}
+
+
 def cmd_run(args) -> int:
     from pyllm.model import Model
     prompt = args.prompt if args.prompt is not None else args.prompt_pos
@@ -34,7 +56,7 @@ def cmd_run(args) -> int:
             print("pyllm run: reading the prompt from the terminal; end it with Ctrl-D "
                   "(for a conversation, use `pyllm chat`)", file=sys.stderr)
         prompt = sys.stdin.read()
-    m = Model(args.model, n_ctx=args.ctx, n_threads=args.threads)
+    m = Model(args.model, n_ctx=args.ctx, n_threads=args.threads, **cache_type_kwargs(args))
     extras = _structured_and_speculative(args)
     out = sys.stdout
     if args.echo:
@@ -177,6 +199,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--speculative", choices=("ngram",), help="speculative decoding by prompt lookup")
     p.add_argument("--draft-model", metavar="MODEL", help="speculative decoding with this draft model")
     p.add_argument("--n-draft", type=int, help="tokens proposed per step (default: 8 n-gram, 5 draft)")
+    add_cache_type_arguments(p)
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("pull", help="download a known model into the cache")

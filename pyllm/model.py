@@ -121,6 +121,18 @@ def _physical_memory() -> int | None:
         return None
 
 
+# The KV cache types (llama.cpp's -ctk/-ctv values, but iq4_nl); f16 is the default.
+KV_CACHE_TYPES = ("f16", "q8_0", "q4_0", "f32", "bf16", "q4_1", "q5_0", "q5_1")
+
+
+def kv_cache_type(name) -> str:
+    """Checks a KV cache type name (case-insensitive); ValueError naming the choices if unknown."""
+    t = str(name).lower()
+    if t not in KV_CACHE_TYPES:
+        raise ValueError(f"unknown KV cache type {name!r}: choose one of {', '.join(KV_CACHE_TYPES)}")
+    return t
+
+
 class Model:
     """A GGUF model ready to run.
 
@@ -129,7 +141,11 @@ class Model:
     """
 
     def __init__(self, path_or_name: str | os.PathLike | None = None, n_ctx: int | None = None,
-                 n_threads: int | None = None, n_batch: int = 512):
+                 n_threads: int | None = None, n_batch: int = 512, cache_type: str | None = None,
+                 cache_type_k: str | None = None, cache_type_v: str | None = None):
+        # The KV cache's types, llama.cpp's -ctk/-ctv: cache_type sets both, cache_type_k/_v one.
+        self.cache_type_k = kv_cache_type(cache_type_k or cache_type or "f16")
+        self.cache_type_v = kv_cache_type(cache_type_v or cache_type or "f16")
         n_threads = _validate.n_threads(n_threads)
         if n_ctx is not None:
             n_ctx = _validate.integer("n_ctx", n_ctx, 1, _validate.INT32_MAX)
@@ -171,13 +187,15 @@ class Model:
         self.n_ctx = int(n_ctx) if n_ctx is not None else min(self.config.n_ctx_train, 4096)
         if self.n_ctx < 1:
             raise ValueError(f"n_ctx must be at least 1, got {self.n_ctx}")
-        kv_bytes = _core.LlamaModel.kv_cache_bytes(cfg, self.n_ctx)
+        kv_bytes = _core.LlamaModel.kv_cache_bytes(cfg, self.n_ctx, self.cache_type_k, self.cache_type_v)
         mem = _physical_memory()
         if mem is not None and kv_bytes > mem // 2:
             raise ValueError(f"n_ctx={self.n_ctx} needs {kv_bytes / 2**30:.1f} GiB of KV cache; this machine "
                              f"has {mem / 2**30:.1f} GiB of memory. Use a smaller n_ctx.")
         self.n_threads = n_threads or _core.default_threads()
-        self._ctx = _core.Context(self._model, self.n_ctx, min(n_batch, self.n_ctx), self.n_threads)
+        self._ctx = _core.Context(self._model, self.n_ctx, min(n_batch, self.n_ctx), self.n_threads,
+                                  self.cache_type_k, self.cache_type_v)
+        self.kv_cache_bytes = kv_bytes  # at n_ctx; pages are touched only as positions fill
         self._cached: list[int] = []  # the tokens whose keys/values are in the cache, in order
         self._lock = threading.RLock()  # one call at a time, whatever the caller's threads do
         self.name = str(self.metadata.get("general.name") or Path(self.path).stem)

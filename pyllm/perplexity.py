@@ -297,13 +297,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--top-k", type=int, default=256,
                    help="log-probs kept per token by --save-logprobs (0: all, as float16; default 256)")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
+    from pyllm.cli import add_cache_type_arguments
+    add_cache_type_arguments(p)
 
 
 def run(args: argparse.Namespace) -> int:
     from pyllm.model import Model
     with open(args.file, "rb") as f:
         text = f.read().decode("utf-8")
-    model = Model(args.model, n_ctx=args.ctx, n_threads=args.threads)
+    from pyllm.cli import cache_type_kwargs
+    model = Model(args.model, n_ctx=args.ctx, n_threads=args.threads, **cache_type_kwargs(args))
 
     def progress(i, n, ppl):
         sys.stderr.write(f"[{i + 1}/{n}] {ppl:.4f}\n")

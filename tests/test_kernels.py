@@ -307,6 +307,35 @@ def test_pv_f16(isa, rows, nb, d):
 
 
 @pytest.mark.parametrize("isa", ["ref"] + SIMD_ISAS)
+@pytest.mark.parametrize("rows,nb,d", [(1, 1, 1), (3, 32, 64), (5, 7, 33), (4, 32, 128), (9, 17, 72), (2, 3, 200)])
+def test_pv_f32(isa, rows, nb, d):
+    # P.V over a dequantized block of a quantized V cache: float rounding only (1e-6 of |terms|).
+    rng = np.random.default_rng(rows * 1000 + nb * 10 + d + 1)
+    p = rng.random((rows, nb)).astype(np.float32)
+    v = rng.standard_normal((nb, d)).astype(np.float32)
+    acc = rng.standard_normal((rows, d)).astype(np.float32)
+    got = _core.pv_f32(isa, p, v, acc)
+    want = acc.astype(np.float64) + p.astype(np.float64) @ v.astype(np.float64)
+    mag = np.abs(acc) + np.abs(p) @ np.abs(v.astype(np.float64))
+    assert np.all(np.abs(got - want) <= 1e-6 * mag + 1e-30)
+
+
+@pytest.mark.parametrize("isa", ["ref"] + SIMD_ISAS)
+@pytest.mark.parametrize("n", [1, 7, 8, 17, 32, 33])
+def test_exp_sum(isa, n):
+    # The softmax step: exp(s - m) for s <= m (down to underflow), and their sum, within 1e-6
+    # relative of float64 (the polynomial exp is ~1e-7; a wrong lane or tail is O(1)); below
+    # e^-87 (float's range) the SIMD exp clamps, so 1e-37 absolute.
+    rng = np.random.default_rng(n)
+    s = (-np.abs(rng.standard_normal(n)) * 8).astype(np.float32)
+    s[: min(n, 2)] = [-150.0, 0.0][: min(n, 2)]
+    got, total = _core.exp_sum(isa, s, 0.25)
+    want = np.exp(s.astype(np.float64) - 0.25)
+    assert np.all(np.abs(got - want) <= 1e-6 * want + 1e-37)
+    assert abs(total - want.sum()) <= 1e-6 * want.sum() + 1e-37  # e^-150 underflows to 0 in float
+
+
+@pytest.mark.parametrize("isa", ["ref"] + SIMD_ISAS)
 @pytest.mark.parametrize("n", [1, 7, 8, 15, 16, 17, 1536])
 def test_swiglu(isa, n):
     rng = np.random.default_rng(n)

@@ -3,6 +3,7 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <cmath>
 #include <cstring>
 #include <vector>
 
@@ -10,6 +11,7 @@
 #include "core/common.h"
 #include "core/threadpool.h"
 #include "kernels/kernels.h"
+#include "ops/ops.h"
 #include "quant/types.h"
 
 namespace py = pybind11;
@@ -191,6 +193,50 @@ py::array pv_f16(const std::string& isa, f32_array p, u16_array v, f32_array acc
     return out;
 }
 
+// The same with V in f32 (a quantized V cache's block, dequantized).
+py::array pv_f32(const std::string& isa, f32_array p, f32_array v, f32_array acc) {
+    if (p.ndim() != 2 || v.ndim() != 2 || acc.ndim() != 2 || p.shape(1) != v.shape(0) || acc.shape(0) != p.shape(0) ||
+        acc.shape(1) != v.shape(1))
+        fail(ErrorKind::invalid_argument, "pv_f32: p (rows, nb), v (nb, d) and acc (rows, d) must agree");
+    py::array_t<float> out({acc.shape(0), acc.shape(1)});
+    std::memcpy(out.mutable_data(), acc.data(), acc.size() * sizeof(float));
+    checked_table(isa).pv_f32(p.shape(0), p.shape(1), v.shape(1), p.data(), p.shape(1), v.data(), v.shape(1), out.mutable_data());
+    return out;
+}
+
+// Attention of q (n_tok, n_head*head_dim) against K and V rows (n_pos, n_kv_head*head_dim), stored
+// in a one-layer cache of the given types; the tokens are the last n_tok positions. For tests.
+py::array attention_test(const std::string& isa, f32_array q, f32_array k, f32_array v, int n_head, int n_kv_head,
+                         const std::string& type_k, const std::string& type_v, int n_threads) {
+    if (q.ndim() != 2 || k.ndim() != 2 || v.ndim() != 2 || n_head < 1 || n_kv_head < 1 || n_head % n_kv_head ||
+        q.shape(1) % n_head || k.shape(0) != v.shape(0) || k.shape(1) != v.shape(1) || q.shape(0) > k.shape(0) ||
+        k.shape(1) != q.shape(1) / n_head * n_kv_head || q.shape(0) < 1)
+        fail(ErrorKind::invalid_argument, "attention: q (n_tok, n_head*hd), k and v (n_pos, n_kv_head*hd) must agree");
+    const KernelTable& kt = checked_table(isa);
+    const int hd = (int)(q.shape(1) / n_head);
+    const int64_t n_pos = k.shape(0), n_tok = q.shape(0);
+    KvCache cache(kv_cache_type_from_name(type_k), kv_cache_type_from_name(type_v), 1, n_pos, n_kv_head, hd);
+    for (int64_t p = 0; p < n_pos; ++p) cache.store(kt, 0, p, k.data() + p * k.shape(1), v.data() + p * v.shape(1));
+    ThreadPool pool(n_threads);
+    std::vector<float> scratch(attention_scratch_floats(pool.size(), n_head, n_kv_head, hd));
+    py::array_t<float> out({q.shape(0), q.shape(1)});
+    {
+        py::gil_scoped_release nogil;
+        attention(pool, kt, q.data(), q.shape(1), cache.layer(0), out.mutable_data(), q.shape(1), n_tok, n_pos - n_tok,
+                  n_head, n_kv_head, hd, 1.0f / std::sqrt((float)hd), scratch.data());
+    }
+    return out;
+}
+
+// (s', sum): s'[j] = exp(s[j] - m), attention's softmax step.
+py::tuple exp_sum(const std::string& isa, f32_array s, float m) {
+    if (s.ndim() != 1) fail(ErrorKind::invalid_argument, "exp_sum: s must be 1-D");
+    py::array_t<float> out(s.shape(0));
+    std::memcpy(out.mutable_data(), s.data(), s.shape(0) * sizeof(float));
+    const float sum = checked_table(isa).exp_sum(out.mutable_data(), s.shape(0), m);
+    return py::make_tuple(out, sum);
+}
+
 py::array swiglu(const std::string& isa, f32_array gate, f32_array up) {
     if (gate.ndim() != 1 || up.ndim() != 1 || gate.shape(0) != up.shape(0)) fail(ErrorKind::invalid_argument, "swiglu: gate and up must be 1-D of one length");
     py::array_t<float> out(gate.shape(0));
@@ -240,9 +286,13 @@ void register_core(py::module_& m) {
     m.def("dequantize", &dequantize, py::arg("type_id"), py::arg("q"), py::arg("n"), py::arg("isa") = "");
     m.def("quantize_act", &quantize_act, py::arg("isa"), py::arg("type_id"), py::arg("x"));
     m.def("pv_f16", &pv_f16, py::arg("isa"), py::arg("p"), py::arg("v"), py::arg("acc"));
+    m.def("attention", &attention_test, py::arg("isa"), py::arg("q"), py::arg("k"), py::arg("v"), py::arg("n_head"),
+          py::arg("n_kv_head"), py::arg("cache_type_k") = "f16", py::arg("cache_type_v") = "f16", py::arg("n_threads") = 1);
+    m.def("exp_sum", &exp_sum, py::arg("isa"), py::arg("s"), py::arg("m"));
+    m.def("pv_f32", &pv_f32, py::arg("isa"), py::arg("p"), py::arg("v"), py::arg("acc"));
     m.def("swiglu", &swiglu, py::arg("isa"), py::arg("gate"), py::arg("up"));
     m.def("f32_to_f16", &f32_to_f16, py::arg("isa"), py::arg("x"));
-    m.def("matmul", &matmul, py::arg("isa"), py::arg("type_id"), py::arg("w"), py::arg("k"), py::arg("x"));
+    m.def("matmul", static_cast<py::array (*)(const std::string&, int, u8_array, int64_t, f32_array)>(&matmul), py::arg("isa"), py::arg("type_id"), py::arg("w"), py::arg("k"), py::arg("x"));
     m.def("matmul_x8", &matmul_x8, py::arg("isa"), py::arg("type_id"), py::arg("w"), py::arg("k"), py::arg("x"),
           py::arg("packed") = false);
     m.def("repack_x8", &repack_x8, py::arg("isa"), py::arg("type_id"), py::arg("w"), py::arg("k"));

@@ -74,19 +74,27 @@ void register_model(py::module_& m) {
         .def_property_readonly("repacked_bytes", [](const PyModel& pm) { return pm.model->repacked_bytes(); })
         .def_property_readonly("weight_bytes", [](const PyModel& pm) { return pm.model->weight_bytes(); })
         .def_property_readonly("n_vocab", [](const PyModel& pm) { return pm.model->config().n_vocab; })
-        .def_static("kv_cache_bytes", [](const py::dict& cfg, int n_ctx) { return Context::kv_cache_bytes(config_from_dict(cfg), n_ctx); });
+        .def_static("kv_cache_bytes", [](const py::dict& cfg, int n_ctx, const std::string& type_k, const std::string& type_v) {
+                        return Context::kv_cache_bytes(config_from_dict(cfg), n_ctx, kv_cache_type_from_name(type_k),
+                                                       kv_cache_type_from_name(type_v));
+                    },
+                    py::arg("config"), py::arg("n_ctx"), py::arg("cache_type_k") = "f16", py::arg("cache_type_v") = "f16");
 
     py::class_<PyContext>(m, "Context")
-        .def(py::init([](py::object model, int n_ctx, int n_batch, int n_threads) {
+        .def(py::init([](py::object model, int n_ctx, int n_batch, int n_threads, const std::string& type_k,
+                         const std::string& type_v) {
                  auto& pm = model.cast<PyModel&>();
                  auto pc = std::make_unique<PyContext>();
-                 pc->ctx = std::make_unique<Context>(pm.model, n_ctx, n_batch, n_threads);
+                 pc->ctx = std::make_unique<Context>(pm.model, n_ctx, n_batch, n_threads, kv_cache_type_from_name(type_k),
+                                                     kv_cache_type_from_name(type_v));
                  pc->model_ref = model;
                  pc->last_logits.assign(pm.model->config().n_vocab, 0.0f);
                  return pc;
              }),
-             py::arg("model"), py::arg("n_ctx"), py::arg("n_batch") = 512, py::arg("n_threads") = 0)
+             py::arg("model"), py::arg("n_ctx"), py::arg("n_batch") = 512, py::arg("n_threads") = 0,
+             py::arg("cache_type_k") = "f16", py::arg("cache_type_v") = "f16")
         .def_property_readonly("n_ctx", [](PyContext& c) { return c.ctx->n_ctx(); })
+        .def_property_readonly("kv_cache_bytes", [](PyContext& c) { return c.ctx->kv_cache().bytes(); })
         .def_property_readonly("n_past", [](PyContext& c) { return c.ctx->n_past(); })
         .def_property_readonly("n_threads", [](PyContext& c) { return c.ctx->n_threads(); })
         .def("truncate", [](PyContext& c, int64_t n) { std::lock_guard<std::mutex> l(c.busy); c.ctx->truncate(n); })

@@ -57,6 +57,12 @@ using f32_to_f16_fn = void (*)(const float* x, uint16_t* y, int64_t n);
 using pv_f16_fn = void (*)(int64_t n_rows, int64_t nb, int64_t d, const float* p, int64_t p_stride,
                            const uint16_t* v, int64_t v_stride, float* out);
 // SwiGLU: gate[i] = silu(gate[i]) * up[i]. SIMD versions use a polynomial exp (~1e-7 relative).
+// The same over a block of V rows already in f32 (a quantized V cache, dequantized a block at a time).
+using pv_f32_fn = void (*)(int64_t n_rows, int64_t nb, int64_t d, const float* p, int64_t p_stride,
+                           const float* v, int64_t v_stride, float* out);
+// Attention's softmax step: s[j] = e^(s[j] - m) for j < n, returns their sum. SIMD versions use
+// the polynomial exp (~1e-7 relative); m >= every s[j], so the arguments are <= 0.
+using exp_sum_fn = float (*)(float* s, int64_t n, float m);
 using swiglu_fn = void (*)(float* gate, const float* up, int64_t n);
 
 struct KernelTable {
@@ -71,6 +77,8 @@ struct KernelTable {
     to_float_fn to_float[TYPE_COUNT];     // by type: dequantize one row
     f32_to_f16_fn f32_to_f16;
     pv_f16_fn pv_f16;
+    pv_f32_fn pv_f32;
+    exp_sum_fn exp_sum;
     swiglu_fn swiglu;
 };
 

@@ -123,7 +123,17 @@ const uint8_t* release_pages(const uint8_t* begin, const uint8_t* end) {
 
 bool LlamaModel::repackable(const Matrix& m) {
     const KernelTable& kt = kernels();
+    if (m && !m.x8 && is_float_matrix(m)) return true;  // copied as it is (below)
     return m && !m.x8 && kt.repack_x8[m.type] && kt.gemm_x8[m.type] && m.rows >= kX8Rows;
+}
+
+// F32, F16 and BF16 matrices have no x8 layout, but are copied into the arena all the same: read
+// straight from the mapped file (4 KiB page-cache pages, shared with every other reader of the
+// file), their decode ran at 30-50% of the read bandwidth and swung by +-20% from run to run with
+// the page cache's state; from the arena (owned, collapsed to 2 MiB pages) they stream like the
+// repacked types. The file's pages are dropped as they are copied, so memory is not doubled.
+bool LlamaModel::is_float_matrix(const Matrix& m) {
+    return m.type == TYPE_F32 || m.type == TYPE_F16 || m.type == TYPE_BF16;
 }
 
 // Into `dst` (64-byte aligned, in the model's arena); `release`: the source is in a read-only
@@ -136,11 +146,14 @@ void LlamaModel::repack(Matrix& m, uint8_t* dst, bool release) {
     const uint8_t* released = m.data;  // pages before this are dropped
     for (int64_t r0 = 0; r0 < m.rows; r0 += slice) {
         const int64_t nr = std::min(slice, m.rows - r0);
-        kt.repack_x8[m.type](m.data + r0 * m.row_bytes, m.row_bytes, nr, m.cols, dst + r0 * m.row_bytes);
+        if (is_float_matrix(m))
+            std::memcpy(dst + r0 * m.row_bytes, m.data + r0 * m.row_bytes, nr * m.row_bytes);
+        else
+            kt.repack_x8[m.type](m.data + r0 * m.row_bytes, m.row_bytes, nr, m.cols, dst + r0 * m.row_bytes);
         if (release) released = release_pages(released, m.data + (r0 + nr) * m.row_bytes);
     }
     m.data = dst;
-    m.x8 = true;
+    m.x8 = !is_float_matrix(m);
 }
 
 LlamaModel::LlamaModel(const LlamaConfig& cfg, const std::unordered_map<std::string, TensorView>& tensors,
@@ -253,22 +266,21 @@ LlamaModel::~LlamaModel() {
 
 // --- context ------------------------------------------------------------------------------------
 
-uint64_t Context::kv_cache_bytes(const LlamaConfig& cfg, int n_ctx) {
-    return 2ull * cfg.n_layer * (uint64_t)n_ctx * cfg.n_head_kv * cfg.head_dim * sizeof(uint16_t);
+uint64_t Context::kv_cache_bytes(const LlamaConfig& cfg, int n_ctx, Type type_k, Type type_v) {
+    return KvCache::bytes_for(type_k, type_v, cfg.n_layer, n_ctx, cfg.n_head_kv, cfg.head_dim);
 }
 
-Context::Context(std::shared_ptr<const LlamaModel> model, int n_ctx, int n_batch, int n_threads)
-    : model_(std::move(model)), kt_(kernels()), pool_(n_threads), n_ctx_(n_ctx), n_batch_(n_batch) {
-    const LlamaConfig& c = model_->config();
+static int checked_n_ctx(int n_ctx) {
     if (n_ctx < 1) fail(ErrorKind::invalid_argument, "n_ctx must be at least 1, got " + std::to_string(n_ctx));
+    return n_ctx;
+}
+
+Context::Context(std::shared_ptr<const LlamaModel> model, int n_ctx, int n_batch, int n_threads, Type type_k, Type type_v)
+    : model_(std::move(model)), kt_(kernels()), pool_(n_threads), n_ctx_(n_ctx), n_batch_(n_batch),
+      kv_(type_k, type_v, model_->config().n_layer, checked_n_ctx(n_ctx), model_->config().n_head_kv, model_->config().head_dim) {
+    const LlamaConfig& c = model_->config();
     if (n_batch < 1) fail(ErrorKind::invalid_argument, "n_batch must be at least 1");
     const int64_t kv = (int64_t)c.n_head_kv * c.head_dim, nq = (int64_t)c.n_head * c.head_dim;
-    const size_t cache_elems = (size_t)c.n_layer * n_ctx * kv;
-    k_cache_.reset(static_cast<uint16_t*>(std::calloc(cache_elems, sizeof(uint16_t))));
-    v_cache_.reset(static_cast<uint16_t*>(std::calloc(cache_elems, sizeof(uint16_t))));
-    if (!k_cache_ || !v_cache_)
-        fail(ErrorKind::invalid_argument, "cannot allocate a KV cache of " + std::to_string(2 * cache_elems * 2 / (1 << 20)) +
-             " MiB for n_ctx=" + std::to_string(n_ctx));
     x_.resize((size_t)n_batch * c.n_embd);
     xb_.resize(x_.size());
     tmp_.resize(x_.size());
@@ -380,13 +392,9 @@ void Context::forward_batch(const int32_t* tokens, int64_t nb, float* logits, bo
             const float* cs = cos_sin_.data() + t * c.n_rot;
             rope(qr, 1, nq, c.n_head, (int)hd, c.n_rot, c.rope_neox, cs);
             rope(kr, 1, nkv, c.n_head_kv, (int)hd, c.n_rot, c.rope_neox, cs);
-            const size_t row = ((size_t)l * n_ctx_ + pos0 + t) * nkv;
-            kt_.f32_to_f16(kr, k_cache_.get() + row, nkv);
-            kt_.f32_to_f16(vr, v_cache_.get() + row, nkv);
+            kv_.store(kt_, l, pos0 + t, kr, vr);
         });
-        const size_t layer_off = (size_t)l * n_ctx_ * nkv;
-        attention(pool_, kt_, q_.data(), nq, k_cache_.get() + layer_off, v_cache_.get() + layer_off, nkv,
-                  att_.data(), nq, nb, pos0, c.n_head, c.n_head_kv, (int)hd, scale, att_scratch_.data());
+        attention(pool_, kt_, q_.data(), nq, kv_.layer(l), att_.data(), nq, nb, pos0, c.n_head, c.n_head_kv, (int)hd, scale, att_scratch_.data());
         capture(l, LinearInput::attn_output, att_.data(), nq);
         {
             size_t ro;

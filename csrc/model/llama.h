@@ -85,6 +85,7 @@ public:
 
 private:
     static bool repackable(const Matrix& m);
+    static bool is_float_matrix(const Matrix& m);
     void repack(Matrix& m, uint8_t* dst, bool release);
 
     LlamaConfig cfg_;
@@ -113,8 +114,10 @@ struct CaptureSink {
 
 class Context {
 public:
-    // Sizes the KV cache for n_ctx positions and the scratch for n_batch tokens per forward.
-    Context(std::shared_ptr<const LlamaModel> model, int n_ctx, int n_batch, int n_threads);
+    // Sizes the KV cache for n_ctx positions (K and V rows of type_k / type_v, kv_cache.h) and the
+    // scratch for n_batch tokens per forward.
+    Context(std::shared_ptr<const LlamaModel> model, int n_ctx, int n_batch, int n_threads,
+            Type type_k = TYPE_F16, Type type_v = TYPE_F16);
 
     int n_ctx() const { return n_ctx_; }
     int n_threads() const { return pool_.size(); }
@@ -128,7 +131,8 @@ public:
     // for an id outside the vocabulary, Error(interrupted) if stop() says so (cache unchanged).
     void eval(const int32_t* tokens, int64_t n, float* logits, bool all_logits, const StopCheck& stop);
 
-    static uint64_t kv_cache_bytes(const LlamaConfig& cfg, int n_ctx);
+    static uint64_t kv_cache_bytes(const LlamaConfig& cfg, int n_ctx, Type type_k = TYPE_F16, Type type_v = TYPE_F16);
+    const KvCache& kv_cache() const { return kv_; }
 
     // Sends every layer's matmul inputs to `sink` during eval (nullptr: off, the default).
     void set_capture(CaptureSink* sink) { capture_ = sink; }
@@ -145,11 +149,7 @@ private:
     int n_ctx_, n_batch_;
     int64_t n_past_ = 0;
 
-    // (n_layer, n_ctx, n_kv*hd), f16. calloc'd rather than a zero-filled vector: the pages stay
-    // untouched (not resident) until a position is written, so a large n_ctx costs no memory
-    // until it is used.
-    struct FreeDeleter { void operator()(void* p) const { std::free(p); } };
-    std::unique_ptr<uint16_t[], FreeDeleter> k_cache_, v_cache_;
+    KvCache kv_;  // (n_layer, n_ctx) K and V rows
     // Scratch, sized for n_batch tokens:
     std::vector<float> x_;        // (n_batch, n_embd) residual stream
     std::vector<float> xb_;       // (n_batch, n_embd) normed

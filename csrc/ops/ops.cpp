@@ -140,8 +140,17 @@ static size_t prefill_thread_floats(int n_group, int head_dim) {
     return rows * (2 * head_dim + kScoreBlock + 2) + 16;
 }
 
-static size_t per_thread_floats(int n_group, int head_dim) {
+// A quantized cache's work space, after either of those: the query rows in K's vec_dot_type (a
+// float per element bounds any of them) and a block of V rows dequantized.
+static size_t base_thread_floats(int n_group, int head_dim) {
     return std::max(attention_thread_floats(n_group), prefill_thread_floats(n_group, head_dim));
+}
+static size_t kv_thread_floats(int n_group, int head_dim) {
+    const size_t rows = (size_t)prefill_tokens_per_task(n_group) * n_group;
+    return (rows + kScoreBlock) * head_dim + 16;
+}
+static size_t per_thread_floats(int n_group, int head_dim) {
+    return base_thread_floats(n_group, head_dim) + kv_thread_floats(n_group, head_dim);
 }
 
 size_t attention_scratch_floats(int n_threads, int n_head, int n_kv_head, int head_dim) {
@@ -153,10 +162,60 @@ size_t attention_scratch_floats(int n_threads, int n_head, int n_kv_head, int he
 
 namespace {
 
+// One KV head's slice of a layer of the cache, and the work space a non-f16 type needs.
+struct HeadCache {
+    const KernelTable& kt;
+    const KvLayerView& kv;
+    int head_dim;
+    size_t k_off, v_off;  // bytes from a row's start to head g's elements
+    uint8_t* q_buf;       // the query rows in K's vec_dot_type
+    float* v_buf;         // (kScoreBlock, head_dim) dequantized V rows
+    const uint8_t* qa = nullptr;
+    size_t qa_stride = 0;
+
+    HeadCache(const KernelTable& kt_, const KvLayerView& kv_, int g, int head_dim_, float* scratch)
+        : kt(kt_), kv(kv_), head_dim(head_dim_), k_off(row_size(kv_.type_k, (int64_t)g * head_dim_)),
+          v_off(row_size(kv_.type_v, (int64_t)g * head_dim_)),
+          q_buf(reinterpret_cast<uint8_t*>(scratch + (size_t)kScoreBlock * head_dim_)), v_buf(scratch) {}
+
+    // The n_rows query rows (head_dim floats each, contiguous) as K's GEMM kernel takes them: the
+    // floats themselves for a float K, else quantized (Q8_0 for q8_0/q4_0/q5_0, Q8_1 for q4_1/q5_1).
+    void set_query(const float* q, int n_rows) {
+        const Type at = type_traits(kv.type_k).vec_dot_type;
+        if (at == TYPE_F32) {
+            qa = reinterpret_cast<const uint8_t*>(q);
+            qa_stride = head_dim * sizeof(float);
+            return;
+        }
+        qa_stride = row_size(at, head_dim);
+        for (int r = 0; r < n_rows; ++r) kt.quantize_act[at](q + (size_t)r * head_dim, q_buf + r * qa_stride, head_dim);
+        qa = q_buf;
+    }
+    // scores[r*kScoreBlock + j] = K row (b0 + j) . query row r, for j < nb, r < n_rows.
+    void scores(int64_t b0, int nb, int n_rows, float* out) const {
+        kt.gemm[kv.type_k](head_dim, kv.k + b0 * kv.k_row_bytes + k_off, kv.k_row_bytes, nb, qa, qa_stride, n_rows, out,
+                           kScoreBlock);
+    }
+    // acc (n_rows, head_dim) += p (n_rows, kScoreBlock apart) . V rows [b0, b0 + nb).
+    void pv(int64_t b0, int nb, int n_rows, const float* p, float* acc) const {
+        const uint8_t* v = kv.v + b0 * kv.v_row_bytes + v_off;
+        if (kv.type_v == TYPE_F16) {
+            kt.pv_f16(n_rows, nb, head_dim, p, kScoreBlock, reinterpret_cast<const uint16_t*>(v),
+                      (int64_t)(kv.v_row_bytes / sizeof(uint16_t)), acc);
+        } else if (kv.type_v == TYPE_F32) {
+            kt.pv_f32(n_rows, nb, head_dim, p, kScoreBlock, reinterpret_cast<const float*>(v),
+                      (int64_t)(kv.v_row_bytes / sizeof(float)), acc);
+        } else {
+            for (int j = 0; j < nb; ++j) kt.to_float[kv.type_v](v + j * kv.v_row_bytes, v_buf + (size_t)j * head_dim, head_dim);
+            kt.pv_f32(n_rows, nb, head_dim, p, kScoreBlock, v_buf, head_dim, acc);
+        }
+    }
+};
+
 // One block of the online softmax for one query row: the scaled scores s[0..n) become exp(s - m)
 // for the new running max m; the running sum and the row's accumulator, kept relative to the old
 // max, are rescaled to m.
-void softmax_block(float* s, int n, float& run_max, float& run_sum, float* acc, int head_dim) {
+void softmax_block(const KernelTable& kt, float* s, int n, float& run_max, float& run_sum, float* acc, int head_dim) {
     float m = run_max;
     for (int j = 0; j < n; ++j) m = std::max(m, s[j]);
     if (m > run_max) {
@@ -165,42 +224,39 @@ void softmax_block(float* s, int n, float& run_max, float& run_sum, float* acc, 
         for (int i = 0; i < head_dim; ++i) acc[i] *= r;
         run_max = m;
     }
-    float sum = 0.0f;
-    for (int j = 0; j < n; ++j) {
-        s[j] = std::exp(s[j] - m);
-        sum += s[j];
-    }
-    run_sum += sum;
+    // The exps are most of a long-context decode step's arithmetic (n_head of them per position).
+    run_sum += kt.exp_sum(s, n, m);
 }
 
 // Online softmax of the group's query heads over cache positions [p0, p1): a running max and sum
 // per head, the accumulator rescaled once per block of kScoreBlock positions when the max grows
 // (no score buffer of context length). acc: (n_group, head_dim) unnormalized output; run_max,
 // run_sum: (n_group); scores: (n_group, kScoreBlock) scratch.
-void attend_range(const KernelTable& kt, const float* qg, const uint16_t* k_cache, const uint16_t* v_cache,
-                  int64_t kv_stride, int g, int n_group, int head_dim, float scale, int64_t p0, int64_t p1,
-                  float* acc, float* run_max, float* run_sum, float* scores) {
+void attend_range(const KernelTable& kt, const float* qg, const KvLayerView& kv, int g, int n_group, int head_dim,
+                  float scale, int64_t p0, int64_t p1, float* acc, float* run_max, float* run_sum, float* scores,
+                  float* kv_scratch) {
     std::fill(acc, acc + n_group * head_dim, 0.0f);
     for (int h = 0; h < n_group; ++h) { run_max[h] = -std::numeric_limits<float>::infinity(); run_sum[h] = 0.0f; }
+    HeadCache hc(kt, kv, g, head_dim, kv_scratch);
+    hc.set_query(qg, n_group);
     for (int64_t b0 = p0; b0 < p1; b0 += kScoreBlock) {
         const int nb = (int)std::min<int64_t>(kScoreBlock, p1 - b0);
         // Scores of the block (K rows . the group's query rows), one GEMM call.
-        kt.gemm[TYPE_F16](head_dim, k_cache + b0 * kv_stride + (int64_t)g * head_dim, kv_stride * sizeof(uint16_t), nb,
-                          qg, head_dim * sizeof(float), n_group, scores, kScoreBlock);
+        hc.scores(b0, nb, n_group, scores);
         for (int h = 0; h < n_group; ++h) {
             float* sh = scores + h * kScoreBlock;
             for (int j = 0; j < nb; ++j) sh[j] *= scale;
-            softmax_block(sh, nb, run_max[h], run_sum[h], acc + h * head_dim, head_dim);
+            softmax_block(kt, sh, nb, run_max[h], run_sum[h], acc + h * head_dim, head_dim);
         }
-        kt.pv_f16(n_group, nb, head_dim, scores, kScoreBlock, v_cache + b0 * kv_stride + (int64_t)g * head_dim, kv_stride, acc);
+        hc.pv(b0, nb, n_group, scores, acc);
     }
 }
 
 // Causal attention of query tokens [t0, t1) (at positions pos0 + t) and the n_group heads of KV
 // head g: rows r = (t - t0) * n_group + h. Online softmax per row, a block of positions at a time.
-void attend_prefill(const KernelTable& kt, const float* q, int64_t q_stride, const uint16_t* k_cache,
-                    const uint16_t* v_cache, int64_t kv_stride, float* out, int64_t out_stride, int64_t pos0,
-                    int64_t t0, int64_t t1, int g, int n_group, int head_dim, float scale, float* scratch) {
+void attend_prefill(const KernelTable& kt, const float* q, int64_t q_stride, const KvLayerView& kv, float* out,
+                    int64_t out_stride, int64_t pos0, int64_t t0, int64_t t1, int g, int n_group, int head_dim,
+                    float scale, float* scratch, float* kv_scratch) {
     const int n_rows = (int)(t1 - t0) * n_group;
     float* qs = scratch;                                 // (n_rows, head_dim)
     float* acc = qs + (size_t)n_rows * head_dim;         // (n_rows, head_dim)
@@ -213,6 +269,8 @@ void attend_prefill(const KernelTable& kt, const float* q, int64_t q_stride, con
             float* dst = qs + ((t - t0) * n_group + h) * head_dim;
             std::memcpy(dst, src, head_dim * sizeof(float));
         }
+    HeadCache hc(kt, kv, g, head_dim, kv_scratch);
+    hc.set_query(qs, n_rows);
     std::fill(acc, acc + (size_t)n_rows * head_dim, 0.0f);
     std::fill(run_max, run_max + n_rows, -std::numeric_limits<float>::infinity());
     std::fill(run_sum, run_sum + n_rows, 0.0f);
@@ -220,8 +278,7 @@ void attend_prefill(const KernelTable& kt, const float* q, int64_t q_stride, con
     for (int64_t b0 = 0; b0 < n_pos; b0 += kScoreBlock) {
         const int nb = (int)std::min<int64_t>(kScoreBlock, n_pos - b0);
         // scores[r][j] = K row (b0 + j) . q row r
-        kt.gemm[TYPE_F16](head_dim, k_cache + b0 * kv_stride + (int64_t)g * head_dim, kv_stride * sizeof(uint16_t), nb,
-                          qs, head_dim * sizeof(float), n_rows, sc, kScoreBlock);
+        hc.scores(b0, nb, n_rows, sc);
         for (int r = 0; r < n_rows; ++r) {
             float* sr = sc + (size_t)r * kScoreBlock;
             for (int j = 0; j < nb; ++j) sr[j] *= scale;  // after the dot, in llama.cpp's order
@@ -229,9 +286,9 @@ void attend_prefill(const KernelTable& kt, const float* q, int64_t q_stride, con
             const int visible = (int)std::max<int64_t>(0, std::min<int64_t>(nb, last - b0 + 1));
             // Masked positions get probability 0 (P.V reads the row's first nb entries).
             for (int j = visible; j < nb; ++j) sr[j] = 0.0f;
-            if (visible) softmax_block(sr, visible, run_max[r], run_sum[r], acc + (size_t)r * head_dim, head_dim);
+            if (visible) softmax_block(kt, sr, visible, run_max[r], run_sum[r], acc + (size_t)r * head_dim, head_dim);
         }
-        kt.pv_f16(n_rows, nb, head_dim, sc, kScoreBlock, v_cache + b0 * kv_stride + (int64_t)g * head_dim, kv_stride, acc);
+        hc.pv(b0, nb, n_rows, sc, acc);
     }
     for (int r = 0; r < n_rows; ++r) {
         const int64_t t = t0 + r / n_group;
@@ -244,12 +301,12 @@ void attend_prefill(const KernelTable& kt, const float* q, int64_t q_stride, con
 
 } // namespace
 
-void attention(ThreadPool& pool, const KernelTable& kt, const float* q, int64_t q_stride,
-               const uint16_t* k_cache, const uint16_t* v_cache, int64_t kv_stride,
+void attention(ThreadPool& pool, const KernelTable& kt, const float* q, int64_t q_stride, const KvLayerView& kv,
                float* out, int64_t out_stride, int64_t n_tok, int64_t pos0,
                int n_head, int n_kv_head, int head_dim, float scale, float* scratch) {
     const int n_group = n_head / n_kv_head;
     const size_t per_thread = per_thread_floats(n_group, head_dim);
+    const size_t kv_at = base_thread_floats(n_group, head_dim);  // a thread's quantized-cache space
     if (n_tok > 1) {
         const int64_t per_task = prefill_tokens_per_task(n_group);
         const int64_t n_blocks = (n_tok + per_task - 1) / per_task;
@@ -258,8 +315,8 @@ void attention(ThreadPool& pool, const KernelTable& kt, const float* q, int64_t 
             const int64_t b = n_blocks - 1 - task / n_kv_head;
             const int g = (int)(task % n_kv_head);
             const int64_t t0 = b * per_task, t1 = std::min(n_tok, t0 + per_task);
-            attend_prefill(kt, q, q_stride, k_cache, v_cache, kv_stride, out, out_stride, pos0, t0, t1, g, n_group,
-                           head_dim, scale, scratch + thread * per_thread);
+            float* ts = scratch + thread * per_thread;
+            attend_prefill(kt, q, q_stride, kv, out, out_stride, pos0, t0, t1, g, n_group, head_dim, scale, ts, ts + kv_at);
         });
         return;
     }
@@ -274,9 +331,10 @@ void attention(ThreadPool& pool, const KernelTable& kt, const float* q, int64_t 
     pool.parallel_for((int64_t)n_kv_head * n_split, [&](int64_t task, int thread) {
         const int g = (int)(task / n_split), j = (int)(task % n_split);
         float* acc = partials + task * part;
-        attend_range(kt, q + (int64_t)g * n_group * head_dim, k_cache, v_cache, kv_stride, g, n_group, head_dim,
-                     scale, n_pos * j / n_split, n_pos * (j + 1) / n_split, acc, acc + n_group * head_dim,
-                     acc + n_group * head_dim + n_group, scratch + thread * per_thread);
+        float* ts = scratch + thread * per_thread;
+        attend_range(kt, q + (int64_t)g * n_group * head_dim, kv, g, n_group, head_dim, scale, n_pos * j / n_split,
+                     n_pos * (j + 1) / n_split, acc, acc + n_group * head_dim, acc + n_group * head_dim + n_group, ts,
+                     ts + kv_at);
     });
     for (int g = 0; g < n_kv_head; ++g)
         for (int h = 0; h < n_group; ++h) {

@@ -6,6 +6,7 @@
 
 #include "core/threadpool.h"
 #include "kernels/kernels.h"
+#include "ops/kv_cache.h"
 #include "quant/types.h"
 
 namespace pyllm {
@@ -50,13 +51,14 @@ void rope(float* x, int64_t n_tok, int64_t stride, int n_heads, int head_dim, in
 // Fills cos_sin (n_tok, n_rot/2, 2) for positions pos[0..n_tok), as ggml computes theta.
 void rope_cache(const int32_t* pos, int64_t n_tok, int n_rot, float freq_base, float freq_scale, float* cos_sin);
 
-// Causal attention for n_tok new tokens at positions pos0..pos0+n_tok-1 against the F16 cache
-// holding positions [0, pos0+n_tok).  q: (n_tok, n_head*head_dim) f32 row stride q_stride;
-// k_cache/v_cache: (n_ctx, n_kv*head_dim) f16 rows of kv_stride elements;
+// Causal attention for n_tok new tokens at positions pos0..pos0+n_tok-1 against one layer of the
+// cache holding positions [0, pos0+n_tok).  q: (n_tok, n_head*head_dim) f32 row stride q_stride;
+// kv: the layer's K and V rows (any KvCache type: scores by the K type's GEMM kernel against the
+// query rows converted to its vec_dot_type, Q8_0 for a quantized K as llama.cpp does; a quantized
+// V is dequantized a block of rows at a time for pv_f32);
 // out: (n_tok, n_head*head_dim) f32; scratch: attention_scratch_floats(...) floats (per-thread
 // accumulators, and the partial softmaxes of a decode step whose positions are split across threads).
-void attention(ThreadPool& pool, const KernelTable& kt, const float* q, int64_t q_stride,
-               const uint16_t* k_cache, const uint16_t* v_cache, int64_t kv_stride,
+void attention(ThreadPool& pool, const KernelTable& kt, const float* q, int64_t q_stride, const KvLayerView& kv,
                float* out, int64_t out_stride, int64_t n_tok, int64_t pos0,
                int n_head, int n_kv_head, int head_dim, float scale, float* scratch);
 size_t attention_scratch_floats(int n_threads, int n_head, int n_kv_head, int head_dim);

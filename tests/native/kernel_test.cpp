@@ -206,6 +206,15 @@ void test_f16_helpers(const KernelTable& kt, const KernelTable& ref) {
         bool ok = true;
         for (int i = 0; i < n; ++i) ok &= std::fabs(g1[i] - g2[i]) <= 1e-6f * std::fabs(g2[i]) + 1e-30f;
         check(ok, std::string(kt.isa) + " swiglu n=" + std::to_string(n));
+
+        // exp_sum (softmax): arguments <= 0 down to underflow, against libm's exp.
+        std::vector<float> e1(n), e2(n);
+        for (int i = 0; i < n; ++i) e1[i] = e2[i] = -std::fabs(8 * x[i]);
+        if (n > 2) { e1[0] = e2[0] = -200.0f; e1[1] = e2[1] = 0.0f; }
+        const float s1 = kt.exp_sum(e1.data(), n, 0.5f), s2 = ref.exp_sum(e2.data(), n, 0.5f);
+        ok = std::fabs(s1 - s2) <= 1e-6f * s2 + 1e-30f;
+        for (int i = 0; i < n; ++i) ok &= std::fabs(e1[i] - e2[i]) <= 1e-6f * e2[i] + 1e-37f;
+        check(ok, std::string(kt.isa) + " exp_sum n=" + std::to_string(n));
     }
     // pv_f16: rows x nb probabilities times nb x d f16 values, added to the accumulators.
     for (int rows : {1, 3, 5}) for (int nb : {1, 7, 32}) for (int d : {1, 33, 64, 130}) {
@@ -224,6 +233,21 @@ void test_f16_helpers(const KernelTable& kt, const KernelTable& ref) {
                 ok &= std::fabs(a1[r * d + i] - a2[r * d + i]) <= 1e-6 * mag + 1e-30;
             }
         check(ok, std::string(kt.isa) + " pv_f16 rows=" + std::to_string(rows) + " nb=" + std::to_string(nb) + " d=" + std::to_string(d));
+        // pv_f32: the same with V in f32 (a dequantized block of a quantized V cache), V rows
+        // d + 3 apart (a strided block).
+        std::vector<float> vs((size_t)nb * (d + 3), 7.0f);
+        for (int j = 0; j < nb; ++j) std::memcpy(&vs[(size_t)j * (d + 3)], &vf[(size_t)j * d], d * sizeof(float));
+        std::vector<float> b1 = acc, b2 = acc;
+        kt.pv_f32(rows, nb, d, p.data(), nb, vs.data(), d + 3, b1.data());
+        ref.pv_f32(rows, nb, d, p.data(), nb, vs.data(), d + 3, b2.data());
+        ok = true;
+        for (int r = 0; r < rows; ++r)
+            for (int i = 0; i < d; ++i) {
+                double mag = std::fabs(acc[r * d + i]);
+                for (int j = 0; j < nb; ++j) mag += std::fabs(p[r * nb + j] * vf[j * d + i]);
+                ok &= std::fabs(b1[r * d + i] - b2[r * d + i]) <= 1e-6 * mag + 1e-30;
+            }
+        check(ok, std::string(kt.isa) + " pv_f32 rows=" + std::to_string(rows) + " nb=" + std::to_string(nb) + " d=" + std::to_string(d));
     }
 }
 

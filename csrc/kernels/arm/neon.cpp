@@ -193,16 +193,21 @@ void f32_to_f16_neon(const float* x, uint16_t* y, int64_t n) {
 
 // Attention's P.V: a tile of R rows x 16 columns in 16 accumulators; each V row is converted once
 // per tile and multiplied into every row.
-template <int R>
+inline float32x4_t load4_v(const uint16_t* p) { return load4_f16(p); }
+inline float32x4_t load4_v(const float* p) { return vld1q_f32(p); }
+inline float v_to_f32(uint16_t h) { return half_to_f32(h); }
+inline float v_to_f32(float f) { return f; }
+
+template <int R, typename V>
 void pv_tile_neon(int64_t nb, int64_t d, int64_t i, int w, const float* p, int64_t p_stride,
-                  const uint16_t* v, int64_t v_stride, float* out) {
+                  const V* v, int64_t v_stride, float* out) {
     // w: 4-float columns in this tile (1..4)
     float32x4_t acc[R][4];
     for (int r = 0; r < R; ++r)
         for (int c = 0; c < w; ++c) acc[r][c] = vld1q_f32(out + r * d + i + 4 * c);
     for (int64_t j = 0; j < nb; ++j) {
         float32x4_t vv[4];
-        for (int c = 0; c < w; ++c) vv[c] = load4_f16(v + j * v_stride + i + 4 * c);
+        for (int c = 0; c < w; ++c) vv[c] = load4_v(v + j * v_stride + i + 4 * c);
         for (int r = 0; r < R; ++r) {
             const float pj = p[r * p_stride + j];
             for (int c = 0; c < w; ++c) acc[r][c] = vfmaq_n_f32(acc[r][c], vv[c], pj);
@@ -212,8 +217,10 @@ void pv_tile_neon(int64_t nb, int64_t d, int64_t i, int w, const float* p, int64
         for (int c = 0; c < w; ++c) vst1q_f32(out + r * d + i + 4 * c, acc[r][c]);
 }
 
-void pv_f16_neon(int64_t n_rows, int64_t nb, int64_t d, const float* p, int64_t p_stride,
-                 const uint16_t* v, int64_t v_stride, float* out) {
+// V in f16 (the cache) or f32 (a dequantized block of a quantized cache).
+template <typename V>
+void pv_neon(int64_t n_rows, int64_t nb, int64_t d, const float* p, int64_t p_stride,
+             const V* v, int64_t v_stride, float* out) {
     const int64_t dv = d / 4 * 4;
     for (int64_t r0 = 0; r0 < n_rows; r0 += 4) {
         const int64_t rows = std::min<int64_t>(4, n_rows - r0);
@@ -222,15 +229,15 @@ void pv_f16_neon(int64_t n_rows, int64_t nb, int64_t d, const float* p, int64_t 
         for (int64_t i = 0; i < dv; i += 16) {
             const int w = (int)std::min<int64_t>(4, (dv - i) / 4);
             switch (rows) {
-                case 4: pv_tile_neon<4>(nb, d, i, w, pr, p_stride, v, v_stride, o); break;
-                case 3: pv_tile_neon<3>(nb, d, i, w, pr, p_stride, v, v_stride, o); break;
-                case 2: pv_tile_neon<2>(nb, d, i, w, pr, p_stride, v, v_stride, o); break;
-                default: pv_tile_neon<1>(nb, d, i, w, pr, p_stride, v, v_stride, o); break;
+                case 4: pv_tile_neon<4, V>(nb, d, i, w, pr, p_stride, v, v_stride, o); break;
+                case 3: pv_tile_neon<3, V>(nb, d, i, w, pr, p_stride, v, v_stride, o); break;
+                case 2: pv_tile_neon<2, V>(nb, d, i, w, pr, p_stride, v, v_stride, o); break;
+                default: pv_tile_neon<1, V>(nb, d, i, w, pr, p_stride, v, v_stride, o); break;
             }
         }
         for (int64_t r = r0; r < r0 + rows; ++r)
             for (int64_t j = 0; j < nb; ++j)
-                for (int64_t i = dv; i < d; ++i) out[r * d + i] += p[r * p_stride + j] * half_to_f32(v[j * v_stride + i]);
+                for (int64_t i = dv; i < d; ++i) out[r * d + i] += p[r * p_stride + j] * v_to_f32(v[j * v_stride + i]);
     }
 }
 
@@ -245,6 +252,23 @@ inline float32x4_t exp_neon(float32x4_t x) {
     for (float c : {1.0f / 120, 1.0f / 24, 1.0f / 6, 0.5f, 1.0f, 1.0f}) e = vfmaq_f32(vdupq_n_f32(c), e, r);
     const int32x4_t bits = vshlq_n_s32(vaddq_s32(vcvtq_s32_f32(n), vdupq_n_s32(127)), 23);
     return vmulq_f32(e, vreinterpretq_f32_s32(bits));
+}
+
+float exp_sum_neon(float* s, int64_t n, float m) {
+    const float32x4_t mv = vdupq_n_f32(m);
+    float32x4_t acc = vdupq_n_f32(0.0f);
+    int64_t j = 0;
+    for (; j + 4 <= n; j += 4) {
+        const float32x4_t e = exp_neon(vsubq_f32(vld1q_f32(s + j), mv));
+        vst1q_f32(s + j, e);
+        acc = vaddq_f32(acc, e);
+    }
+    float sum = vaddvq_f32(acc);
+    for (; j < n; ++j) {
+        s[j] = std::exp(s[j] - m);
+        sum += s[j];
+    }
+    return sum;
 }
 
 void swiglu_neon(float* gate, const float* up, int64_t n) {
@@ -436,7 +460,9 @@ KernelTable make_neon_table() {
     t.to_float[TYPE_Q5_1] = to_float_block32<0, true, true, block_q5_1>;
     t.to_float[TYPE_Q8_0] = to_float_q8_0_neon;
     t.f32_to_f16 = f32_to_f16_neon;
-    t.pv_f16 = pv_f16_neon;
+    t.pv_f16 = pv_neon<uint16_t>;
+    t.pv_f32 = pv_neon<float>;
+    t.exp_sum = exp_sum_neon;
     t.swiglu = swiglu_neon;
     register_kquant_neon_kernels(t);
     register_kquant_x8_neon_kernels(t);

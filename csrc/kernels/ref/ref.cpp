@@ -128,6 +128,24 @@ static void pv_f16_ref(int64_t n_rows, int64_t nb, int64_t d, const float* p, in
         }
 }
 
+static void pv_f32_ref(int64_t n_rows, int64_t nb, int64_t d, const float* p, int64_t p_stride,
+                       const float* v, int64_t v_stride, float* out) {
+    for (int64_t r = 0; r < n_rows; ++r)
+        for (int64_t j = 0; j < nb; ++j) {
+            const float pj = p[r * p_stride + j];
+            for (int64_t i = 0; i < d; ++i) out[r * d + i] += pj * v[j * v_stride + i];
+        }
+}
+
+static float exp_sum_ref(float* s, int64_t n, float m) {
+    float sum = 0.0f;
+    for (int64_t j = 0; j < n; ++j) {
+        s[j] = std::exp(s[j] - m);
+        sum += s[j];
+    }
+    return sum;
+}
+
 static void swiglu_ref(float* gate, const float* up, int64_t n) {
     for (int64_t i = 0; i < n; ++i) {
         const float g = gate[i];
@@ -158,6 +176,8 @@ static KernelTable make_ref_table() {
         if (type_is_known(i)) t.to_float[i] = type_traits((Type)i).to_float;
     t.f32_to_f16 = [](const float* x, uint16_t* y, int64_t n) { quantize_row_f16(x, y, n); };
     t.pv_f16 = pv_f16_ref;
+    t.pv_f32 = pv_f32_ref;
+    t.exp_sum = exp_sum_ref;
     t.swiglu = swiglu_ref;
     return t;
 }
@@ -176,6 +196,8 @@ void fill_missing_from_ref(KernelTable& t) {
     }
     if (!t.f32_to_f16) t.f32_to_f16 = r.f32_to_f16;
     if (!t.pv_f16) t.pv_f16 = r.pv_f16;
+    if (!t.pv_f32) t.pv_f32 = r.pv_f32;
+    if (!t.exp_sum) t.exp_sum = r.exp_sum;
     if (!t.swiglu) t.swiglu = r.swiglu;
 }
 

@@ -195,16 +195,21 @@ void f32_to_f16_avx2(const float* x, uint16_t* y, int64_t n) {
 
 // Attention's P.V: a tile of R rows x 32 columns in 8 accumulators; each V row is converted once
 // per tile and broadcast-multiplied into every row.
-template <int R>
+inline __m256 load8_v(const uint16_t* p) { return load8_f16(p); }
+inline __m256 load8_v(const float* p) { return _mm256_loadu_ps(p); }
+inline float v_to_f32(uint16_t h) { return half_to_f32(h); }
+inline float v_to_f32(float f) { return f; }
+
+template <int R, typename V>
 void pv_tile_avx2(int64_t nb, int64_t d, int64_t i, int64_t w, const float* p, int64_t p_stride,
-                  const uint16_t* v, int64_t v_stride, float* out) {
+                  const V* v, int64_t v_stride, float* out) {
     // w: vector columns in this tile (1..4), each 8 floats wide.
     __m256 acc[R][4];
     for (int r = 0; r < R; ++r)
         for (int c = 0; c < w; ++c) acc[r][c] = _mm256_loadu_ps(out + r * d + i + 8 * c);
     for (int64_t j = 0; j < nb; ++j) {
         __m256 vv[4];
-        for (int c = 0; c < w; ++c) vv[c] = load8_f16(v + j * v_stride + i + 8 * c);
+        for (int c = 0; c < w; ++c) vv[c] = load8_v(v + j * v_stride + i + 8 * c);
         for (int r = 0; r < R; ++r) {
             const __m256 pb = _mm256_set1_ps(p[r * p_stride + j]);
             for (int c = 0; c < w; ++c) acc[r][c] = _mm256_fmadd_ps(vv[c], pb, acc[r][c]);
@@ -214,8 +219,10 @@ void pv_tile_avx2(int64_t nb, int64_t d, int64_t i, int64_t w, const float* p, i
         for (int c = 0; c < w; ++c) _mm256_storeu_ps(out + r * d + i + 8 * c, acc[r][c]);
 }
 
-void pv_f16_avx2(int64_t n_rows, int64_t nb, int64_t d, const float* p, int64_t p_stride,
-                 const uint16_t* v, int64_t v_stride, float* out) {
+// V in f16 (the cache) or f32 (a dequantized block of a quantized cache).
+template <typename V>
+void pv_avx2(int64_t n_rows, int64_t nb, int64_t d, const float* p, int64_t p_stride,
+             const V* v, int64_t v_stride, float* out) {
     const int64_t dv = d / 8 * 8;
     for (int64_t r0 = 0; r0 < n_rows; r0 += 2) {
         const bool two = n_rows - r0 >= 2;
@@ -223,12 +230,12 @@ void pv_f16_avx2(int64_t n_rows, int64_t nb, int64_t d, const float* p, int64_t 
         float* o = out + r0 * d;
         for (int64_t i = 0; i < dv; i += 32) {
             const int64_t w = std::min<int64_t>(4, (dv - i) / 8);
-            if (two) pv_tile_avx2<2>(nb, d, i, w, pr, p_stride, v, v_stride, o);
-            else pv_tile_avx2<1>(nb, d, i, w, pr, p_stride, v, v_stride, o);
+            if (two) pv_tile_avx2<2, V>(nb, d, i, w, pr, p_stride, v, v_stride, o);
+            else pv_tile_avx2<1, V>(nb, d, i, w, pr, p_stride, v, v_stride, o);
         }
         for (int64_t r = r0; r < std::min(n_rows, r0 + 2); ++r)
             for (int64_t j = 0; j < nb; ++j)
-                for (int64_t i = dv; i < d; ++i) out[r * d + i] += p[r * p_stride + j] * half_to_f32(v[j * v_stride + i]);
+                for (int64_t i = dv; i < d; ++i) out[r * d + i] += p[r * p_stride + j] * v_to_f32(v[j * v_stride + i]);
     }
 }
 
@@ -243,6 +250,23 @@ inline __m256 exp_avx2(__m256 x) {
     for (float c : {1.0f / 120, 1.0f / 24, 1.0f / 6, 0.5f, 1.0f, 1.0f}) e = _mm256_fmadd_ps(e, r, _mm256_set1_ps(c));
     const __m256i bits = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
     return _mm256_mul_ps(e, _mm256_castsi256_ps(bits));
+}
+
+float exp_sum_avx2(float* s, int64_t n, float m) {
+    const __m256 mv = _mm256_set1_ps(m);
+    __m256 acc = _mm256_setzero_ps();
+    int64_t j = 0;
+    for (; j + 8 <= n; j += 8) {
+        const __m256 e = exp_avx2(_mm256_sub_ps(_mm256_loadu_ps(s + j), mv));
+        _mm256_storeu_ps(s + j, e);
+        acc = _mm256_add_ps(acc, e);
+    }
+    float sum = hsum(acc);
+    for (; j < n; ++j) {
+        s[j] = std::exp(s[j] - m);
+        sum += s[j];
+    }
+    return sum;
 }
 
 void swiglu_avx2(float* gate, const float* up, int64_t n) {
@@ -425,7 +449,9 @@ KernelTable make_avx2_table() {
     t.to_float[TYPE_Q5_1] = to_float_q5_1_avx2;
     t.to_float[TYPE_Q8_0] = to_float_q8_0_avx2;
     t.f32_to_f16 = f32_to_f16_avx2;
-    t.pv_f16 = pv_f16_avx2;
+    t.pv_f16 = pv_avx2<uint16_t>;
+    t.pv_f32 = pv_avx2<float>;
+    t.exp_sum = exp_sum_avx2;
     t.swiglu = swiglu_avx2;
     register_kquant_avx2_kernels(t);
     register_x8_avx2_kernels(t);

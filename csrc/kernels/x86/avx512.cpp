@@ -396,6 +396,9 @@ KernelTable make_avx512_table() {
                 t.repack_x8[i] = avx2->repack_x8[i];
             }
         }
+        // pv_f32 (quantized V cache): AVX2's; no AVX-512 machine here to test a 16-wide one on.
+        if (!t.pv_f32) t.pv_f32 = avx2->pv_f32;
+        if (!t.exp_sum) t.exp_sum = avx2->exp_sum;  // likewise
     }
     fill_missing_from_ref(t);
     return t;
