@@ -389,6 +389,7 @@ KernelTable make_avx512_table() {
             if (!t.quantize_act[i]) t.quantize_act[i] = avx2->quantize_act[i];
             if (!t.to_float[i]) t.to_float[i] = avx2->to_float[i];
         }
+        if (!t.xtx_tile) t.xtx_tile = avx2->xtx_tile;
     }
     fill_missing_from_ref(t);
     return t;
