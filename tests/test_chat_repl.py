@@ -13,6 +13,8 @@ import pytest
 
 import pyllm  # noqa: E402
 
+pytestmark = pytest.mark.pty  # the test tiers: tests/conftest.py
+
 # The child must import the same pyllm as this process: the installed one in CI, the source
 # tree's in a developer build.
 PYLLM_PARENT = Path(pyllm.__file__).resolve().parents[1]

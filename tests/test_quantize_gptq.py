@@ -41,12 +41,14 @@ def output_error(w, q, x):
 # XᵀX
 # ---------------------------------------------------------------------------------------------
 
+@pytest.mark.parametrize("isa", _core.available_isas())
 @pytest.mark.parametrize("k,n,batch", [(37, 13, 5), (64, 100, 100), (130, 257, 64)])
-def test_hessian_matches_numpy(k, n, batch):
+def test_hessian_matches_numpy(k, n, batch, isa):
+    """Every table's xtx_tile kernel (the reference and this CPU's SIMD) through the accumulator."""
     x = np.random.default_rng(k).standard_normal((n, k)).astype(np.float32)
     ref = x.astype(np.float64).T @ x
     for threads in (1, 2):
-        h = _core.hessian(x, False, batch, threads)
+        h = _core.hessian(x, False, batch, threads, isa)
         assert h.shape == (k, k) and np.array_equal(h, h.T)
         assert np.allclose(h, ref, rtol=1e-5, atol=1e-4 * np.abs(ref).max())
     d = _core.hessian(x, True, batch, 1)

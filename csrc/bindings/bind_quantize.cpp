@@ -170,17 +170,20 @@ py::tuple calibrate_layer(const py::dict& cfg_dict, const py::dict& layer, f32_a
 }
 
 // XᵀX (k, k) float64 of x (n, k) float32, or its diagonal: the accumulator calibrate_layer uses,
-// exposed for tests and tools. Rows are added in batches of `batch`.
-py::array hessian(f32_array x, bool diag_only, int64_t batch, int n_threads) {
+// exposed for tests and tools. Rows are added in batches of `batch`; isa picks the kernel table
+// ("" = the one in use).
+py::array hessian(f32_array x, bool diag_only, int64_t batch, int n_threads, const std::string& isa) {
     if (x.ndim() != 2 || batch < 1) fail(ErrorKind::invalid_argument, "hessian expects a 2-D float32 array and batch >= 1");
     const int64_t n = x.shape(0), k = x.shape(1);
+    const KernelTable* kt = isa.empty() ? &kernels() : kernel_table_by_name(isa.c_str());
+    if (!kt) fail(ErrorKind::invalid_argument, "ISA '" + isa + "' is not available on this CPU/build");
     HessianAccumulator acc(k, diag_only);
     const float* xp = x.data();
     std::vector<double> v;
     {
         py::gil_scoped_release nogil;
         ThreadPool pool(std::max(1, n_threads));
-        for (int64_t s = 0; s < n; s += batch) acc.add(xp + s * k, std::min(batch, n - s), pool);
+        for (int64_t s = 0; s < n; s += batch) acc.add(xp + s * k, std::min(batch, n - s), pool, *kt);
         v = acc.symmetric();
     }
     py::array_t<double> arr = diag_only ? py::array_t<double>((py::ssize_t)k) : py::array_t<double>({(py::ssize_t)k, (py::ssize_t)k});
@@ -222,7 +225,8 @@ py::tuple gptq(int type_id, f32_array w, f64_array h, double damp, int block, bo
 void register_quantize(py::module_& m) {
     m.def("calibrate_layer", &calibrate_layer, py::arg("config"), py::arg("layer"), py::arg("hidden"), py::arg("seq_len"),
           py::arg("n_threads") = 1, py::arg("capture") = "full");
-    m.def("hessian", &hessian, py::arg("x"), py::arg("diag_only") = false, py::arg("batch") = 512, py::arg("n_threads") = 1);
+    m.def("hessian", &hessian, py::arg("x"), py::arg("diag_only") = false, py::arg("batch") = 512, py::arg("n_threads") = 1,
+          py::arg("isa") = "");
     m.def("gptq_quantize", &gptq, py::arg("type_id"), py::arg("w"), py::arg("h"), py::arg("damp") = 0.01,
           py::arg("block") = 128, py::arg("act_order") = false, py::arg("search_scales") = false, py::arg("n_threads") = 1);
     m.def("convert_rows", &convert_rows, py::arg("tensor"), py::arg("src_type"), py::arg("src"), py::arg("n_per_row"),

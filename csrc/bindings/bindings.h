@@ -8,4 +8,5 @@ void register_gguf(pybind11::module_& m);   // GGUFReader
 void register_model(pybind11::module_& m);  // Model, Context, Sampler
 void register_bench(pybind11::module_& m);  // measurement hooks for `pyllm bench`
 void register_quantize(pybind11::module_& m);  // tensor conversion, calibration, GPTQ
+void register_ops(pybind11::module_& m);       // rmsnorm, rope, attention hooks for tests
 } // namespace pyllm

@@ -42,4 +42,5 @@ PYBIND11_MODULE(_core, m) {
     pyllm::register_model(m);
     pyllm::register_bench(m);
     pyllm::register_quantize(m);
+    pyllm::register_ops(m);
 }

@@ -1,6 +1,14 @@
 #include "core/threadpool.h"
 
+#if defined(__linux__)
 #include <sched.h>
+#elif defined(__APPLE__)
+#include <sys/sysctl.h>
+#elif defined(_WIN32)
+#define NOMINMAX
+#define WIN32_LEAN_AND_MEAN
+#include <windows.h>
+#endif
 
 #include <cassert>
 
@@ -125,6 +133,30 @@ void ThreadPool::worker_main(int index) {
 }
 
 int ThreadPool::default_threads() {
+#if defined(__APPLE__)
+    // The performance cores (hw.perflevel0, macOS 12+ on Apple Silicon), else all physical cores:
+    // a job split evenly across performance and efficiency cores waits for the slow ones.
+    int n = 0;
+    size_t len = sizeof(n);
+    if (sysctlbyname("hw.perflevel0.physicalcpu", &n, &len, nullptr, 0) != 0 || n <= 0) {
+        len = sizeof(n);
+        if (sysctlbyname("hw.physicalcpu", &n, &len, nullptr, 0) != 0) n = 0;
+    }
+    if (n <= 0) n = (int)std::thread::hardware_concurrency();
+    return n > 0 ? n : 1;
+#elif defined(_WIN32)
+    // Physical cores: one RelationProcessorCore record per core; at most the active processors.
+    int n = 0;
+    DWORD len = 0;
+    GetLogicalProcessorInformationEx(RelationProcessorCore, nullptr, &len);
+    std::string buf(len, '\0');
+    auto* info = reinterpret_cast<SYSTEM_LOGICAL_PROCESSOR_INFORMATION_EX*>(buf.data());
+    if (len && GetLogicalProcessorInformationEx(RelationProcessorCore, info, &len))
+        for (DWORD off = 0; off < len; off += reinterpret_cast<SYSTEM_LOGICAL_PROCESSOR_INFORMATION_EX*>(buf.data() + off)->Size) ++n;
+    const int hw = (int)GetActiveProcessorCount(ALL_PROCESSOR_GROUPS);
+    if (n <= 0 || (hw > 0 && n > hw)) n = hw;
+    return n > 0 ? n : 1;
+#else
     // Physical cores: count distinct (physical id, core id) pairs; hyper-threads share a core's
     // execution units and only add contention to these bandwidth-bound loops.
     std::ifstream f("/proc/cpuinfo");
@@ -140,11 +172,16 @@ int ThreadPool::default_threads() {
     }
     int n = (int)cores.size();
     // The cores this process may run on (containers and taskset limit it below the machine's).
+#if defined(__linux__)
     cpu_set_t set;
     int hw = sched_getaffinity(0, sizeof(set), &set) == 0 ? CPU_COUNT(&set)
                                                           : (int)std::thread::hardware_concurrency();
+#else
+    int hw = (int)std::thread::hardware_concurrency();
+#endif
     if (n <= 0 || (hw > 0 && n > hw)) n = hw;
     return n > 0 ? n : 1;
+#endif
 }
 
 } // namespace pyllm

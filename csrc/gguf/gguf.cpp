@@ -3,10 +3,16 @@
 // Errors name the field, its index and the byte offset where it lives in the file.
 #include "gguf/gguf.h"
 
+#if defined(_WIN32)
+#define NOMINMAX
+#define WIN32_LEAN_AND_MEAN
+#include <windows.h>
+#else
 #include <fcntl.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
+#endif
 
 #include <algorithm>
 #include <cerrno>
@@ -227,6 +233,52 @@ size_t gguf_value_type_size(uint32_t type) { return type < kNumValueTypes ? kVal
 // ---------------------------------------------------------------------------------------------
 // Opening: file system checks and the mapping
 
+#if defined(_WIN32)
+// Windows: the path is UTF-8 (as Python passes it); a read-only view of a read-only mapping.
+std::unique_ptr<GGUFFile> GGUFFile::open(const std::string& path) {
+    std::unique_ptr<GGUFFile> f(new GGUFFile());
+    f->path_ = path;
+    auto io_error = [&](const char* what) {
+        fail(ErrorKind::io, std::string(what) + " GGUF file '" + path + "': Windows error " + std::to_string(GetLastError()));
+    };
+    const int n = MultiByteToWideChar(CP_UTF8, MB_ERR_INVALID_CHARS, path.c_str(), -1, nullptr, 0);
+    if (n <= 0) io_error("cannot open (the path is not UTF-8)");
+    std::wstring wpath((size_t)n, L'\0');
+    MultiByteToWideChar(CP_UTF8, 0, path.c_str(), -1, wpath.data(), n);
+    HANDLE file = CreateFileW(wpath.c_str(), GENERIC_READ, FILE_SHARE_READ, nullptr, OPEN_EXISTING,
+                              FILE_ATTRIBUTE_NORMAL, nullptr);
+    if (file == INVALID_HANDLE_VALUE) {
+        const DWORD attrs = GetFileAttributesW(wpath.c_str());
+        if (attrs != INVALID_FILE_ATTRIBUTES && (attrs & FILE_ATTRIBUTE_DIRECTORY))
+            fail(ErrorKind::io, "cannot open GGUF file '" + path + "': it is a directory");
+        io_error("cannot open");
+    }
+    LARGE_INTEGER size;
+    if (GetFileType(file) != FILE_TYPE_DISK || !GetFileSizeEx(file, &size)) {
+        CloseHandle(file);
+        fail(ErrorKind::io, "cannot open GGUF file '" + path + "': not a regular file");
+    }
+    f->size_ = (uint64_t)size.QuadPart;
+    if (f->size_ > 0) {
+        HANDLE mapping = CreateFileMappingW(file, nullptr, PAGE_READONLY, 0, 0, nullptr);
+        CloseHandle(file);  // the mapping keeps the file open
+        if (!mapping) io_error("cannot map");
+        f->map_handle_ = mapping;
+        const void* p = MapViewOfFile(mapping, FILE_MAP_READ, 0, 0, 0);
+        if (!p) io_error("cannot map");
+        f->base_ = static_cast<const uint8_t*>(p);
+    } else {
+        CloseHandle(file);
+    }
+    f->parse();
+    return f;
+}
+
+GGUFFile::~GGUFFile() {
+    if (base_) UnmapViewOfFile(base_);
+    if (map_handle_) CloseHandle((HANDLE)map_handle_);
+}
+#else
 std::unique_ptr<GGUFFile> GGUFFile::open(const std::string& path) {
     std::unique_ptr<GGUFFile> f(new GGUFFile());
     f->path_ = path;
@@ -253,6 +305,7 @@ GGUFFile::~GGUFFile() {
     if (base_) munmap(const_cast<uint8_t*>(base_), size_);
     if (fd_ >= 0) ::close(fd_);
 }
+#endif
 
 const GGUFValue* GGUFFile::find(const std::string& key) const {
     auto it = kv_index_.find(key);

@@ -81,7 +81,8 @@ private:
     GGUFFile() = default;
     void parse();  // validates the mapping and fills the members below
     std::string path_;
-    int fd_ = -1;
+    int fd_ = -1;                // POSIX
+    void* map_handle_ = nullptr; // Windows: the file mapping object (the view is base_)
     const uint8_t* base_ = nullptr;
     uint64_t size_ = 0;
     uint32_t version_ = 0;

@@ -1,4 +1,5 @@
-// Picks the kernel table once, from the CPU's features (cpuid/xgetbv on x86, hwcaps on ARM).
+// Picks the kernel table once, from the CPU's features (cpuid/xgetbv on x86; on ARM the hwcaps on
+// Linux, sysctl hw.optional.arm.* on macOS, IsProcessorFeaturePresent on Windows).
 // This file is compiled for the baseline ISA: it only asks questions, it never runs SIMD.
 #include <cstdlib>
 #include <cstring>
@@ -8,11 +9,17 @@
 #include "kernels/kernels.h"
 
 #if defined(__x86_64__) || defined(__i386__)
-#include <cpuid.h>
+#include <cpuid.h>  // GCC and Clang (clang-cl on Windows too)
 #endif
 #if defined(__aarch64__) && defined(__linux__)
 #include <asm/hwcap.h>
 #include <sys/auxv.h>
+#elif defined(__aarch64__) && defined(__APPLE__)
+#include <sys/sysctl.h>
+#elif defined(__aarch64__) && defined(_WIN32)
+#define NOMINMAX
+#define WIN32_LEAN_AND_MEAN
+#include <windows.h>
 #endif
 
 namespace pyllm {
@@ -76,6 +83,20 @@ CpuFeatures detect() {
     f.i8mm = hw2 & HWCAP2_I8MM;
 #endif
     (void)hw2;
+#elif defined(__APPLE__)
+    // Apple Silicon reports each ARMv8 feature as a sysctl; 1 when present.
+    auto sysctl_flag = [](const char* name) {
+        int v = 0;
+        size_t len = sizeof(v);
+        return sysctlbyname(name, &v, &len, nullptr, 0) == 0 && v == 1;
+    };
+    f.dotprod = sysctl_flag("hw.optional.arm.FEAT_DotProd");
+    f.fp16 = sysctl_flag("hw.optional.arm.FEAT_FP16");
+    f.i8mm = sysctl_flag("hw.optional.arm.FEAT_I8MM");
+#elif defined(_WIN32)
+    // Windows reports dot product; every Windows-on-ARM CPU with it is ARMv8.2 with FP16 too.
+    f.dotprod = IsProcessorFeaturePresent(43 /* PF_ARM_V82_DP_INSTRUCTIONS_AVAILABLE */);
+    f.fp16 = f.dotprod;
 #endif
     const std::pair<bool, const char*> named[] = {{f.neon, "neon"}, {f.dotprod, "dotprod"}, {f.i8mm, "i8mm"}, {f.fp16, "fp16"}};
 #else

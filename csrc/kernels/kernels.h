@@ -64,6 +64,12 @@ using pv_f32_fn = void (*)(int64_t n_rows, int64_t nb, int64_t d, const float* p
 // the polynomial exp (~1e-7 relative); m >= every s[j], so the arguments are <= 0.
 using exp_sum_fn = float (*)(float* s, int64_t n, float m);
 using swiglu_fn = void (*)(float* gate, const float* up, int64_t n);
+// A tile of XᵀX for GPTQ's Hessian (quant/gptq.cpp). xt: the inputs transposed, (k_pad, n_pad)
+// floats, row i at xt + i*n_pad, n_pad a multiple of 8 and zero padded. For i in [i0, i0+ni) and
+// j in [j0, j0+nj) (ni a multiple of 4, nj of 2): out[(i-i0)*ld + (j-j0)] = sum_t xt[i][t]*xt[j][t],
+// float sums (SIMD tables differ from the reference by summation order and FMA only).
+using xtx_tile_fn = void (*)(const float* xt, int64_t n_pad, int64_t i0, int64_t ni, int64_t j0, int64_t nj,
+                             float* out, int64_t ld);
 
 struct KernelTable {
     const char* isa;                      // "ref", "avx2", "avx512", "neon", ...
@@ -80,6 +86,7 @@ struct KernelTable {
     pv_f32_fn pv_f32;
     exp_sum_fn exp_sum;
     swiglu_fn swiglu;
+    xtx_tile_fn xtx_tile;
 };
 
 // Row `row` of an x8-layout matrix (n_rows rows, row_bytes apart) dequantized to y (k floats),

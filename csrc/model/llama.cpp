@@ -220,7 +220,7 @@ LlamaModel::LlamaModel(const LlamaConfig& cfg, const std::unordered_map<std::str
         for (const Matrix* w : todo) total += ((size_t)w->rows * w->row_bytes + 63) / 64 * 64;
         if (total) {
             const size_t arena_bytes = (total + kHuge - 1) / kHuge * kHuge;
-            uint8_t* arena = static_cast<uint8_t*>(std::aligned_alloc(kHuge, arena_bytes));
+            uint8_t* arena = static_cast<uint8_t*>(aligned_malloc(kHuge, arena_bytes));
             if (!arena) fail(ErrorKind::invalid_argument, "cannot allocate " + std::to_string(arena_bytes >> 20) + " MiB for the repacked weights");
             x8_arena_.reset(arena);
             const FileMappings mapped;

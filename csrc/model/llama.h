@@ -12,6 +12,7 @@
 #include <unordered_map>
 #include <vector>
 
+#include "core/common.h"
 #include "core/threadpool.h"
 #include "kernels/kernels.h"
 #include "ops/ops.h"
@@ -90,8 +91,8 @@ private:
 
     LlamaConfig cfg_;
     uint64_t weight_bytes_ = 0, repacked_bytes_ = 0;
-    struct FreeDeleter { void operator()(void* p) const { std::free(p); } };
-    std::unique_ptr<uint8_t, FreeDeleter> x8_arena_;  // the repacked matrices, each 64-byte aligned
+    struct AlignedDeleter { void operator()(void* p) const { aligned_free(p); } };
+    std::unique_ptr<uint8_t, AlignedDeleter> x8_arena_;  // the repacked matrices, each 64-byte aligned
     size_t huge_bytes_ = 0;             // the arena's size, a multiple of 2 MiB
     mutable std::once_flag huge_once_;
     mutable std::thread huge_pages_;    // collapse_to_huge_pages' thread, joined on destruction

@@ -17,39 +17,29 @@ namespace pyllm {
 
 namespace {
 
-// Portable 4-wide float and 2-wide double vectors (SSE2 on x86-64, NEON on arm64): the heavy loops
-// here run in the baseline build, so no ISA-specific intrinsics.
-typedef float v4f __attribute__((vector_size(16)));
-typedef double v2d __attribute__((vector_size(16)));
-
-inline v4f load4(const float* p) { v4f v; std::memcpy(&v, p, sizeof(v)); return v; }
-inline v2d load2(const double* p) { v2d v; std::memcpy(&v, p, sizeof(v)); return v; }
-
+// Four partial sums (a fixed order the compiler can vectorize; plain C++ for every compiler).
 double dot(const double* a, const double* b, int64_t n) {
-    v2d s0 = {0, 0}, s1 = {0, 0};
+    double s0 = 0, s1 = 0, s2 = 0, s3 = 0;
     int64_t i = 0;
     for (; i + 4 <= n; i += 4) {
-        s0 += load2(a + i) * load2(b + i);
-        s1 += load2(a + i + 2) * load2(b + i + 2);
+        s0 += a[i] * b[i];
+        s1 += a[i + 1] * b[i + 1];
+        s2 += a[i + 2] * b[i + 2];
+        s3 += a[i + 3] * b[i + 3];
     }
-    double s = s0[0] + s0[1] + s1[0] + s1[1];
+    double s = s0 + s1 + s2 + s3;
     for (; i < n; ++i) s += a[i] * b[i];
     return s;
 }
 
 } // namespace
 
-#if defined(__x86_64__)
-void xtx_tile_avx2(const float* xt, int64_t n_pad, int64_t i0, int64_t ni, int64_t j0, int64_t nj, float* out, int64_t ld);  // kernels/x86/xtx_avx2.cpp
-static const bool kHaveAvx2Fma = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-#endif
-
 // --- H = XᵀX ---------------------------------------------------------------------------------------
 
 HessianAccumulator::HessianAccumulator(int64_t k, bool diag_only)
     : k_(k), k_pad_((k + 3) / 4 * 4), diag_only_(diag_only), h_(diag_only ? k : k * k, 0.0) {}
 
-void HessianAccumulator::add(const float* x, int64_t n_tok, ThreadPool& pool) {
+void HessianAccumulator::add(const float* x, int64_t n_tok, ThreadPool& pool, const KernelTable& kt) {
     if (n_tok <= 0) return;
     n_samples_ += n_tok;
     if (diag_only_) {
@@ -67,9 +57,9 @@ void HessianAccumulator::add(const float* x, int64_t n_tok, ThreadPool& pool) {
         for (int64_t j0 = 0; j0 < k_; j0 += tile)
             for (int64_t t = t0; t < std::min(n_tok, t0 + tile); ++t)
                 for (int64_t j = j0; j < std::min(k_, j0 + tile); ++j) xt_[(size_t)j * n_pad + t] = x[t * k_ + j];
-    // Task = a 64x64 tile of H's upper triangle, so both sets of rows stay in L2; 4x2 register
-    // tiles inside. Float sums over this batch (at most a few thousand tokens) are added to the
-    // float64 total.
+    // Task = a 64x64 tile of H's upper triangle, so both sets of rows stay in L2; the table's
+    // xtx_tile kernel inside. Float sums over this batch (at most a few thousand tokens) are
+    // added to the float64 total.
     constexpr int64_t T = 64;
     const int64_t nt = ceil_div(k_pad_, T);
     std::vector<std::pair<int64_t, int64_t>> tiles;
@@ -80,35 +70,7 @@ void HessianAccumulator::add(const float* x, int64_t n_tok, ThreadPool& pool) {
         const int64_t i0 = tiles[task].first, j0 = tiles[task].second;
         const int64_t ni = std::min(T, k_pad_ - i0), nj = std::min(T, k_pad_ - j0);
         float* out = sums[thread].data();
-#if defined(__x86_64__)
-        if (kHaveAvx2Fma) {
-            xtx_tile_avx2(xt_.data(), n_pad, i0, ni, j0, nj, out, T);
-        } else
-#endif
-        {
-            for (int64_t ib = 0; ib < ni; ib += 4) {
-                const float* a[4];
-                for (int p = 0; p < 4; ++p) a[p] = xt_.data() + (size_t)(i0 + ib + p) * n_pad;
-                for (int64_t j = j0; j < j0 + nj; j += 2) {
-                    const float* b0 = xt_.data() + (size_t)j * n_pad;
-                    const float* b1 = b0 + n_pad;
-                    v4f acc[4][2] = {};
-                    for (int64_t t = 0; t < n_pad; t += 4) {
-                        const v4f y0 = load4(b0 + t), y1 = load4(b1 + t);
-                        for (int p = 0; p < 4; ++p) {
-                            const v4f xp = load4(a[p] + t);
-                            acc[p][0] += xp * y0;
-                            acc[p][1] += xp * y1;
-                        }
-                    }
-                    for (int p = 0; p < 4; ++p)
-                        for (int q = 0; q < 2; ++q) {
-                            const v4f v = acc[p][q];
-                            out[(ib + p) * T + (j - j0) + q] = (v[0] + v[1]) + (v[2] + v[3]);
-                        }
-                }
-            }
-        }
+        kt.xtx_tile(xt_.data(), n_pad, i0, ni, j0, nj, out, T);
         for (int64_t p = 0; p < ni; ++p) {
             const int64_t i = i0 + p;
             if (i >= k_) break;

@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "core/threadpool.h"
+#include "kernels/kernels.h"
 #include "quant/types.h"
 
 namespace pyllm {
@@ -18,7 +19,8 @@ namespace pyllm {
 class HessianAccumulator {
 public:
     HessianAccumulator(int64_t k, bool diag_only);
-    void add(const float* x, int64_t n_tok, ThreadPool& pool);
+    // The XᵀX tiles run on kt's xtx_tile kernel (the table in use unless a test picks one).
+    void add(const float* x, int64_t n_tok, ThreadPool& pool, const KernelTable& kt = kernels());
 
     int64_t k() const { return k_; }
     bool diag_only() const { return diag_only_; }

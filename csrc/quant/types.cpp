@@ -3,7 +3,6 @@
 #include <cassert>
 #include <cctype>
 #include <cstring>
-#include <strings.h>
 
 #include "quant/blocks.h"
 #include "quant/quants.h"
@@ -52,10 +51,16 @@ const TypeTraits& type_traits(Type t) {
     return table().rows[t];
 }
 
+static bool equal_ignoring_case(const char* a, const char* b) {
+    for (; *a && *b; ++a, ++b)
+        if (std::tolower((unsigned char)*a) != std::tolower((unsigned char)*b)) return false;
+    return *a == *b;
+}
+
 Type type_from_name(const char* name) {
     for (int i = 0; i < TYPE_COUNT; ++i) {
         const char* n = table().rows[i].name;
-        if (n && strcasecmp(n, name) == 0) return (Type)i;
+        if (n && equal_ignoring_case(n, name)) return (Type)i;
     }
     return TYPE_COUNT;
 }

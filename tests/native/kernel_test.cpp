@@ -4,7 +4,9 @@
 //   gemm          within 1e-6 of the sum of |products| (float accumulation order only)
 //   quantize_act  byte-identical      to_float, f32_to_f16  bit-identical
 //   pv_f16, swiglu within float rounding
+//   xtx_tile      within 1e-6 of the sum of |products| of the exact (double) XᵀX, every table
 // Prints "kernel_test: N passed, M failed" and exits non-zero on any failure.
+#include <algorithm>
 #include <atomic>
 #include <cmath>
 #include <cstdio>
@@ -253,6 +255,35 @@ void test_f16_helpers(const KernelTable& kt, const KernelTable& ref) {
 
 // The pool under stress: many small jobs (as decode issues them), more threads than cores, every
 // task run exactly once, by a thread index in range, and done when parallel_for returns.
+// GPTQ's XᵀX tile: every entry of a few tiles (odd offsets, tails of n) against the double sum.
+void test_xtx_tile(const KernelTable& kt) {
+    for (int64_t n : {8, 24, 264}) {
+        const int64_t k_pad = 72, n_pad = n;
+        std::vector<float> xt = normal((size_t)k_pad * n_pad);
+        for (int64_t i = 0; i < k_pad; ++i) xt[(size_t)i * n_pad + n_pad - 1] = 0.0f;  // zero padding
+        const struct { int64_t i0, ni, j0, nj; } tiles[] = {{0, 64, 0, 64}, {64, 8, 8, 64}, {4, 4, 70, 2}, {68, 4, 60, 12}};
+        for (const auto& tl : tiles) {
+            const int64_t ld = 64;
+            std::vector<float> out((size_t)tl.ni * ld, -1.0f);
+            kt.xtx_tile(xt.data(), n_pad, tl.i0, tl.ni, tl.j0, tl.nj, out.data(), ld);
+            double worst = 0;
+            for (int64_t p = 0; p < tl.ni; ++p)
+                for (int64_t q = 0; q < tl.nj; ++q) {
+                    const float* a = xt.data() + (tl.i0 + p) * n_pad;
+                    const float* b = xt.data() + (tl.j0 + q) * n_pad;
+                    double exact = 0, mag = 0;
+                    for (int64_t t = 0; t < n_pad; ++t) {
+                        exact += (double)a[t] * b[t];
+                        mag += std::fabs((double)a[t] * b[t]);
+                    }
+                    worst = std::max(worst, std::fabs(out[p * ld + q] - exact) / std::max(mag, 1e-30));
+                }
+            check(worst <= 1e-6, std::string(kt.isa) + " xtx_tile n=" + std::to_string(n) + " i0=" + std::to_string(tl.i0) +
+                                     " j0=" + std::to_string(tl.j0) + ": relative error " + std::to_string(worst));
+        }
+    }
+}
+
 void test_thread_pool() {
     for (int n_threads : {2, 3, 5}) {
         ThreadPool pool(n_threads);
@@ -307,7 +338,9 @@ int main() {
         }
         for (Type at : {TYPE_Q8_0, TYPE_Q8_1, TYPE_Q8_K}) test_quantize_act(kt, ref, at);
         test_f16_helpers(kt, ref);
+        test_xtx_tile(kt);
     }
+    test_xtx_tile(ref);
     // The reference x8 gemm is bit-identical to the plain one; x8 rows read back bit-identically.
     for (Type t : {TYPE_Q4_0, TYPE_Q4_1, TYPE_Q5_0, TYPE_Q5_1, TYPE_Q8_0, TYPE_Q4_K, TYPE_Q5_K, TYPE_Q6_K}) {
         const bool kq = type_traits(t).block_size == QK_K;

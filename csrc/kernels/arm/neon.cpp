@@ -436,6 +436,32 @@ struct QuantMK {
     }
 };
 
+// --- GPTQ's XᵀX tile (kernels.h): 4 rows x 2 columns per step, 4 lanes each -----------------------
+
+void xtx_tile_neon(const float* xt, int64_t n_pad, int64_t i0, int64_t ni, int64_t j0, int64_t nj, float* out,
+                   int64_t ld) {
+    for (int64_t ib = 0; ib < ni; ib += 4) {
+        const float* a[4];
+        for (int p = 0; p < 4; ++p) a[p] = xt + (i0 + ib + p) * n_pad;
+        for (int64_t j = j0; j < j0 + nj; j += 2) {
+            const float* b0 = xt + j * n_pad;
+            const float* b1 = b0 + n_pad;
+            float32x4_t acc[4][2];
+            for (int p = 0; p < 4; ++p) acc[p][0] = acc[p][1] = vdupq_n_f32(0.0f);
+            for (int64_t t = 0; t < n_pad; t += 4) {
+                const float32x4_t y0 = vld1q_f32(b0 + t), y1 = vld1q_f32(b1 + t);
+                for (int p = 0; p < 4; ++p) {
+                    const float32x4_t x = vld1q_f32(a[p] + t);
+                    acc[p][0] = vfmaq_f32(acc[p][0], x, y0);
+                    acc[p][1] = vfmaq_f32(acc[p][1], x, y1);
+                }
+            }
+            for (int p = 0; p < 4; ++p)
+                for (int q = 0; q < 2; ++q) out[(ib + p) * ld + (j - j0) + q] = vaddvq_f32(acc[p][q]);
+        }
+    }
+}
+
 // --- the table ----------------------------------------------------------------------------------
 
 KernelTable make_neon_table() {
@@ -464,6 +490,7 @@ KernelTable make_neon_table() {
     t.pv_f32 = pv_neon<float>;
     t.exp_sum = exp_sum_neon;
     t.swiglu = swiglu_neon;
+    t.xtx_tile = xtx_tile_neon;
     register_kquant_neon_kernels(t);
     register_kquant_x8_neon_kernels(t);
     fill_missing_from_ref(t);

@@ -153,6 +153,27 @@ static void swiglu_ref(float* gate, const float* up, int64_t n) {
     }
 }
 
+// GPTQ's XᵀX tile (kernels.h): 4 rows x 2 columns per step, each sum kept in 4 lanes (t mod 4)
+// and added pairwise at the end, so compilers can vectorize it and the order is fixed.
+static void xtx_tile_ref(const float* xt, int64_t n_pad, int64_t i0, int64_t ni, int64_t j0, int64_t nj,
+                         float* out, int64_t ld) {
+    for (int64_t ib = 0; ib < ni; ib += 4) {
+        const float* a[4];
+        for (int p = 0; p < 4; ++p) a[p] = xt + (i0 + ib + p) * n_pad;
+        for (int64_t j = j0; j < j0 + nj; j += 2) {
+            const float* b[2] = {xt + j * n_pad, xt + (j + 1) * n_pad};
+            float acc[4][2][4] = {};
+            for (int64_t t = 0; t < n_pad; t += 4)
+                for (int p = 0; p < 4; ++p)
+                    for (int q = 0; q < 2; ++q)
+                        for (int l = 0; l < 4; ++l) acc[p][q][l] += a[p][t + l] * b[q][t + l];
+            for (int p = 0; p < 4; ++p)
+                for (int q = 0; q < 2; ++q)
+                    out[(ib + p) * ld + (j - j0) + q] = (acc[p][q][0] + acc[p][q][1]) + (acc[p][q][2] + acc[p][q][3]);
+        }
+    }
+}
+
 // --- the table ----------------------------------------------------------------------------------
 
 static KernelTable make_ref_table() {
@@ -179,6 +200,7 @@ static KernelTable make_ref_table() {
     t.pv_f32 = pv_f32_ref;
     t.exp_sum = exp_sum_ref;
     t.swiglu = swiglu_ref;
+    t.xtx_tile = xtx_tile_ref;
     return t;
 }
 
@@ -199,6 +221,7 @@ void fill_missing_from_ref(KernelTable& t) {
     if (!t.pv_f32) t.pv_f32 = r.pv_f32;
     if (!t.exp_sum) t.exp_sum = r.exp_sum;
     if (!t.swiglu) t.swiglu = r.swiglu;
+    if (!t.xtx_tile) t.xtx_tile = r.xtx_tile;
 }
 
 } // namespace pyllm

@@ -399,6 +399,7 @@ KernelTable make_avx512_table() {
         // pv_f32 (quantized V cache): AVX2's; no AVX-512 machine here to test a 16-wide one on.
         if (!t.pv_f32) t.pv_f32 = avx2->pv_f32;
         if (!t.exp_sum) t.exp_sum = avx2->exp_sum;  // likewise
+        if (!t.xtx_tile) t.xtx_tile = avx2->xtx_tile;
     }
     fill_missing_from_ref(t);
     return t;

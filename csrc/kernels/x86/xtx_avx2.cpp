@@ -1,16 +1,21 @@
-// XᵀX band kernel for the GPTQ Hessian (quant/gptq.cpp), AVX2 + FMA. Called only when the CPU
-// has both (checked by the caller); this file alone is compiled with those instructions.
-#if defined(__x86_64__)  // the caller (quant/gptq.cpp) uses it on x86-64 only
+// The AVX2 + FMA XᵀX tile for GPTQ's Hessian (the contract: xtx_tile_fn in kernels/kernels.h).
+// Compiled with the AVX2 table's flags; only its registrar has external linkage, and the AVX2 (and
+// AVX-512) table is entered only after dispatch.cpp has checked the CPU.
+#if defined(__x86_64__) || defined(__i386__)
 
 #include <immintrin.h>
 
 #include <cstdint>
 
+#include "kernels/kernels.h"
+
 namespace pyllm {
 
-// xt: (k_pad, n_pad) the inputs transposed (n_pad a multiple of 8, zero padded). A tile of XᵀX:
-// rows i0..i0+ni (ni a multiple of 4) by columns j0..j0+nj (nj a multiple of 2), float sums:
-// out[(i - i0) * ld + (j - j0)] = sum_t xt[i][t] * xt[j][t].
+void register_xtx_avx2_kernels(KernelTable& t);
+
+namespace {
+
+// 4 rows x 2 columns per step, 8 lanes each, summed horizontally at the end.
 void xtx_tile_avx2(const float* xt, int64_t n_pad, int64_t i0, int64_t ni, int64_t j0, int64_t nj, float* out, int64_t ld) {
   for (int64_t ib = 0; ib < ni; ib += 4) {
     const float* a0 = xt + (i0 + ib + 0) * n_pad;
@@ -44,6 +49,10 @@ void xtx_tile_avx2(const float* xt, int64_t n_pad, int64_t i0, int64_t ni, int64
   }
 }
 
+} // namespace
+
+void register_xtx_avx2_kernels(KernelTable& t) { t.xtx_tile = xtx_tile_avx2; }
+
 } // namespace pyllm
 
-#endif  // __x86_64__
+#endif  // x86

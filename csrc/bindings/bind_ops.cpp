@@ -1,0 +1,105 @@
+// Direct hooks onto the model-level ops (ops/ops.h) for the numpy-reference tests: rmsnorm, rope
+// and attention, called exactly as the forward pass calls them. Thin: shapes are checked here,
+// the GIL is released around the op, nothing else happens.
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+
+#include <algorithm>
+#include <string>
+#include <vector>
+
+#include "bindings/bindings.h"
+#include "core/common.h"
+#include "core/threadpool.h"
+#include "kernels/kernels.h"
+#include "ops/ops.h"
+
+namespace py = pybind11;
+
+namespace pyllm {
+
+namespace {
+
+using f32_array = py::array_t<float, py::array::c_style | py::array::forcecast>;
+using u16_array = py::array_t<uint16_t, py::array::c_style | py::array::forcecast>;
+using i32_array = py::array_t<int32_t, py::array::c_style | py::array::forcecast>;
+
+const KernelTable& table_named(const std::string& isa) {
+    if (isa.empty()) return kernels();
+    const KernelTable* t = kernel_table_by_name(isa.c_str());
+    if (!t) fail(ErrorKind::invalid_argument, "ISA '" + isa + "' is not available on this CPU/build");
+    return *t;
+}
+
+// x (n_tok, n) float32, w (n) -> (n_tok, n).
+py::array rmsnorm_op(f32_array x, f32_array w, float eps) {
+    if (x.ndim() != 2 || w.ndim() != 1 || w.shape(0) != x.shape(1)) fail(ErrorKind::invalid_argument, "rmsnorm: x (n_tok, n), w (n)");
+    py::array_t<float> out({x.shape(0), x.shape(1)});
+    const float *xp = x.data(), *wp = w.data();
+    float* o = out.mutable_data();
+    const int64_t n_tok = x.shape(0), n = x.shape(1);
+    {
+        py::gil_scoped_release nogil;
+        rmsnorm(xp, wp, o, n_tok, n, eps);
+    }
+    return out;
+}
+
+// x (n_tok, n_heads*head_dim) float32 at positions pos (n_tok) int32 -> x rotated (a copy).
+py::array rope_op(f32_array x, i32_array pos, int n_heads, int head_dim, int n_rot, bool neox, float freq_base,
+                  float freq_scale) {
+    if (x.ndim() != 2 || pos.ndim() != 1 || pos.shape(0) != x.shape(0) || n_heads < 1 || head_dim < 2 ||
+        x.shape(1) != (py::ssize_t)n_heads * head_dim || n_rot < 2 || n_rot > head_dim || n_rot % 2)
+        fail(ErrorKind::invalid_argument, "rope: x (n_tok, n_heads*head_dim), pos (n_tok), even n_rot <= head_dim");
+    const int64_t n_tok = x.shape(0);
+    py::array_t<float> out({x.shape(0), x.shape(1)});
+    std::copy(x.data(), x.data() + x.size(), out.mutable_data());
+    std::vector<float> cos_sin((size_t)n_tok * n_rot);
+    const int32_t* pp = pos.data();
+    float* o = out.mutable_data();
+    {
+        py::gil_scoped_release nogil;
+        rope_cache(pp, n_tok, n_rot, freq_base, freq_scale, cos_sin.data());
+        rope(o, n_tok, (int64_t)n_heads * head_dim, n_heads, head_dim, n_rot, neox, cos_sin.data());
+    }
+    return out;
+}
+
+// Causal attention of q (n_tok, n_head*head_dim) at positions pos0.. over an F16 cache k, v
+// (pos0 + n_tok, n_kv_head*head_dim) (f16 bits as uint16) -> (n_tok, n_head*head_dim).
+py::array attention_op(f32_array q, u16_array k, u16_array v, int n_head, int n_kv_head, int head_dim, int64_t pos0,
+                       float scale, int n_threads, const std::string& isa) {
+    if (q.ndim() != 2 || k.ndim() != 2 || v.ndim() != 2 || n_head < 1 || n_kv_head < 1 || head_dim < 1 ||
+        n_head % n_kv_head || pos0 < 0 || q.shape(1) != (py::ssize_t)n_head * head_dim ||
+        k.shape(1) != (py::ssize_t)n_kv_head * head_dim || k.shape(0) != v.shape(0) || k.shape(1) != v.shape(1) ||
+        k.shape(0) != pos0 + q.shape(0) || q.shape(0) < 1)
+        fail(ErrorKind::invalid_argument, "attention: q (n_tok, n_head*head_dim), k and v (pos0+n_tok, n_kv_head*head_dim), "
+             "n_head a multiple of n_kv_head");
+    const KernelTable& kt = table_named(isa);
+    const int64_t n_tok = q.shape(0);
+    py::array_t<float> out({q.shape(0), q.shape(1)});
+    const int threads = std::max(1, n_threads);
+    std::vector<float> scratch(attention_scratch_floats(threads, n_head, n_kv_head, head_dim));
+    const float* qp = q.data();
+    const uint16_t *kp = k.data(), *vp = v.data();
+    float* o = out.mutable_data();
+    {
+        py::gil_scoped_release nogil;
+        ThreadPool pool(threads);
+        attention(pool, kt, qp, (int64_t)n_head * head_dim, kp, vp, (int64_t)n_kv_head * head_dim, o,
+                  (int64_t)n_head * head_dim, n_tok, pos0, n_head, n_kv_head, head_dim, scale, scratch.data());
+    }
+    return out;
+}
+
+} // namespace
+
+void register_ops(py::module_& m) {
+    m.def("rmsnorm", &rmsnorm_op, py::arg("x"), py::arg("w"), py::arg("eps"));
+    m.def("rope", &rope_op, py::arg("x"), py::arg("pos"), py::arg("n_heads"), py::arg("head_dim"), py::arg("n_rot"),
+          py::arg("neox"), py::arg("freq_base") = 10000.0f, py::arg("freq_scale") = 1.0f);
+    m.def("attention", &attention_op, py::arg("q"), py::arg("k"), py::arg("v"), py::arg("n_head"), py::arg("n_kv_head"),
+          py::arg("head_dim"), py::arg("pos0"), py::arg("scale"), py::arg("n_threads") = 1, py::arg("isa") = "");
+}
+
+} // namespace pyllm
