@@ -214,7 +214,9 @@ void test_f16_helpers(const KernelTable& kt, const KernelTable& ref) {
         for (int i = 0; i < n; ++i) e1[i] = e2[i] = -std::fabs(8 * x[i]);
         if (n > 2) { e1[0] = e2[0] = -200.0f; e1[1] = e2[1] = 0.0f; }
         const float s1 = kt.exp_sum(e1.data(), n, 0.5f), s2 = ref.exp_sum(e2.data(), n, 0.5f);
-        ok = std::fabs(s1 - s2) <= 1e-6f * s2 + 1e-30f;
+        // The sum's order differs (4 or 8 lanes vs one): bound by float summation's worst case,
+        // n * 2^-24 * sum, on top of each term's 1e-6 (n=1001 under qemu failed a flat 1e-6).
+        ok = std::fabs(s1 - s2) <= (1e-6f + (float)n * 6e-8f) * s2 + 1e-30f;
         for (int i = 0; i < n; ++i) ok &= std::fabs(e1[i] - e2[i]) <= 1e-6f * e2[i] + 1e-37f;
         check(ok, std::string(kt.isa) + " exp_sum n=" + std::to_string(n));
     }
