@@ -131,7 +131,7 @@ def test_attention(isa, n_tok, pos0, n_head, n_kv_head, head_dim, threads):
     k = rng.standard_normal((n_pos, n_kv_head * head_dim)).astype(np.float16)
     v = rng.standard_normal((n_pos, n_kv_head * head_dim)).astype(np.float16)
     scale = 1.0 / np.sqrt(head_dim)
-    got = _core.attention(q, k.view(np.uint16), v.view(np.uint16), n_head, n_kv_head, head_dim, pos0, scale,
+    got = _core.attention_f16(q, k.view(np.uint16), v.view(np.uint16), n_head, n_kv_head, head_dim, pos0, scale,
                           threads, isa)
     want = attention_ref(q, k, v, n_head, n_kv_head, head_dim, pos0, scale)
     # Outputs are convex combinations of V rows (|v| <~ 4): float32 scores, exp and sums over up to
@@ -143,6 +143,6 @@ def test_attention_rejects_bad_shapes():
     q = np.zeros((2, 64), np.float32)
     k = np.zeros((3, 64), np.uint16)
     with pytest.raises(ValueError, match="attention"):
-        _core.attention(q, k, k, 1, 1, 64, 0, 0.125)        # cache must hold pos0 + n_tok rows
+        _core.attention_f16(q, k, k, 1, 1, 64, 0, 0.125)        # cache must hold pos0 + n_tok rows
     with pytest.raises(ValueError, match="attention"):
-        _core.attention(q[:, :60], k[:2, :60], k[:2, :60], 4, 3, 15, 0, 0.125)  # n_head % n_kv_head
+        _core.attention_f16(q[:, :60], k[:2, :60], k[:2, :60], 4, 3, 15, 0, 0.125)  # n_head % n_kv_head

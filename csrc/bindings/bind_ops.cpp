@@ -86,7 +86,11 @@ py::array attention_op(f32_array q, u16_array k, u16_array v, int n_head, int n_
     {
         py::gil_scoped_release nogil;
         ThreadPool pool(threads);
-        attention(pool, kt, qp, (int64_t)n_head * head_dim, kp, vp, (int64_t)n_kv_head * head_dim, o,
+        KvLayerView kv;  // an F16 cache: rows of n_kv_head*head_dim halves
+        kv.k = reinterpret_cast<const uint8_t*>(kp);
+        kv.v = reinterpret_cast<const uint8_t*>(vp);
+        kv.k_row_bytes = kv.v_row_bytes = (size_t)n_kv_head * head_dim * sizeof(uint16_t);
+        attention(pool, kt, qp, (int64_t)n_head * head_dim, kv, o,
                   (int64_t)n_head * head_dim, n_tok, pos0, n_head, n_kv_head, head_dim, scale, scratch.data());
     }
     return out;
@@ -98,7 +102,7 @@ void register_ops(py::module_& m) {
     m.def("rmsnorm", &rmsnorm_op, py::arg("x"), py::arg("w"), py::arg("eps"));
     m.def("rope", &rope_op, py::arg("x"), py::arg("pos"), py::arg("n_heads"), py::arg("head_dim"), py::arg("n_rot"),
           py::arg("neox"), py::arg("freq_base") = 10000.0f, py::arg("freq_scale") = 1.0f);
-    m.def("attention", &attention_op, py::arg("q"), py::arg("k"), py::arg("v"), py::arg("n_head"), py::arg("n_kv_head"),
+    m.def("attention_f16", &attention_op, py::arg("q"), py::arg("k"), py::arg("v"), py::arg("n_head"), py::arg("n_kv_head"),
           py::arg("head_dim"), py::arg("pos0"), py::arg("scale"), py::arg("n_threads") = 1, py::arg("isa") = "");
 }
 
