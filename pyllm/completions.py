@@ -312,10 +312,14 @@ def _text_chunks(pieces: Iterator[str], info: Completion, head: dict) -> Iterato
         pieces.close()
 
 
-def chat(model: Model, messages, **kwargs) -> str:
-    """The assistant's reply as a string. `messages` may be a single user message string."""
+def chat(model: Model, messages, *, stream: bool = False, **kwargs):
+    """The assistant's reply as a string, or with stream=True an iterator of its text pieces.
+    `messages` may be a single user message string; the other keywords are
+    create_chat_completion's."""
     if isinstance(messages, str):
         messages = [{"role": "user", "content": messages}]
-    kwargs.pop("stream", None)
+    if stream:
+        chunks = create_chat_completion(model, messages, stream=True, **kwargs)
+        return (piece for chunk in chunks if (piece := chunk["choices"][0]["delta"].get("content")))
     response = create_chat_completion(model, messages, **kwargs)
     return response["choices"][0]["message"]["content"]

@@ -450,7 +450,8 @@ class Model:
         from pyllm import completions
         return completions.create_completion(self, prompt, **kwargs)
 
-    def chat(self, messages, **kwargs) -> str:
-        """The assistant's reply to `messages` (a list of role/content dicts, or one user string)."""
+    def chat(self, messages, **kwargs):
+        """The assistant's reply to `messages` (a list of role/content dicts, or one user string):
+        a string, or with stream=True an iterator of text pieces."""
         from pyllm import completions
         return completions.chat(self, messages, **kwargs)

@@ -115,6 +115,10 @@ def test_chat_returns_the_message_content(model):
     assert model.chat(SHORT, max_tokens=12, temperature=0) == expected
     # One user string is a conversation too (max_tokens=0: nothing is evaluated).
     assert model.chat("Hi", max_tokens=0) == ""
+    # stream=True streams the same reply in pieces (issue 12: it was silently ignored).
+    pieces = list(model.chat(SHORT, max_tokens=12, temperature=0, stream=True))
+    assert len(pieces) >= 1 and all(isinstance(p, str) and p for p in pieces)
+    assert "".join(pieces) == expected
 
 
 def test_seeded_sampling_repeats(model):
