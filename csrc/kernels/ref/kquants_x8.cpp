@@ -23,17 +23,8 @@ namespace {
 // activation sums needs, row L in int32 lane L.
 constexpr int pair_pos(int L, int j) { return 16 * (j / 2) + 2 * L + (j % 2); }
 
-// Q4_K / Q5_K: the 6-bit scales and mins of the 12-byte packing (as kquants_ref.cpp unpacks them).
-void unpack_k4(const uint8_t* q, uint8_t* sc, uint8_t* mn) {
-    for (int j = 0; j < 4; ++j) {
-        sc[j] = q[j] & 63;
-        mn[j] = q[j + 4] & 63;
-    }
-    for (int j = 4; j < 8; ++j) {
-        sc[j] = (uint8_t)((q[j + 4] & 0xF) | ((q[j - 4] >> 6) << 4));
-        mn[j] = (uint8_t)((q[j + 4] >> 4) | ((q[j] >> 6) << 4));
-    }
-}
+// Q4_K / Q5_K: the 6-bit scales and mins back into the 12-byte packing (the inverse of
+// quant/blocks.h's q4_K_scale_min_bytes).
 void pack_k4(const uint8_t* sc, const uint8_t* mn, uint8_t* q) {
     for (int j = 0; j < 4; ++j) {
         q[j] = (uint8_t)((sc[j] & 63) | ((sc[j + 4] >> 4) << 6));
@@ -63,8 +54,9 @@ struct K45 {
     static void to_x8(const B& b, int L, uint8_t* col) {
         std::memcpy(col + 2 * L, &b.d, 2);
         std::memcpy(col + 16 + 2 * L, &b.dmin, 2);
-        uint8_t sc[8], mn[8];
-        unpack_k4(b.scales, sc, mn);
+        uint8_t sm[16];  // scales 0-7, mins 0-7
+        q4_K_scale_min_bytes(b.scales, sm);
+        const uint8_t *sc = sm, *mn = sm + 8;
         for (int j = 0; j < 8; ++j) {
             const int p = pair_pos(L, j);
             col[32 + p] = (uint8_t)(sc[j] | ((mn[j] >> 4) << 6));
