@@ -1,10 +1,30 @@
 """pyllm: fast quantized LLM inference on laptop CPUs, from Python."""
-from pyllm import _core
-from pyllm.errors import (ChatTemplateError, ContextOverflowError, GGUFError, InvalidTokenError,
+import signal as _signal
+import sys as _sys
+
+
+def _import_numpy_leaving_signals_to_the_main_thread():
+    # numpy's OpenBLAS starts its worker threads as it is imported. A thread that does not block
+    # SIGINT can take Ctrl-C in place of the main thread; Python's handler then only sets a flag
+    # and a main thread asleep in readline never raises KeyboardInterrupt (pyllm's own C++
+    # threads block every signal: core/threadpool.h). Threads inherit the mask they start with.
+    if "numpy" in _sys.modules or not hasattr(_signal, "pthread_sigmask"):
+        return
+    old = _signal.pthread_sigmask(_signal.SIG_BLOCK, {_signal.SIGINT, _signal.SIGTERM})
+    try:
+        import numpy  # noqa: F401
+    finally:
+        _signal.pthread_sigmask(_signal.SIG_SETMASK, old)
+
+
+_import_numpy_leaving_signals_to_the_main_thread()
+
+from pyllm import _core  # noqa: E402
+from pyllm.errors import (ChatTemplateError,  # noqa: E402 ContextOverflowError, GGUFError, InvalidTokenError,
                           ModelFileChangedError, ModelNotFoundError, NumericalError, PyllmError, QuantizeError,
                           UnsupportedModelError)
 
-from pyllm.errors import DraftModelError, GrammarError, TokenizerError
+from pyllm.errors import DraftModelError  # noqa: E402, GrammarError, TokenizerError
 
 _MODEL_NAMES = ("Completion", "Model", "ModelConfig", "SamplingParams")
 

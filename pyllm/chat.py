@@ -4,7 +4,8 @@ so only the new tokens are evaluated.
 
 Ctrl-C while a reply streams stops it and keeps what was shown as the assistant's (partial)
 reply, so the conversation and the cache stay in step (/regen redoes it); an interrupted reply
-with no text yet drops the question. Ctrl-C or Ctrl-D at the prompt exits.
+with no text yet drops the question. Ctrl-C at the prompt clears the line (as in ollama);
+/exit or Ctrl-D leaves.
 
 The CLI (pyllm/cli.py) wires `pyllm chat` to add_chat_arguments/run_chat; `python -m pyllm.chat`
 runs it directly.
@@ -34,7 +35,7 @@ DEFAULT_REPLY_RESERVE = 256   # tokens kept free for the reply when max_tokens i
 HELP = """\
 Commands:
   /help                 this list
-  /exit, /bye           quit (Ctrl-D and Ctrl-C at the prompt also quit)
+  /exit, /bye           quit (Ctrl-D at the prompt also quits; Ctrl-C clears the line)
   /clear                forget the conversation (the system prompt stays)
   /system TEXT          set the system prompt (/system alone removes it)
   /set NAME VALUE       NAME: temperature, top_k, top_p, min_p, max_tokens, seed, repeat_penalty

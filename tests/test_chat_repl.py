@@ -5,6 +5,7 @@ import json
 import os
 import re
 import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -235,3 +236,30 @@ def test_unknown_template_name_is_an_error(smollm2_path, cache_dir):
     child.close()
     assert child.exitstatus == 1
     assert "built-ins: chatml, llama3, mistral" in child.before
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="reads Linux's /proc/<pid>/task")
+def test_engine_threads_leave_signals_to_the_main_thread(smollm2_path):
+    """Ctrl-C at the prompt once went unanswered in a CI run: SIGINT had landed on one of pyllm's
+    C++ threads (pool workers, the huge-page collapse) or numpy's OpenBLAS thread, where Python's handler only sets a flag and
+    readline's select() in the main thread never wakes. Every thread but the main one must block
+    SIGINT (bit 2 of SigBlk in /proc/<pid>/task/<tid>/status)."""
+    script = f"""
+import os
+from pyllm import Model
+m = Model({str(smollm2_path)!r}, n_ctx=64, n_threads=3)
+m.generate("Hello", max_tokens=2, temperature=0)
+for tid in os.listdir("/proc/self/task"):
+    if int(tid) == os.getpid():
+        continue
+    status = open(f"/proc/self/task/{{tid}}/status").read()
+    mask = int(status.split("SigBlk:")[1].split()[0], 16)
+    name = open(f"/proc/self/task/{{tid}}/comm").read().strip()
+    print(tid, name, "blocked" if mask & (1 << (2 - 1)) else "OPEN")
+"""
+    env = dict(os.environ, PYTHONPATH=str(PYLLM_PARENT))
+    out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=TIMEOUT)
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert len(lines) >= 2, out.stdout   # the two pool workers at least
+    assert all(line.endswith("blocked") for line in lines), out.stdout

@@ -49,7 +49,7 @@ ThreadPool::ThreadPool(int n_threads) : n_threads_(n_threads < 1 ? 1 : n_threads
              std::to_string(kMaxThreads) + " threads");
     workers_.reserve(n_threads_ - 1);
     try {
-        for (int i = 1; i < n_threads_; ++i) workers_.emplace_back([this, i] { worker_main(i); });
+        for (int i = 1; i < n_threads_; ++i) workers_.push_back(start_thread([this, i] { worker_main(i); }));
     } catch (const std::system_error& e) {
         // A constructor that throws runs no destructor: stop and join the workers started so far.
         stop_workers();

@@ -9,9 +9,36 @@
 #include <cstdint>
 #include <mutex>
 #include <thread>
+#include <utility>
 #include <vector>
 
+#if !defined(_WIN32)
+#include <signal.h>
+#include <pthread.h>
+#endif
+
 namespace pyllm {
+
+// Starts a thread with every signal blocked. A process-directed signal (Ctrl-C's SIGINT) goes to
+// any thread that does not block it; if one of ours took it, Python's handler would only set a
+// flag, and the main thread, asleep in readline's select() or a lock wait, would never wake to
+// raise KeyboardInterrupt. The new thread inherits the caller's mask, so it is set around the
+// creation and restored.
+template <class F>
+std::thread start_thread(F&& fn) {
+#if defined(_WIN32)
+    return std::thread(std::forward<F>(fn));
+#else
+    sigset_t all, old;
+    sigfillset(&all);
+    pthread_sigmask(SIG_SETMASK, &all, &old);
+    struct Restore {
+        sigset_t* mask;
+        ~Restore() { pthread_sigmask(SIG_SETMASK, mask, nullptr); }
+    } restore{&old};
+    return std::thread(std::forward<F>(fn));
+#endif
+}
 
 // A non-owning reference to a callable (no allocation, unlike std::function).
 class TaskRef {

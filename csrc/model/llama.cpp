@@ -255,7 +255,7 @@ void LlamaModel::collapse_to_huge_pages() const {
 #if defined(__linux__)
     if (!huge_bytes_) return;
     std::call_once(huge_once_, [this] {
-        huge_pages_ = std::thread([p = x8_arena_.get(), n = huge_bytes_] { madvise(p, n, MADV_COLLAPSE); });
+        huge_pages_ = start_thread([p = x8_arena_.get(), n = huge_bytes_] { madvise(p, n, MADV_COLLAPSE); });
     });
 #endif
 }
