@@ -590,6 +590,10 @@ def quantize_file(src: str | os.PathLike, dst: str | os.PathLike, type_name_: st
         tensors = gf.tensors
         if not tensors:
             raise QuantizeError(f"{src} holds no tensors: there is nothing to quantize")
+        for name, info in tensors.items():
+            if not info["supported"]:
+                raise QuantizeError(f"tensor {name!r} has type {info['type_name']}, which pyllm cannot read "
+                                    f"the values of; quantize from the F16/F32 original instead")
         topts = dataclasses.replace(opts.types, has_imatrix=opts.types.has_imatrix or opts.method == "imatrix")
         targets = choose_types(tensors, md, ft, topts)
         order = llama_order(tensors)
