@@ -129,7 +129,7 @@ def test_gemm_output_stride_and_rows_subset(isa):
 # --- the x8 (row-interleaved) layout ------------------------------------------------------------
 
 X8_KQUANTS = [Q4_K, Q5_K, Q6_K]
-X8_TYPES = [Q4_0, Q4_1, Q5_0, Q5_1, Q8_0] + X8_KQUANTS
+X8_TYPES = [Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, IQ4_NL] + X8_KQUANTS
 X8_ROWS = [8, 13, 16, 41]  # whole groups, and groups plus a plain tail
 X8_TOK = [1, 2, 4, 5, 9]   # decode, prefill tiles of 4 and their tails
 
@@ -144,7 +144,7 @@ X8_CASES = [(isa, t, k) for isa in SIMD_ISAS for t in X8_TYPES if t in _core.x8_
 
 
 def test_x8_types():
-    """x86 tables repack the eight types (AVX-512 with the AVX2 K-quant kernels); the reference
+    """x86 tables repack the nine types (AVX-512 with the AVX2 K-quant and IQ4_NL kernels); the reference
     repacks them too (its x8 gemm is the truth)."""
     assert set(_core.x8_types("ref")) == set(X8_TYPES)
     for isa in SIMD_ISAS:

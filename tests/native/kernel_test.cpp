@@ -346,7 +346,7 @@ int main() {
     }
     test_xtx_tile(ref);
     // The reference x8 gemm is bit-identical to the plain one; x8 rows read back bit-identically.
-    for (Type t : {TYPE_Q4_0, TYPE_Q4_1, TYPE_Q5_0, TYPE_Q5_1, TYPE_Q8_0, TYPE_Q4_K, TYPE_Q5_K, TYPE_Q6_K}) {
+    for (Type t : {TYPE_Q4_0, TYPE_Q4_1, TYPE_Q5_0, TYPE_Q5_1, TYPE_Q8_0, TYPE_IQ4_NL, TYPE_Q4_K, TYPE_Q5_K, TYPE_Q6_K}) {
         const bool kq = type_traits(t).block_size == QK_K;
         for (int64_t k : {kq ? 256 : 32, kq ? 768 : 576}) test_gemm(ref, ref, t, k, /*x8=*/true);
         const int rows = 19;

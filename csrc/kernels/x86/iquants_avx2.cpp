@@ -1,5 +1,6 @@
-// AVX2 kernels of the non-linear 4-bit types: GEMM of IQ4_NL weights against Q8_0 activations and
-// of IQ4_XS weights against Q8_K, and both dequantizers (bit-identical to the reference).
+// AVX2 kernels of the non-linear 4-bit types: GEMM of IQ4_NL weights against Q8_0 activations
+// (plain and over the x8 layout) and of IQ4_XS weights against Q8_K, and both dequantizers
+// (bit-identical to the reference).
 // Compiled with the AVX2 flags; only register_iquant_avx2_kernels has external linkage. The
 // AVX-512 table takes these kernels too (kernels/x86/avx512.cpp fills its empty entries from the
 // AVX2 table): no AVX-512 machine is at hand to test a 512-bit version on.
@@ -121,6 +122,62 @@ struct IQ4_XSMK {
     }
 };
 
+// IQ4_NL over the x8 layout (kernels.h; Q4_0's bytes): a 32-byte run is 4 bytes of each of 8
+// rows, its low nibbles elements 4c..4c+3 and high nibbles 16+4c..; the grid lookup makes them
+// signed values, multiplied as |w| . sign(y, w) with the broadcast activation bytes, so int32
+// lane L is row L's dot. One FMA per block column with the 8 rows' scales.
+struct IQ4_NLX8 {
+    static constexpr int kToks = 4;
+    static constexpr int kColBytes = 16 + 128;
+    static constexpr size_t kActBlockBytes = sizeof(block_q8_0);
+
+    static void prepare(const uint8_t* a_blocks, int64_t nb, X8Act* pre) {
+        const block_q8_0* a = reinterpret_cast<const block_q8_0*>(a_blocks);
+        for (int64_t i = 0; i < nb; ++i) pre[i].d = half_to_f32(a[i].d);
+    }
+
+    static __m256i bcast4(const int8_t* p) {
+        int32_t v;
+        __builtin_memcpy(&v, p, 4);
+        return _mm256_set1_epi32(v);
+    }
+
+    template <int T>
+    static void tile(const uint8_t* w, int64_t nb, const uint8_t* const* a_rows, const X8Act* pre, int64_t pre_stride,
+                     float* out, int64_t out_stride, bool add) {
+        const block_q8_0* a[T];
+        for (int t = 0; t < T; ++t) a[t] = reinterpret_cast<const block_q8_0*>(a_rows[t]);
+        const __m256i table = grid(), low4 = _mm256_set1_epi8(0x0f), ones16 = _mm256_set1_epi16(1);
+        __m256 acc[T];
+        for (int t = 0; t < T; ++t) acc[t] = _mm256_setzero_ps();
+        int64_t i = 0;
+        do {  // nb >= 1
+            const uint8_t* col = w + i * kColBytes;
+            __m256i isum[T];
+            for (int t = 0; t < T; ++t) isum[t] = _mm256_setzero_si256();
+            for (int c = 0; c < 4; ++c) {
+                const __m256i raw = load32(col + 16 + 32 * c);
+                const __m256i lo = _mm256_shuffle_epi8(table, _mm256_and_si256(raw, low4));
+                const __m256i hi = _mm256_shuffle_epi8(table, _mm256_and_si256(_mm256_srli_epi16(raw, 4), low4));
+                const __m256i lo_abs = _mm256_sign_epi8(lo, lo), hi_abs = _mm256_sign_epi8(hi, hi);
+                for (int t = 0; t < T; ++t) {
+                    const __m256i p = _mm256_add_epi32(
+                        _mm256_madd_epi16(dot_pairs(lo, lo_abs, bcast4(a[t][i].qs + 4 * c)), ones16),
+                        _mm256_madd_epi16(dot_pairs(hi, hi_abs, bcast4(a[t][i].qs + 16 + 4 * c)), ones16));
+                    isum[t] = _mm256_add_epi32(isum[t], p);
+                }
+            }
+            const __m256 dw = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(col)));
+            for (int t = 0; t < T; ++t)
+                acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum[t]), _mm256_mul_ps(dw, _mm256_set1_ps(pre[t * pre_stride + i].d)), acc[t]);
+        } while (++i < nb);
+        for (int t = 0; t < T; ++t) {
+            float* o = out + t * out_stride;
+            _mm256_storeu_ps(o, add ? _mm256_add_ps(_mm256_loadu_ps(o), acc[t]) : acc[t]);
+        }
+    }
+};
+
 // --- dequantizers: d times the grid value, one rounded multiply as the reference ----------------------
 
 inline void store_scaled32(const __m256i q, float d, float* y) {
@@ -153,6 +210,8 @@ void register_iquant_avx2_kernels(KernelTable& t) {
     t.gemm[TYPE_IQ4_XS] = gemm_tiled<IQ4_XSMK>;
     t.to_float[TYPE_IQ4_NL] = to_float_iq4_nl_avx2;
     t.to_float[TYPE_IQ4_XS] = to_float_iq4_xs_avx2;
+    t.gemm_x8[TYPE_IQ4_NL] = gemm_x8_tiled<IQ4_NLX8>;
+    t.repack_x8[TYPE_IQ4_NL] = kernel_table_ref()->repack_x8[TYPE_IQ4_NL];
 }
 
 } // namespace pyllm
