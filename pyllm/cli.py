@@ -150,7 +150,12 @@ def cmd_info(args) -> int:
     n_bytes = sum(t["nbytes"] for t in tensors.values())
     print(f"tensors: {n_params / 1e6:.1f}M parameters, {n_bytes / 2**20:.1f} MiB, "
           f"{8 * n_bytes / max(n_params, 1):.2f} bits/weight; " + ", ".join(f"{k} x{v}" for k, v in by_type.most_common()))
+    unsupported = Counter(t["type_name"] for t in tensors.values() if not t["supported"])
+    if unsupported:
+        print("note: pyllm does not run " + ", ".join(f"{k} ({v} tensor{'s' if v != 1 else ''})" for k, v in unsupported.items()))
     if args.check:
+        if unsupported:
+            print(f"check: {sum(unsupported.values())} tensors of types pyllm does not decode are not checked")
         bad = f.nonfinite_tensors()
         for name, n in bad:
             print(f"  NOT FINITE: {name}: {n} NaN/inf values")

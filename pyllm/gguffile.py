@@ -8,6 +8,17 @@ from typing import Any
 import numpy as np
 
 from pyllm import _core
+from pyllm.errors import UnsupportedModelError
+
+# Tensor types pyllm computes with (weights); a file's other ggml types (IQ2_XXS, TQ1_0, ...) are
+# read and listed but not run. Q8_1 and Q8_K are activation types only.
+WEIGHT_TYPES = ("F32", "F16", "BF16", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0",
+                "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K", "IQ4_NL", "IQ4_XS")
+
+
+def unsupported_type_message(name: str, type_name: str) -> str:
+    return (f"tensor {name!r} has type {type_name}, which pyllm does not run; "
+            f"supported: {', '.join(WEIGHT_TYPES)}")
 
 
 class GGUFFile:
@@ -15,8 +26,9 @@ class GGUFFile:
 
     `metadata` maps keys to int | float | bool | str | bytes (strings that are not UTF-8) | list
     (arrays, nested arrays as nested lists). `tensors` maps names to dicts with `type`,
-    `type_name`, `shape` (ne order: the row length first, like the `gguf` package), `n_elements`,
-    `nbytes` and `offset` (absolute in the file).
+    `type_name`, `supported` (False for a ggml type pyllm reads but does not run, such as IQ2_XXS),
+    `shape` (ne order: the row length first, like the `gguf` package), `n_elements`, `nbytes` and
+    `offset` (absolute in the file).
     """
 
     def __init__(self, path: str | os.PathLike):
@@ -50,15 +62,26 @@ class GGUFFile:
     def tensor_array(self, name: str) -> np.ndarray:
         """The tensor dequantized to float32, in numpy order (shape = ne reversed)."""
         info = self.tensors[name]
+        if not info["supported"]:
+            raise UnsupportedModelError(unsupported_type_message(name, info["type_name"]))
         row_length = info["shape"][0]
         rows = info["n_elements"] // row_length
         raw = self.tensor_bytes(name).reshape(rows, info["nbytes"] // rows)
         return _core.dequantize(info["type"], raw, row_length).reshape(tuple(reversed(info["shape"])))
 
+    def check_tensor_types(self) -> None:
+        """Raises UnsupportedModelError naming the first tensor whose type pyllm does not run."""
+        for name, info in self.tensors.items():
+            if not info["supported"] or info["type_name"] not in WEIGHT_TYPES:
+                raise UnsupportedModelError(unsupported_type_message(name, info["type_name"]))
+
     def nonfinite_tensors(self) -> list[tuple[str, int]]:
-        """Names of tensors holding NaN or inf, with how many such values (dequantizes each)."""
+        """Names of tensors holding NaN or inf, with how many such values (dequantizes each;
+        tensors of types pyllm does not decode, `supported` false, are skipped)."""
         bad = []
-        for name in self.tensors:
+        for name, info in self.tensors.items():
+            if not info["supported"]:
+                continue
             x = self.tensor_array(name)
             n = int(x.size - np.count_nonzero(np.isfinite(x)))
             if n:

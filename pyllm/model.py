@@ -155,6 +155,7 @@ class Model:
         self._file_identity = _file_identity(self.path)
         self.metadata = self._file.metadata
         self.config = ModelConfig.from_metadata(self.metadata)
+        self._file.check_tensor_types()  # e.g. IQ2_XXS: named before any weight is touched
         cfg = asdict(self.config)
         tensors = {name: (t["type"], t["shape"], self._file.tensor_bytes(name))
                    for name, t in self._file.tensors.items()}

@@ -60,6 +60,8 @@ FILE_TYPES = {ft.name: ft for ft in [
     FileType("Q3_K_M", 12, "Q3_K", "mix: Q3_K, Q4_K/Q5_K for attn_v/attn_output/ffn_down"),
     FileType("Q3_K_S", 11, "Q3_K", "mix: Q3_K"),
     FileType("Q2_K", 10, "Q2_K", "mix: Q2_K, Q3_K/Q4_K for attn_v/attn_output/ffn_down"),
+    FileType("IQ4_NL", 25, "IQ4_NL", "mix: IQ4_NL, Q5_K for the first ffn_down"),
+    FileType("IQ4_XS", 30, "IQ4_XS", "mix: IQ4_XS (IQ4_NL for rows not a multiple of 256), Q5_K for the first ffn_down"),
 ]}
 # llama-quantize's aliases: a bare K type means its _M mix.
 ALIASES = {"Q5_K": "Q5_K_M", "Q4_K": "Q4_K_M", "Q3_K": "Q3_K_M"}
@@ -103,7 +105,7 @@ def tensor_type(name: str) -> int:
         tid = None
     if tid is None or key in ("Q8_1", "Q8_K"):
         valid = [n for n in ("F32", "F16", "BF16", "Q8_0", "Q5_1", "Q5_0", "Q4_1", "Q4_0",
-                             "Q6_K", "Q5_K", "Q4_K", "Q3_K", "Q2_K")]
+                             "Q6_K", "Q5_K", "Q4_K", "Q3_K", "Q2_K", "IQ4_NL", "IQ4_XS")]
         raise QuantizeError(f"unknown tensor type {name!r}; valid tensor types: {', '.join(valid)}")
     return tid
 
@@ -180,7 +182,7 @@ def _fallback(name: str, ncols: int, t: str) -> str:
     """llama.cpp's tensor_type_fallback: K-quants need rows of a multiple of 256."""
     if ncols % _core.type_info(type_id(t))["block_size"] == 0:
         return t
-    fb = {"Q2_K": "Q4_0", "Q3_K": "Q4_0", "Q4_K": "Q5_0", "Q5_K": "Q5_1", "Q6_K": "Q8_0"}.get(t)
+    fb = {"Q2_K": "Q4_0", "Q3_K": "Q4_0", "Q4_K": "Q5_0", "Q5_K": "Q5_1", "Q6_K": "Q8_0", "IQ4_XS": "IQ4_NL"}.get(t)
     if fb is None:
         raise QuantizeError(f"tensor {name!r} has rows of {ncols} weights, not a multiple of {t}'s block, "
                             f"and llama.cpp defines no fallback for {t}")
@@ -231,6 +233,8 @@ def choose_types(tensors: dict[str, dict], metadata: dict, ft: FileType, opts: T
                 new = "Q6_K"
             elif ftype == "Q4_K_S" and i < 4:
                 new = "Q5_K"
+            elif ftype in ("IQ4_NL", "IQ4_XS") and n_gqa >= 4:
+                new = "Q5_K"
             if n_expert == 8:
                 new = "Q8_0"
             state["wv"] += 1
@@ -251,6 +255,8 @@ def choose_types(tensors: dict[str, dict], metadata: dict, ft: FileType, opts: T
                     new = "Q6_K" if i < n // 16 else ("Q5_K" if use_more_bits(i, n) else "Q4_K")
                 elif use_more_bits(i, n):
                     new = "Q6_K"
+            elif ftype in ("IQ4_NL", "IQ4_XS") and i < n // 8 and not opts.has_imatrix:
+                new = "Q5_K"
             elif ftype == "Q5_K_M" and use_more_bits(i, n):
                 new = "Q6_K"
             elif ftype == "Q4_K_S" and not falcon and i < n // 8:
@@ -263,7 +269,7 @@ def choose_types(tensors: dict[str, dict], metadata: dict, ft: FileType, opts: T
         if cat == "attn_output":
             if not falcon:
                 if n_expert == 8:
-                    if ftype in ("Q2_K", "Q3_K_S", "Q3_K_M", "Q4_K_S", "Q4_K_M"):
+                    if ftype in ("Q2_K", "Q3_K_S", "Q3_K_M", "Q4_K_S", "Q4_K_M", "IQ4_NL", "IQ4_XS"):
                         new = "Q5_K"
                 elif ftype == "Q2_K":
                     new = "Q3_K"
@@ -584,6 +590,10 @@ def quantize_file(src: str | os.PathLike, dst: str | os.PathLike, type_name_: st
         tensors = gf.tensors
         if not tensors:
             raise QuantizeError(f"{src} holds no tensors: there is nothing to quantize")
+        for name, info in tensors.items():
+            if not info["supported"]:
+                raise QuantizeError(f"tensor {name!r} has type {info['type_name']}, which pyllm cannot read "
+                                    f"the values of; quantize from the F16/F32 original instead")
         topts = dataclasses.replace(opts.types, has_imatrix=opts.types.has_imatrix or opts.method == "imatrix")
         targets = choose_types(tensors, md, ft, topts)
         order = llama_order(tensors)

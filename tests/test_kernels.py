@@ -17,6 +17,7 @@ SIMD_ISAS = [isa for isa in _core.available_isas() if isa != "ref"]
 
 F32, F16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q8_1 = 0, 1, 2, 3, 6, 7, 8, 9
 Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, Q8_K, BF16 = 10, 11, 12, 13, 14, 15, 30
+IQ4_NL, IQ4_XS = 20, 23
 
 # Byte layout facts per weight type: offsets of the f16 scale fields (kept finite and of ordinary
 # size), the byte ranges holding quants (zeroed to expose the offset part of a type with mins), and
@@ -32,10 +33,13 @@ LAYOUT = {
     Q4_K: dict(halves=[0, 2], quants=[(16, 144)], scales=[(4, 16)], has_min=True),
     Q5_K: dict(halves=[0, 2], quants=[(16, 176)], scales=[(4, 16)], has_min=True),
     Q6_K: dict(halves=[208], quants=[(0, 192)], scales=[(192, 208)]),
+    IQ4_NL: dict(halves=[0], quants=[(2, 18)]),
+    IQ4_XS: dict(halves=[0], quants=[(8, 136)], scales=[(2, 8)]),
 }
 FLOAT_TYPES = [F32, F16, BF16]
 BLOCK32_TYPES = [Q4_0, Q4_1, Q5_0, Q5_1, Q8_0]
 KQUANT_TYPES = [Q2_K, Q3_K, Q4_K, Q5_K, Q6_K]
+IQUANT_TYPES = [IQ4_NL, IQ4_XS]
 
 N_ROWS = [1, 3, 8, 17, 33]
 N_TOK = [1, 2, 3, 5, 8, 17]
@@ -45,7 +49,7 @@ def sizes_for(type_id):
     """Row lengths: odd block counts, and for float types lengths no SIMD width divides."""
     if type_id in FLOAT_TYPES:
         return [1, 31, 33, 257, 4128]
-    if type_id in KQUANT_TYPES:
+    if type_id in KQUANT_TYPES or type_id == IQ4_XS:
         return [256, 768, 4352]
     return [32, 96, 256, 4128]
 
@@ -88,7 +92,7 @@ def product_magnitude(type_id, wq, k, x):
 
 # --- GEMM ----------------------------------------------------------------------------------------
 
-GEMM_CASES = [(isa, t, k) for isa in SIMD_ISAS for t in FLOAT_TYPES + BLOCK32_TYPES + KQUANT_TYPES
+GEMM_CASES = [(isa, t, k) for isa in SIMD_ISAS for t in FLOAT_TYPES + BLOCK32_TYPES + KQUANT_TYPES + IQUANT_TYPES
               for k in sizes_for(t)]
 
 
@@ -125,7 +129,7 @@ def test_gemm_output_stride_and_rows_subset(isa):
 # --- the x8 (row-interleaved) layout ------------------------------------------------------------
 
 X8_KQUANTS = [Q4_K, Q5_K, Q6_K]
-X8_TYPES = [Q4_0, Q4_1, Q5_0, Q5_1, Q8_0] + X8_KQUANTS
+X8_TYPES = [Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, IQ4_NL] + X8_KQUANTS
 X8_ROWS = [8, 13, 16, 41]  # whole groups, and groups plus a plain tail
 X8_TOK = [1, 2, 4, 5, 9]   # decode, prefill tiles of 4 and their tails
 
@@ -140,7 +144,7 @@ X8_CASES = [(isa, t, k) for isa in SIMD_ISAS for t in X8_TYPES if t in _core.x8_
 
 
 def test_x8_types():
-    """x86 tables repack the eight types (AVX-512 with the AVX2 K-quant kernels); the reference
+    """x86 tables repack the nine types (AVX-512 with the AVX2 K-quant and IQ4_NL kernels); the reference
     repacks them too (its x8 gemm is the truth)."""
     assert set(_core.x8_types("ref")) == set(X8_TYPES)
     for isa in SIMD_ISAS:
@@ -266,13 +270,13 @@ def test_quantize_act_bit_identical(isa, act_type):
 
 # --- dequantizers and f16 helpers -----------------------------------------------------------------
 
-DEQ_CASES = [(isa, t) for isa in SIMD_ISAS for t in FLOAT_TYPES + BLOCK32_TYPES + KQUANT_TYPES + [Q8_1]]
+DEQ_CASES = [(isa, t) for isa in SIMD_ISAS for t in FLOAT_TYPES + BLOCK32_TYPES + KQUANT_TYPES + IQUANT_TYPES + [Q8_1]]
 
 
 @pytest.mark.parametrize("isa,type_id", DEQ_CASES)
 def test_to_float_bit_identical(isa, type_id):
     rng = np.random.default_rng(type_id + 99)
-    k = 4352 if type_id in KQUANT_TYPES else (4128 if type_id not in FLOAT_TYPES else 4131)
+    k = 4352 if type_id in KQUANT_TYPES + [IQ4_XS] else (4128 if type_id not in FLOAT_TYPES else 4131)
     if type_id == Q8_1:
         q = _core.quantize_act("ref", Q8_1, rng.standard_normal((5, k)).astype(np.float32))
     else:

@@ -1,6 +1,7 @@
 """Quantization formats: our reference (de)quantizers against the `gguf` package (the oracle for
-every format it implements), Q8_K against a numpy model of ggml's rule, and the K-quant . Q8_K
-reference matmul against a float computation on the dequantized operands."""
+every format it implements), Q8_K against a numpy model of ggml's rule, the K-quant and IQ4 quantizers
+against hashes of ggml's own output, and the K-quant . Q8_K and IQ4 reference matmuls against a
+float computation on the dequantized operands."""
 import hashlib
 
 import numpy as np
@@ -14,10 +15,11 @@ from pyllm import _core
 INFO = {_core.type_info(t)["name"]: _core.type_info(t) for t in _core.known_types()}
 QUANTIZABLE = sorted(name for name, i in INFO.items() if i["has_quantizer"])
 K_WEIGHTS = ["Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K"]
+IQ_WEIGHTS = ["IQ4_NL", "IQ4_XS"]   # non-linear 4-bit grid; IQ4_NL pairs with Q8_0, IQ4_XS with Q8_K
 # Formats whose quantizer the gguf package implements: our bytes must equal its bytes.
 GGUF_QUANTIZES = ["F16", "BF16", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0"]
 # Formats whose dequantizer the gguf package implements: our floats must equal its floats.
-GGUF_DEQUANTIZES = GGUF_QUANTIZES + K_WEIGHTS
+GGUF_DEQUANTIZES = GGUF_QUANTIZES + K_WEIGHTS + IQ_WEIGHTS
 
 # Bound on the relative rms error of a round trip on gaussian data (averaged over rows), per
 # type: measured values with margin; a broken layout or scale gives errors of order 1.
@@ -26,6 +28,7 @@ RT_REL_RMS = {
     "Q8_0": 0.01, "Q8_1": 0.01, "Q8_K": 0.01,
     "Q6_K": 0.025, "Q5_0": 0.06, "Q5_1": 0.06, "Q5_K": 0.05,
     "Q4_0": 0.12, "Q4_1": 0.11, "Q4_K": 0.09, "Q3_K": 0.2, "Q2_K": 0.36,
+    "IQ4_NL": 0.1, "IQ4_XS": 0.1,   # measured 0.073-0.081 mean, 0.092 max (one 32-block row)
 }
 
 # Byte offsets of the f16 fields (d, m, dmin) inside each block: random test blocks get finite
@@ -33,6 +36,7 @@ RT_REL_RMS = {
 F16_FIELDS = {
     "Q4_0": [0], "Q4_1": [0, 2], "Q5_0": [0], "Q5_1": [0, 2], "Q8_0": [0],
     "Q2_K": [80, 82], "Q3_K": [108], "Q4_K": [0, 2], "Q5_K": [0, 2], "Q6_K": [208],
+    "IQ4_NL": [0], "IQ4_XS": [0],
 }
 
 
@@ -229,9 +233,10 @@ def test_q8_K_round_trip_and_sign():
 
 # --- K-quant . Q8_K reference matmul ---------------------------------------------------------------
 
-@pytest.mark.parametrize("name", K_WEIGHTS)
+@pytest.mark.parametrize("name", K_WEIGHTS + IQ_WEIGHTS)
 def test_kquant_matmul_matches_float(name):
-    assert INFO[name]["vec_dot_type"] == tid("Q8_K")
+    act = "Q8_0" if name == "IQ4_NL" else "Q8_K"
+    assert INFO[name]["vec_dot_type"] == tid(act)
     rng = np.random.default_rng(9)
     for k, rows, ntok in [(256, 5, 1), (768, 7, 3), (2048, 3, 4)]:
         w = (rng.standard_normal((rows, k)) * 0.05).astype(np.float32)
@@ -241,13 +246,13 @@ def test_kquant_matmul_matches_float(name):
         out = _core.matmul("ref", tid(name), wq, k, x)
         assert out.shape == (ntok, rows)
         wd = dequantize(name, wq, k).astype(np.float64)
-        xd = dequantize("Q8_K", quantize("Q8_K", x), k).astype(np.float64)
+        xd = dequantize(act, quantize(act, x), k).astype(np.float64)
         expect = xd @ wd.T
         bound = np.abs(xd) @ np.abs(wd).T
         assert np.all(np.abs(out - expect) <= 1e-5 * bound + 1e-30), np.max(np.abs(out - expect) / bound)
         # And it is the product of the unquantized operands up to the quantization error (6 sigma
-        # of a round-trip error of the type's rms size on each weight, plus Q8_K's).
-        sigma = (RT_REL_RMS[name] + RT_REL_RMS["Q8_K"]) * np.sqrt((x.astype(np.float64) ** 2) @ (w.T ** 2))
+        # of a round-trip error of the type's rms size on each weight, plus the activation type's).
+        sigma = (RT_REL_RMS[name] + RT_REL_RMS[act]) * np.sqrt((x.astype(np.float64) ** 2) @ (w.T ** 2))
         assert np.all(np.abs(out - x @ w.T) <= 6 * sigma + 1e-6)
 
 
@@ -292,6 +297,29 @@ def test_quantize_bytes_equal_ggml_fixture(fixture_json):
             if hashlib.sha256(quantize(name, inputs[key]).tobytes()).hexdigest() != digest:
                 mismatched.append((name, key))
     assert not mismatched
+
+
+def test_iq4_quantize_bytes_equal_ggml_fixture(fixture_json):
+    # ggml's quantize_iq4_nl / quantize_iq4_xs without importances: what llama-quantize writes.
+    fx = fixture_json("ggml_iquant_sha256.json")["sha256"]
+    assert set(fx) == set(IQ_WEIGHTS)
+    inputs = ggml_fixture_inputs()
+    mismatched = [(name, key) for name, per_input in fx.items() for key, digest in per_input.items()
+                  if hashlib.sha256(quantize(name, inputs[key]).tobytes()).hexdigest() != digest]
+    assert not mismatched
+
+
+@pytest.mark.parametrize("name", IQ_WEIGHTS)
+def test_iq4_grid_and_scales(name):
+    # Every stored index decodes to a value of ggml's kvalues_iq4nl grid times the block's scale,
+    # and a value on the grid (times a power of two) comes back exactly.
+    grid = np.array([-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113], np.float32)
+    bs = INFO[name]["block_size"]
+    rng = np.random.default_rng(10)
+    x = (grid[rng.integers(0, 16, (4, 4 * bs))] * np.float32(2.0 ** -7)).astype(np.float32)
+    x[:, ::32] = -127 * 2.0 ** -7                     # each sub-block reaches the grid's end
+    y = dequantize(name, quantize(name, x), x.shape[1])
+    assert np.array_equal(y, x)
 
 
 @pytest.mark.parametrize("name", K_WEIGHTS)

@@ -21,7 +21,7 @@ PROMPTS = [[5, 77, 130, 3, 250, 42], [42, 199, 12, 300, 1, 64], [7, 7, 7, 260, 2
 # here). So: some prompt must match to `tol` (relative to the logits' spread) at every token, and
 # none may be grossly off. A real bug (a wrong scale, offset, layout or rope) breaks every prompt.
 CASES = [(t, 1e-3) for t in ("F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1",
-                              "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K")]
+                              "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K", "IQ4_NL", "IQ4_XS")]
 
 
 # qwen2's differences (biases, neox rope) are type-independent: three types cover them.

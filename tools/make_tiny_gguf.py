@@ -32,13 +32,16 @@ def _bytes_tokens():
 def _quantize(w: np.ndarray, qtype: T) -> np.ndarray:
     if qtype == T.F32:
         return w.astype(np.float32)
-    if qtype in (T.Q2_K, T.Q3_K, T.Q4_K, T.Q5_K, T.Q6_K):
+    if qtype in (T.Q2_K, T.Q3_K, T.Q4_K, T.Q5_K, T.Q6_K, T.IQ4_NL, T.IQ4_XS):
         from pyllm import _core
         return _core.quantize(int(qtype), w.reshape(-1, w.shape[-1]).astype(np.float32)).reshape(w.shape[0], -1)
     return gguf.quants.quantize(w.astype(np.float32), qtype)
 
 
-def make_tiny_model(path, weight_type: str = "F32", arch: str = "llama", seed: int = 0) -> None:
+def make_tiny_model(path, weight_type: str = "F32", arch: str = "llama", seed: int = 0,
+                    raw_types: dict[str, str] | None = None) -> None:
+    """raw_types: tensor name -> a ggml type name whose blocks are written as random bytes (for
+    files of types pyllm reads but does not run, e.g. IQ2_XXS)."""
     rng = np.random.default_rng(seed)
     d = DIMS
     hd = d["n_embd"] // d["n_head"]
@@ -54,6 +57,11 @@ def make_tiny_model(path, weight_type: str = "F32", arch: str = "llama", seed: i
     w.add_bos_token_id(d["n_vocab"] - 1); w.add_eos_token_id(tokens.index("<|im_end|>")); w.add_add_bos_token(False)
 
     def mat(name, rows, cols, scale=None):
+        if raw_types and name in raw_types:
+            rt = T[raw_types[name]]
+            block, size = gguf.constants.GGML_QUANT_SIZES[rt]
+            w.add_tensor(name, rng.integers(0, 256, (rows, cols // block * size), dtype=np.uint8), raw_dtype=rt)
+            return
         x = rng.standard_normal((rows, cols)) * (scale or 1.0 / np.sqrt(cols))
         q = _quantize(x, qtype)
         if qtype in (T.F32, T.F16):
@@ -90,7 +98,7 @@ def _act_quant(x: np.ndarray, wtype: T) -> np.ndarray:
     if wtype in (T.F32, T.F16, T.BF16):
         return x
     x32 = x.astype(np.float32)
-    if wtype in (T.Q2_K, T.Q3_K, T.Q4_K, T.Q5_K, T.Q6_K):
+    if wtype in (T.Q2_K, T.Q3_K, T.Q4_K, T.Q5_K, T.Q6_K, T.IQ4_XS):
         b = x32.reshape(-1, 256)
         idx = np.abs(b).argmax(1)
         mx = b[np.arange(len(b)), idx]

@@ -142,7 +142,8 @@ public:
             py::dict d;
             d["name"] = t.name;
             d["type"] = (int)t.type;
-            d["type_name"] = type_traits(t.type).name;
+            d["type_name"] = type_layout(t.type)->name;
+            d["supported"] = type_is_known(t.type);  // false: a ggml type pyllm reads but does not run
             d["shape"] = shape;  // ne order: ne[0], the row length, first
             d["n_elements"] = t.n_elements();
             d["nbytes"] = t.nbytes;
@@ -192,7 +193,7 @@ void register_gguf(py::module_& m) {
         .def_property_readonly("metadata", &Reader::metadata, "key -> int | float | bool | str | bytes | list (cached)")
         .def_property_readonly("metadata_types", &Reader::metadata_types, "key -> 'UINT32', 'ARRAY[STRING]', ...")
         .def_property_readonly("tensors", &Reader::tensors,
-                               "list of dicts: name, type, type_name, shape (ne order), n_elements, nbytes, offset")
+                               "list of dicts: name, type, type_name, supported, shape (ne order), n_elements, nbytes, offset")
         .def("tensor_data", &Reader::tensor_data, py::arg("name"), "read-only uint8 view of a tensor's bytes")
         .def("close", &Reader::close)
         .def("__enter__", [](py::object self) { return self; })

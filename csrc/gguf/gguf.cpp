@@ -420,9 +420,12 @@ void GGUFFile::parse() {
         }
         const uint64_t type_at = c.pos;
         const int32_t type = static_cast<int32_t>(c.read<uint32_t>([&] { return where() + " type"; }));
-        if (!type_is_known(type)) c.error(type_at, where() + ": unknown or unsupported tensor type id " + std::to_string(type));
+        // Every ggml type is read (its layout is all a file needs); whether pyllm can run it is the
+        // loader's question, so `pyllm info` lists a file of i-quants it does not compute.
+        const TypeLayout* layout = type_layout(type);
+        if (!layout) c.error(type_at, where() + ": unknown tensor type id " + std::to_string(type));
         t.type = static_cast<Type>(type);
-        const TypeTraits& tt = type_traits(t.type);
+        const TypeLayout& tt = *layout;
 
         auto shape = [&] {
             std::string s = "[";

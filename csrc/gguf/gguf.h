@@ -45,7 +45,7 @@ struct GGUFValue {
 
 struct GGUFTensorInfo {
     std::string name;
-    Type type;
+    Type type;                 // any ggml type (type_layout); type_is_known() says whether pyllm runs it
     int n_dims;
     int64_t ne[4];             // ne[0] is the row length (contiguous); unused dims are 1
     uint64_t offset;           // from the start of the data section

@@ -19,7 +19,8 @@ using gemm_fn = void (*)(int64_t k, const void* w, size_t w_stride, int64_t n_ro
 
 // --- the row-interleaved ("x8") weight layout, made once at load for decode -----------------------
 //
-// Q4_0, Q4_1, Q5_0, Q5_1 and Q8_0 rows in groups of kX8Rows = 8. For each 32-element block
+// Q4_0, Q4_1, Q5_0, Q5_1 and Q8_0 rows in groups of kX8Rows = 8 (IQ4_NL: as Q4_0, whose block
+// bytes it shares; its nibbles are grid indices). For each 32-element block
 // column a group stores exactly the bytes of its 8 plain blocks, rearranged:
 //   the 8 rows' f16 scales d (16 bytes), for Q4_1/Q5_1 then the 8 mins m (16 bytes),
 //   for Q5 then the fifth bits (32 bytes) as 8 little-endian u32 masks, mask 2c+h for run c's low

@@ -9,6 +9,7 @@ namespace pyllm {
 constexpr int QK4_0 = 32, QK4_1 = 32, QK5_0 = 32, QK5_1 = 32, QK8_0 = 32, QK8_1 = 32;
 constexpr int QK_K = 256;         // K-quant super-block
 constexpr int K_SCALE_SIZE = 12;  // 8 six-bit scales + 8 six-bit mins, packed
+constexpr int QK4_NL = 32;        // IQ4_NL block
 
 struct block_q4_0 { uint16_t d; uint8_t qs[QK4_0 / 2]; };                       // x = d*(q-8)
 struct block_q4_1 { uint16_t d, m; uint8_t qs[QK4_1 / 2]; };                    // x = d*q + m
@@ -25,6 +26,20 @@ struct block_q5_K { uint16_t d, dmin; uint8_t scales[K_SCALE_SIZE]; uint8_t qh[Q
 struct block_q6_K { uint8_t ql[QK_K / 2]; uint8_t qh[QK_K / 4]; int8_t scales[QK_K / 16]; uint16_t d; };
 struct block_q8_K { float d; int8_t qs[QK_K]; int16_t bsums[QK_K / 16]; };    // activations only
 
+// The non-linear 4-bit types: each nibble indexes ggml's fixed 16-level grid kvalues_iq4nl (denser
+// near zero, where trained weights are), x = d * kvalues_iq4nl[q].
+struct block_iq4_nl { uint16_t d; uint8_t qs[QK4_NL / 2]; };                    // nibbles as Q4_0
+// 256-element super-block of 8 sub-blocks of 32: sub-block scale ls in 0..63 (6 bits: low nibble in
+// scales_l[ib/2] (ib odd: high nibble), top 2 bits at bit 2*ib of scales_h), x = d*(ls-32)*kvalues[q].
+struct block_iq4_xs { uint16_t d; uint16_t scales_h; uint8_t scales_l[QK_K / 64]; uint8_t qs[QK_K / 2]; };
+
+alignas(16) inline constexpr int8_t kvalues_iq4nl[16] = {-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113};
+
+// IQ4_XS sub-block ib's 6-bit scale (0..63, biased by 32).
+inline int iq4_xs_scale(const block_iq4_xs& b, int ib) {
+    return ((b.scales_l[ib / 2] >> 4 * (ib % 2)) & 0xf) | (((b.scales_h >> 2 * ib) & 3) << 4);
+}
+
 static_assert(sizeof(block_q4_0) == 18, "q4_0 block");
 static_assert(sizeof(block_q4_1) == 20, "q4_1 block");
 static_assert(sizeof(block_q5_0) == 22, "q5_0 block");
@@ -37,6 +52,8 @@ static_assert(sizeof(block_q4_K) == 144, "q4_K block");
 static_assert(sizeof(block_q5_K) == 176, "q5_K block");
 static_assert(sizeof(block_q6_K) == 210, "q6_K block");
 static_assert(sizeof(block_q8_K) == 292, "q8_K block");
+static_assert(sizeof(block_iq4_nl) == 18, "iq4_nl block");
+static_assert(sizeof(block_iq4_xs) == 136, "iq4_xs block");
 
 // Q3_K's 16 six-bit scales, one byte each (still biased by 32): the low nibbles are in bytes 0-7
 // (groups 0-7, then their high nibbles for groups 8-15), the two high bits of group g in bits

@@ -39,4 +39,11 @@ void quantize_row_q5_K(const float* src, void* dst, int64_t n);
 void quantize_row_q6_K(const float* src, void* dst, int64_t n);
 void quantize_row_q8_K(const float* src, void* dst, int64_t n);
 
+// Non-linear 4-bit types (quant/iquants.cpp). The quantizers are ggml's quantize_iq4_nl /
+// quantize_iq4_xs without an importance matrix: what llama-quantize writes.
+void dequantize_row_iq4_nl(const void* src, float* dst, int64_t n);
+void dequantize_row_iq4_xs(const void* src, float* dst, int64_t n);
+void quantize_row_iq4_nl(const float* src, void* dst, int64_t n);
+void quantize_row_iq4_xs(const float* src, void* dst, int64_t n);
+
 } // namespace pyllm

@@ -11,6 +11,7 @@ enum Type : int32_t {
     TYPE_F32 = 0, TYPE_F16 = 1, TYPE_Q4_0 = 2, TYPE_Q4_1 = 3,
     TYPE_Q5_0 = 6, TYPE_Q5_1 = 7, TYPE_Q8_0 = 8, TYPE_Q8_1 = 9,
     TYPE_Q2_K = 10, TYPE_Q3_K = 11, TYPE_Q4_K = 12, TYPE_Q5_K = 13, TYPE_Q6_K = 14, TYPE_Q8_K = 15,
+    TYPE_IQ4_NL = 20, TYPE_IQ4_XS = 23,
     TYPE_BF16 = 30,
     TYPE_COUNT = 31,
 };
@@ -33,6 +34,16 @@ struct TypeTraits {
 bool type_is_known(int32_t id);
 const TypeTraits& type_traits(Type t);  // t must be known (asserted)
 Type type_from_name(const char* name);  // case-insensitive; TYPE_COUNT if unknown
+
+// The block layout of every tensor type ggml defines, including those pyllm does not run (the
+// other i-quants, TQ1_0/TQ2_0, MXFP4, integer types ...), so that a file holding them can still be
+// read, listed and named in an error. nullptr for an id that is no GGUF tensor type.
+struct TypeLayout {
+    const char* name;
+    int64_t block_size;
+    size_t type_size;
+};
+const TypeLayout* type_layout(int32_t id);
 
 // Bytes of a row of n elements; n must be a multiple of the block size (asserted).
 inline size_t row_size(Type t, int64_t n) {

@@ -46,12 +46,14 @@ const Layout* layout_of(Type t) {
         q5_0{{0}, {{2, 22}}, {}, false}, q5_1{{0, 2}, {{4, 24}}, {}, true}, q8_0{{0}, {{2, 34}}, {}, false},
         q2_K{{80, 82}, {{16, 80}}, {{0, 16}}, true}, q3_K{{108}, {{0, 96}}, {{96, 108}}, false},
         q4_K{{0, 2}, {{16, 144}}, {{4, 16}}, true}, q5_K{{0, 2}, {{16, 176}}, {{4, 16}}, true},
-        q6_K{{208}, {{0, 192}}, {{192, 208}}, false};
+        q6_K{{208}, {{0, 192}}, {{192, 208}}, false}, iq4_nl{{0}, {{2, 18}}, {}, false},
+        iq4_xs{{0}, {{8, 136}}, {{2, 8}}, false};
     switch (t) {
         case TYPE_Q4_0: return &q4_0; case TYPE_Q4_1: return &q4_1; case TYPE_Q5_0: return &q5_0;
         case TYPE_Q5_1: return &q5_1; case TYPE_Q8_0: return &q8_0; case TYPE_Q2_K: return &q2_K;
         case TYPE_Q3_K: return &q3_K; case TYPE_Q4_K: return &q4_K; case TYPE_Q5_K: return &q5_K;
-        case TYPE_Q6_K: return &q6_K; default: return nullptr;
+        case TYPE_Q6_K: return &q6_K; case TYPE_IQ4_NL: return &iq4_nl; case TYPE_IQ4_XS: return &iq4_xs;
+        default: return nullptr;
     }
 }
 
@@ -344,7 +346,7 @@ int main() {
     }
     test_xtx_tile(ref);
     // The reference x8 gemm is bit-identical to the plain one; x8 rows read back bit-identically.
-    for (Type t : {TYPE_Q4_0, TYPE_Q4_1, TYPE_Q5_0, TYPE_Q5_1, TYPE_Q8_0, TYPE_Q4_K, TYPE_Q5_K, TYPE_Q6_K}) {
+    for (Type t : {TYPE_Q4_0, TYPE_Q4_1, TYPE_Q5_0, TYPE_Q5_1, TYPE_Q8_0, TYPE_IQ4_NL, TYPE_Q4_K, TYPE_Q5_K, TYPE_Q6_K}) {
         const bool kq = type_traits(t).block_size == QK_K;
         for (int64_t k : {kq ? 256 : 32, kq ? 768 : 576}) test_gemm(ref, ref, t, k, /*x8=*/true);
         const int rows = 19;

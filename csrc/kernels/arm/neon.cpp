@@ -21,6 +21,7 @@ namespace pyllm {
 
 void register_kquant_neon_kernels(KernelTable& t);  // kquants_neon.cpp
 void register_kquant_x8_neon_kernels(KernelTable& t);  // kquants_x8_neon.cpp
+void register_iquant_neon_kernels(KernelTable& t);  // iquants_neon.cpp
 
 namespace {
 
@@ -493,6 +494,7 @@ KernelTable make_neon_table() {
     t.xtx_tile = xtx_tile_neon;
     register_kquant_neon_kernels(t);
     register_kquant_x8_neon_kernels(t);
+    register_iquant_neon_kernels(t);
     fill_missing_from_ref(t);
     return t;
 }

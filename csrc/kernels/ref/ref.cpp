@@ -188,6 +188,7 @@ static KernelTable make_ref_table() {
     t.gemm[TYPE_Q5_1] = gemm_from_dot<vec_dot_q5_1_q8_1_ref>;
     t.gemm[TYPE_Q8_0] = gemm_from_dot<vec_dot_q8_0_q8_0_ref>;
     register_kquant_ref_kernels(t);
+    register_iquant_ref_kernels(t);
     register_x8_ref_kernels(t);
     t.quantize_act[TYPE_F32] = quantize_row_f32;
     t.quantize_act[TYPE_Q8_0] = quantize_row_q8_0;

@@ -39,6 +39,11 @@ float vec_dot_q6_K_q8_K_ref(int64_t k, const void* w, const void* a);
 // K-quant dot products against Q8_K (kernels/ref/kquants_ref.cpp) register themselves here.
 void register_kquant_ref_kernels(KernelTable& t);
 
+// IQ4_NL . Q8_0 and IQ4_XS . Q8_K (kernels/ref/iquants_ref.cpp).
+float vec_dot_iq4_nl_q8_0_ref(int64_t k, const void* w, const void* a);
+float vec_dot_iq4_xs_q8_K_ref(int64_t k, const void* w, const void* a);
+void register_iquant_ref_kernels(KernelTable& t);
+
 // The x8 layout's repackers and reference gemm (kernels/ref/x8.cpp). SIMD tables take the
 // repacker of each type they have an x8 gemm for from the reference table.
 void register_x8_ref_kernels(KernelTable& t);

@@ -24,7 +24,7 @@ struct X8Format {
 };
 
 constexpr X8Format x8_format_of(Type t) {
-    return t == TYPE_Q4_0   ? X8Format{18, 1, 16, false}
+    return t == TYPE_Q4_0 || t == TYPE_IQ4_NL ? X8Format{18, 1, 16, false}  // same bytes: d, 16 nibble bytes
            : t == TYPE_Q4_1 ? X8Format{20, 2, 16, false}
            : t == TYPE_Q5_0 ? X8Format{22, 1, 16, true}
            : t == TYPE_Q5_1 ? X8Format{24, 2, 16, true}
@@ -32,7 +32,7 @@ constexpr X8Format x8_format_of(Type t) {
 }
 
 bool x8_format(Type t, X8Format* f) {
-    if (t != TYPE_Q4_0 && t != TYPE_Q4_1 && t != TYPE_Q5_0 && t != TYPE_Q5_1 && t != TYPE_Q8_0) return false;
+    if (t != TYPE_Q4_0 && t != TYPE_Q4_1 && t != TYPE_Q5_0 && t != TYPE_Q5_1 && t != TYPE_Q8_0 && t != TYPE_IQ4_NL) return false;
     *f = x8_format_of(t);
     return true;
 }
@@ -141,6 +141,8 @@ void register_x8_ref_kernels(KernelTable& t) {
     t.gemm_x8[TYPE_Q5_0] = gemm_x8_ref<TYPE_Q5_0, vec_dot_q5_0_q8_0_ref>;
     t.gemm_x8[TYPE_Q5_1] = gemm_x8_ref<TYPE_Q5_1, vec_dot_q5_1_q8_1_ref>;
     t.gemm_x8[TYPE_Q8_0] = gemm_x8_ref<TYPE_Q8_0, vec_dot_q8_0_q8_0_ref>;
+    t.repack_x8[TYPE_IQ4_NL] = repack_x8_ref<TYPE_IQ4_NL>;
+    t.gemm_x8[TYPE_IQ4_NL] = gemm_x8_ref<TYPE_IQ4_NL, vec_dot_iq4_nl_q8_0_ref>;
     register_kquant_x8_ref_kernels(t);
 }
 

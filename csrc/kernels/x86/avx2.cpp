@@ -24,6 +24,7 @@ void register_kquant_avx2_kernels(KernelTable& t);  // kquants_avx2.cpp
 void register_x8_avx2_kernels(KernelTable& t);      // x8_avx2.cpp
 void register_kquant_x8_avx2_kernels(KernelTable& t);  // kquants_x8_avx2.cpp
 void register_xtx_avx2_kernels(KernelTable& t);     // xtx_avx2.cpp
+void register_iquant_avx2_kernels(KernelTable& t);  // iquants_avx2.cpp
 
 namespace {
 
@@ -458,6 +459,7 @@ KernelTable make_avx2_table() {
     register_x8_avx2_kernels(t);
     register_kquant_x8_avx2_kernels(t);
     register_xtx_avx2_kernels(t);
+    register_iquant_avx2_kernels(t);
     fill_missing_from_ref(t);
     return t;
 }

@@ -383,6 +383,7 @@ KernelTable make_avx512_table() {
     register_kquant_avx512_kernels(t);
     register_x8_avx512_kernels(t);
     // Whatever is still empty: the AVX2 kernel if there is one (AVX-512 CPUs run AVX2), else ref.
+    // IQ4_NL / IQ4_XS (iquants_avx2.cpp) come this way: no AVX-512 machine here to test 512-bit ones on.
     if (const KernelTable* avx2 = kernel_table_avx2()) {
         for (int i = 0; i < TYPE_COUNT; ++i) {
             if (!t.gemm[i]) t.gemm[i] = avx2->gemm[i];
