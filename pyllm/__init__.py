@@ -20,11 +20,9 @@ def _import_numpy_leaving_signals_to_the_main_thread():
 _import_numpy_leaving_signals_to_the_main_thread()
 
 from pyllm import _core  # noqa: E402
-from pyllm.errors import (ChatTemplateError,  # noqa: E402 ContextOverflowError, GGUFError, InvalidTokenError,
-                          ModelFileChangedError, ModelNotFoundError, NumericalError, PyllmError, QuantizeError,
-                          UnsupportedModelError)
-
-from pyllm.errors import DraftModelError  # noqa: E402, GrammarError, TokenizerError
+from pyllm.errors import (ChatTemplateError, ContextOverflowError, DraftModelError,  # noqa: E402
+                          GGUFError, GrammarError, InvalidTokenError, ModelFileChangedError, ModelNotFoundError,
+                          NumericalError, PyllmError, QuantizeError, TokenizerError, UnsupportedModelError)
 
 _MODEL_NAMES = ("Completion", "Model", "ModelConfig", "SamplingParams")
 
