@@ -51,10 +51,13 @@ def _quantize(w: np.ndarray, qtype: T) -> np.ndarray:
 
 def make_tiny_model(path, weight_type: str = "F32", arch: str = "llama", seed: int = 0,
                     raw_types: dict[str, str] | None = None, variant: str | None = None,
-                    sliding_window: int = SLIDING_WINDOW) -> None:
+                    sliding_window: int = SLIDING_WINDOW, extra_kv: dict | None = None,
+                    skip_tensors: frozenset = frozenset(), misshapen: frozenset = frozenset()) -> None:
     """raw_types: tensor name -> a ggml type name whose blocks are written as random bytes (for
     files of types pyllm reads but does not run, e.g. IQ2_XXS). variant: one of VARIANTS.
-    sliding_window: gemma2/gemma3's window (their layer 0 is windowed, layer 1 global)."""
+    sliding_window: gemma2/gemma3's window (their layer 0 is windowed, layer 1 global).
+    For the bad-file tests: extra_kv, key -> (value, GGUFValueType), set or overwritten last;
+    skip_tensors are left out; misshapen tensors get 8 rows (or elements) too many."""
     assert arch in FAMILIES and variant in VARIANTS, (arch, variant)
     rng = np.random.default_rng(seed)
     d = DIMS
@@ -87,6 +90,9 @@ def make_tiny_model(path, weight_type: str = "F32", arch: str = "llama", seed: i
     w.add_bos_token_id(d["n_vocab"] - 1); w.add_eos_token_id(tokens.index("<|im_end|>")); w.add_add_bos_token(False)
 
     def mat(name, rows, cols, scale=None):
+        if name in skip_tensors:
+            return
+        rows += 8 if name in misshapen else 0
         if raw_types and name in raw_types:
             rt = T[raw_types[name]]
             block, size = gguf.constants.GGML_QUANT_SIZES[rt]
@@ -100,6 +106,9 @@ def make_tiny_model(path, weight_type: str = "F32", arch: str = "llama", seed: i
             w.add_tensor(name, np.ascontiguousarray(q).view(np.uint8), raw_dtype=qtype)
 
     def vec(name, n, base=1.0, spread=0.1):
+        if name in skip_tensors:
+            return
+        n += 8 if name in misshapen else 0
         w.add_tensor(name, (base + spread * rng.standard_normal(n)).astype(np.float32))
 
     gemma = arch in ("gemma2", "gemma3")
@@ -139,6 +148,8 @@ def make_tiny_model(path, weight_type: str = "F32", arch: str = "llama", seed: i
         mat(p + "ffn_down.weight", d["n_embd"], d["n_ff"])
         if gemma:
             vec(p + "post_ffw_norm.weight", d["n_embd"])
+    for key, (value, vtype) in (extra_kv or {}).items():
+        w.add_key_value(key, value, vtype)
     w.write_header_to_file(); w.write_kv_data_to_file(); w.write_tensors_to_file(); w.close()
 
 

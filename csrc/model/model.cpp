@@ -189,7 +189,7 @@ Model::Model(const HParams& cfg, const std::unordered_map<std::string, TensorVie
         LayerWeights& L = layers[l];
         L.attn_norm = f.vector(p + "attn_norm.weight", d);
         // q, k and v: three tensors, or (phi3) one of nq + 2 nkv rows split into views.
-        if (A.fused_qkv && f.find(p + "attn_qkv.weight")) {
+        if (A.fused_qkv && (f.find(p + "attn_qkv.weight") || !f.find(p + "attn_q.weight"))) {
             const Matrix qkv = f.matrix(p + "attn_qkv.weight", nq + 2 * nkv, d);
             L.wq = rows_of(qkv, 0, nq);
             L.wk = rows_of(qkv, nq, nkv);
