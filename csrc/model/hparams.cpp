@@ -51,10 +51,12 @@ const Row kTable[] = {
     {F(rope_scaling, string), "rope.scaling.type", false, 0, 0, Need::any},
     {F(rope_n_ctx_orig, i32), "rope.scaling.original_context_length", false, 1, kInt32Max, Need::any},
     {F(rope_attn_factor, f32), "rope.scaling.attn_factor", false, 0, 1e6, Need::positive},
-    {F(yarn_log_mul, f32), "rope.scaling.yarn_log_multiplier", false, 0, 1e6, Need::finite},
+    // rope.scaling.yarn_log_multiplier: llama.cpp reads it for deepseek2 only; no family here does.
+    {F(yarn_log_mul, f32), nullptr, false, 0, 0, Need::any},
     {F(yarn_ext_factor, f32), nullptr, false, 0, 0, Need::any},
     {F(yarn_attn_factor, f32), nullptr, false, 0, 0, Need::any},
-    // llama.cpp 0.3.36 does not read rope.scaling.yarn_beta_fast/_slow (it writes them): 32 and 1.
+    // llama.cpp 0.3.36 reads rope.scaling.yarn_beta_fast/_slow (which its converter writes) only
+    // for grok: 32 and 1 for these families, whatever the file says.
     {F(yarn_beta_fast, f32), nullptr, false, 0, 0, Need::any},
     {F(yarn_beta_slow, f32), nullptr, false, 0, 0, Need::any},
     {F(n_swa, i32), "attention.sliding_window", false, 0, kInt32Max, Need::any},

@@ -37,7 +37,7 @@ struct HParams {
     std::string rope_scaling = "linear";  // none | linear | yarn | longrope
     int rope_n_ctx_orig = 0;              // rope.scaling.original_context_length (n_ctx_train)
     float rope_attn_factor = 1.0f;        // rope.scaling.attn_factor (LongRoPE's magnitude)
-    float yarn_log_mul = 0.0f;            // rope.scaling.yarn_log_multiplier
+    float yarn_log_mul = 0.0f;            // (deepseek2's rope.scaling.yarn_log_multiplier; unread here)
     float yarn_ext_factor = 0.0f;         // 1 for YaRN: mix of interpolated and extrapolated angles
     float yarn_attn_factor = 1.0f;        // the cos/sin magnitude before YaRN's own correction
     float yarn_beta_fast = 32.0f, yarn_beta_slow = 1.0f;
