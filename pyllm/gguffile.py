@@ -10,10 +10,9 @@ import numpy as np
 from pyllm import _core
 from pyllm.errors import UnsupportedModelError
 
-# Tensor types pyllm computes with (weights); a file's other ggml types (IQ2_XXS, TQ1_0, ...) are
-# read and listed but not run. Q8_1 and Q8_K are activation types only.
-WEIGHT_TYPES = ("F32", "F16", "BF16", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0",
-                "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K", "IQ4_NL", "IQ4_XS")
+# Tensor types pyllm computes with (weights), from the C++ type-traits table; a file's other ggml
+# types (IQ2_XXS, TQ1_0, ...) are read and listed but not run. Q8_1 and Q8_K are activation types.
+WEIGHT_TYPES = tuple(_core.type_info(t)["name"] for t in _core.known_types() if _core.type_info(t)["is_weight"])
 
 
 def unsupported_type_message(name: str, type_name: str) -> str:

@@ -67,8 +67,9 @@ FILE_TYPES = {ft.name: ft for ft in [
 ALIASES = {"Q5_K": "Q5_K_M", "Q4_K": "Q4_K_M", "Q3_K": "Q3_K_M"}
 
 METHODS = ("rtn", "imatrix", "gptq")
-GPTQ_TYPES = ("Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0")        # GPTQ on the block grid
-WEIGHTED_TYPES = ("Q4_0", "Q4_1", "Q5_0", "Q5_1")             # importance-weighted rounding
+# Capabilities come from the C++ type-traits table: GPTQ on the block grid, importance-weighted rounding.
+GPTQ_TYPES = tuple(_core.type_info(t)["name"] for t in _core.known_types() if _core.type_info(t)["gptq"])
+WEIGHTED_TYPES = tuple(_core.type_info(t)["name"] for t in _core.known_types() if _core.type_info(t)["weighted"])
 
 
 def type_id(name: str) -> int:
@@ -103,9 +104,9 @@ def tensor_type(name: str) -> int:
         tid = type_id(key)
     except ValueError:
         tid = None
-    if tid is None or key in ("Q8_1", "Q8_K"):
-        valid = [n for n in ("F32", "F16", "BF16", "Q8_0", "Q5_1", "Q5_0", "Q4_1", "Q4_0",
-                             "Q6_K", "Q5_K", "Q4_K", "Q3_K", "Q2_K", "IQ4_NL", "IQ4_XS")]
+    if tid is None or not _core.type_info(tid)["is_weight"]:
+        valid = [type_name(t) for t in _core.known_types()
+                 if _core.type_info(t)["has_quantizer"] and _core.type_info(t)["is_weight"]]
         raise QuantizeError(f"unknown tensor type {name!r}; valid tensor types: {', '.join(valid)}")
     return tid
 
@@ -116,7 +117,7 @@ def types_help() -> str:
         lines.append(f"  {ft.name:7s} {bits_per_weight(ft.default):6.3f} bpw  {ft.note}".rstrip())
     lines.append("  " + ", ".join(f"{a} = {b}" for a, b in ALIASES.items()))
     lines.append("methods: rtn (round to nearest, bit-exact with llama-quantize), imatrix (importance-"
-                 "weighted rounding, Q4_0/Q4_1/Q5_0/Q5_1), gptq (Q4_0/Q4_1/Q5_0/Q5_1/Q8_0 tensors; "
+                 f"weighted rounding, {'/'.join(WEIGHTED_TYPES)}), gptq ({'/'.join(GPTQ_TYPES)} tensors; "
                  "other types fall back to rtn)")
     return "\n".join(lines)
 
@@ -313,10 +314,12 @@ def choose_types(tensors: dict[str, dict], metadata: dict, ft: FileType, opts: T
 # GGUF writing (our own: streams tensor data, keeps every metadata value's type)
 # ---------------------------------------------------------------------------------------------
 
-_SCALARS = {"UINT8": (0, "<B"), "INT8": (1, "<b"), "UINT16": (2, "<H"), "INT16": (3, "<h"),
-            "UINT32": (4, "<I"), "INT32": (5, "<i"), "FLOAT32": (6, "<f"), "BOOL": (7, "<?"),
-            "UINT64": (10, "<Q"), "INT64": (11, "<q"), "FLOAT64": (12, "<d")}
-_STRING, _ARRAY = 8, 9
+# Value type ids from the C++ reader's table (gguf/gguf.h); here only their struct formats.
+_VALUE_TYPES = _core.gguf_value_types()
+_SCALARS = {name: (_VALUE_TYPES[name], fmt) for name, fmt in (
+    ("UINT8", "<B"), ("INT8", "<b"), ("UINT16", "<H"), ("INT16", "<h"), ("UINT32", "<I"), ("INT32", "<i"),
+    ("FLOAT32", "<f"), ("BOOL", "<?"), ("UINT64", "<Q"), ("INT64", "<q"), ("FLOAT64", "<d"))}
+_STRING, _ARRAY = _VALUE_TYPES["STRING"], _VALUE_TYPES["ARRAY"]
 _U64 = struct.Struct("<Q")
 
 
