@@ -456,3 +456,23 @@ class Model:
         a string, or with stream=True an iterator of text pieces."""
         from pyllm import completions
         return completions.chat(self, messages, **kwargs)
+
+
+
+def _show_completion_signatures() -> None:
+    """The OpenAI-shaped methods forward **kwargs to pyllm/completions.py; help() and IDEs should
+    show the real keywords (one list, kept there), with `self` in place of `model`. Called at the
+    end of completions.py, which this module imports below unless completions is importing it."""
+    import inspect
+    import sys
+    completions = sys.modules["pyllm.completions"]
+    for method, impl in ((Model.create_chat_completion, completions.create_chat_completion),
+                         (Model.create_completion, completions.create_completion)):
+        sig = inspect.signature(impl)
+        params = list(sig.parameters.values())
+        method.__signature__ = sig.replace(
+            parameters=[params[0].replace(name="self", annotation=inspect.Parameter.empty)] + params[1:])
+        method.__doc__ = impl.__doc__
+
+
+from pyllm import completions  # noqa: E402,F401 (it imports this module's classes, then calls the above)
