@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import collections
 import hashlib
 import itertools
 import os
@@ -192,8 +193,23 @@ def _fallback(name: str, ncols: int, t: str) -> str:
     return fb
 
 
-def choose_types(tensors: dict[str, dict], metadata: dict, ft: FileType, opts: TypeOptions) -> dict[str, int]:
-    """name -> target type id for every tensor (those not quantized keep their type)."""
+def fallback_summary(fallbacks: dict[str, tuple[str, str]], n_quantized: int) -> str:
+    """What llama-quantize says when K-quant rows do not fit: how many tensors fell back, from
+    which type to which, and what that costs in bits per weight."""
+    counts = collections.Counter(fallbacks.values())
+    parts = [f"{n} {want} -> {used} ({bits_per_weight(want):.2f} -> {bits_per_weight(used):.2f} bpw)"
+             for (want, used), n in counts.most_common()]
+    block = {want: _core.type_info(type_id(want))["block_size"] for want, _ in counts}
+    blocks = ", ".join(f"{want}'s {b}" for want, b in block.items())
+    return (f"warning: {len(fallbacks)} of {n_quantized} quantized tensors have rows that are not a multiple "
+            f"of the type's block ({blocks}) and fell back: {'; '.join(parts)}")
+
+
+def choose_types(tensors: dict[str, dict], metadata: dict, ft: FileType, opts: TypeOptions,
+                 fallbacks: dict[str, tuple[str, str]] | None = None) -> dict[str, int]:
+    """name -> target type id for every tensor (those not quantized keep their type). Tensors
+    whose rows do not fit the chosen type's blocks are recorded in `fallbacks` (when given) as
+    name -> (wanted type, type used)."""
     arch = str(metadata.get("general.architecture", ""))
     n_layer = int(metadata.get(f"{arch}.block_count", 0) or 0)
     n_head = int(metadata.get(f"{arch}.attention.head_count", 1) or 1)
@@ -305,7 +321,10 @@ def choose_types(tensors: dict[str, dict], metadata: dict, ft: FileType, opts: T
                     break
             if not manual and not opts.pure:
                 new = impl(name, cat, new)
-            new = _fallback(name, info["shape"][0], new)
+            used = _fallback(name, info["shape"][0], new)
+            if used != new and fallbacks is not None:
+                fallbacks[name] = (new, used)
+            new = used
         out[name] = type_id(new)
     return out
 
@@ -503,6 +522,7 @@ class QuantizeReport:
     seconds: float
     calib_seconds: float = 0.0
     calib_tokens: int = 0
+    fallbacks: dict[str, tuple[str, str]] = field(default_factory=dict)  # tensor -> (wanted, used)
 
     def bpw(self) -> float:
         return 8 * self.output_bytes / max(1, self.n_params)
@@ -598,7 +618,10 @@ def quantize_file(src: str | os.PathLike, dst: str | os.PathLike, type_name_: st
                 raise QuantizeError(f"tensor {name!r} has type {info['type_name']}, which pyllm cannot read "
                                     f"the values of; quantize from the F16/F32 original instead")
         topts = dataclasses.replace(opts.types, has_imatrix=opts.types.has_imatrix or opts.method == "imatrix")
-        targets = choose_types(tensors, md, ft, topts)
+        fallbacks: dict[str, tuple[str, str]] = {}
+        targets = choose_types(tensors, md, ft, topts, fallbacks)
+        if fallbacks:
+            log(fallback_summary(fallbacks, sum(1 for t in targets.values() if _core.type_info(t)["is_quantized"])))
         order = llama_order(tensors)
 
         # Refuse before any work: a quantized input is only requantized on request.
@@ -621,7 +644,8 @@ def quantize_file(src: str | os.PathLike, dst: str | os.PathLike, type_name_: st
         report = QuantizeReport(types={t.name: type_name(t.type) for t in out_tensors}, methods=methods,
                                 input_bytes=sum(t["nbytes"] for t in tensors.values()),
                                 output_bytes=sum(t.nbytes for t in out_tensors),
-                                n_params=sum(t["n_elements"] for t in tensors.values()), seconds=0.0)
+                                n_params=sum(t["n_elements"] for t in tensors.values()), seconds=0.0,
+                                fallbacks=fallbacks)
         if opts.dry_run:
             report.seconds = time.perf_counter() - t_start
             return report
