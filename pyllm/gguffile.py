@@ -87,6 +87,27 @@ class GGUFFile:
                 bad.append((name, n))
         return bad
 
+    def nonfinite_sample(self, full_below: int = 1 << 16, rows: int = 16) -> list[tuple[str, int]]:
+        """A cheap NaN/inf check for load time: tensors of fewer than `full_below` elements (norms,
+        biases: a bad value there reaches every token) are checked whole, larger ones at `rows`
+        evenly spaced rows (a NaN block scale spoils its whole block, a bad conversion whole
+        tensors). Returns (name, non-finite values seen). ~50 ms for SmolLM2-135M, where the full
+        check (nonfinite_tensors) takes 0.6 s."""
+        bad = []
+        for name, info in self.tensors.items():
+            if not info["supported"] or info["n_elements"] == 0:
+                continue
+            row_length = info["shape"][0]
+            n_rows = info["n_elements"] // row_length
+            raw = self.tensor_bytes(name).reshape(n_rows, info["nbytes"] // n_rows)
+            if info["n_elements"] >= full_below and n_rows > rows:
+                raw = raw[np.linspace(0, n_rows - 1, rows).astype(np.int64)]
+            x = _core.dequantize(info["type"], np.ascontiguousarray(raw), row_length)
+            n = int(x.size - np.count_nonzero(np.isfinite(x)))
+            if n:
+                bad.append((name, n))
+        return bad
+
     def close(self) -> None:
         """Drops the reader's hold on the mapping; arrays from tensor_bytes() stay valid."""
         self._reader.close()

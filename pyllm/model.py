@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import threading
+import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Iterator, Sequence
@@ -176,6 +177,7 @@ class Model:
         loader.start()
         try:
             self.tokenizer = Tokenizer.from_metadata(self.metadata)
+            nonfinite = self._file.nonfinite_sample()  # NaN/inf weights: warned about below
         finally:
             loader.join()
         if self.tokenizer.n_vocab != self.config.n_vocab:
@@ -184,6 +186,11 @@ class Model:
         if "error" in loaded:
             raise loaded["error"]
         self._model = loaded["model"]
+        if nonfinite:
+            names = ", ".join(f"{name} ({n})" for name, n in nonfinite[:5]) + (" ..." if len(nonfinite) > 5 else "")
+            warnings.warn(f"{self.path}: NaN or infinite weights in {len(nonfinite)} tensor(s): {names}; "
+                          f"the model's output will be NaN (the file is damaged or badly converted)",
+                          RuntimeWarning, stacklevel=2)
 
         self.n_ctx = int(n_ctx) if n_ctx is not None else min(self.config.n_ctx_train, 4096)
         if self.n_ctx < 1:
