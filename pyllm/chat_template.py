@@ -4,9 +4,12 @@ trained on, with the Jinja template stored in the GGUF (`tokenizer.chat_template
 Templates come from strangers' files, so they run in jinja2's ImmutableSandboxedEnvironment (no
 underscore attributes, no mutation of lists/dicts, `range` capped) plus limits the sandbox lacks:
 a step and time budget (a trace function counts template lines and calls, so a loop without
-output is stopped too), a cap on the size of every string/list/int the template builds (checked
-around operators, calls, filters and `~`), and a cap on the output. Every failure is a
-ChatTemplateError; nothing outside the template's own values is reachable.
+output is stopped too, and reads the clock at every one of them), a cap on the size of every
+string/list/int the template builds (checked around operators, calls, filters, slices and `~`), a
+cap on the total size of all it builds in one render (so memory stays bounded however many big
+values it keeps), and a cap on the output. Every failure is a ChatTemplateError; nothing outside
+the template's own values is reachable. What the limits cannot interrupt: one C-level operation on
+a value within the size caps (the slowest we found, `str.islower` of 8M characters, takes 0.13 s).
 """
 from __future__ import annotations
 
@@ -16,11 +19,13 @@ import json
 import os
 import re
 import sys
+import threading
 import time
 from typing import Any, Iterable, Sequence
 
 import jinja2
 import jinja2.ext
+import jinja2.nodes
 from jinja2.compiler import CodeGenerator
 from jinja2.exceptions import SecurityError, TemplateError
 from jinja2.sandbox import ImmutableSandboxedEnvironment
@@ -113,6 +118,7 @@ ARCH_TEMPLATES = {"gemma": "gemma", "gemma2": "gemma", "gemma3": "gemma"}
 
 MAX_CHARS = 8_000_000        # any string/list the template builds, and the output
 MAX_INT_BITS = 65_536        # any integer it builds
+MAX_BUILT = 256_000_000      # all strings/lists it builds in one render, summed (memory bound)
 MAX_STEPS = 2_000_000        # template lines and Python calls while rendering
 MAX_SECONDS = 5.0            # wall-clock budget of one render
 MAX_JSON_INDENT = 16
@@ -124,8 +130,14 @@ def _limit(what: str) -> ChatTemplateError:
     return ChatTemplateError(f"chat template stopped: {what}")
 
 
+# The budget of the render running on this thread (sys.settrace is per thread too), or None.
+_current = threading.local()
+
+
 def _check_value(value: Any) -> Any:
-    """Raises if a value built by the template is over the size limits; returns it otherwise."""
+    """Raises if a value built by the template is over the size limits; returns it otherwise.
+    Its size is charged to the render's total (a value passed through unchanged is charged again:
+    the total over-counts, never under-counts, what the render holds)."""
     if isinstance(value, bool):
         return value
     if isinstance(value, int):
@@ -134,6 +146,9 @@ def _check_value(value: Any) -> Any:
     elif isinstance(value, (str, bytes, list, tuple, dict, set, frozenset)):
         if len(value) > MAX_CHARS:
             raise _limit(f"it built a {type(value).__name__} of {len(value)} items (limit {MAX_CHARS})")
+        budget = getattr(_current, "budget", None)
+        if budget is not None:
+            budget.charge(len(value))
     return value
 
 
@@ -209,13 +224,22 @@ def _guard_filter(name: str, func):
 
 
 class _GuardedCodeGenerator(CodeGenerator):
-    """Routes the `~` operator's result through the size check (jinja compiles it to a plain
-    string join that the sandbox does not see)."""
+    """Routes the `~` operator's result and slices through the size check (jinja compiles them to
+    a plain string join and subscript that the sandbox does not see)."""
 
     def visit_Concat(self, node, frame):
         self.write("environment.checked_value(")
         super().visit_Concat(node, frame)
         self.write(")")
+
+    def visit_Getitem(self, node, frame):
+        # Slices are compiled to a plain subscript, not environment.getitem: charge their copies.
+        if isinstance(node.arg, jinja2.nodes.Slice):
+            self.write("environment.checked_value(")
+            super().visit_Getitem(node, frame)
+            self.write(")")
+        else:
+            super().visit_Getitem(node, frame)
 
 
 class _GenerationTag(jinja2.ext.Extension):
@@ -304,19 +328,30 @@ _TEMPLATE_FILENAME = "<template>"
 
 class _Budget:
     """A trace function that counts Python calls and template lines; over budget it raises,
-    which ends the render. Per-line events in template code catch loops that make no calls."""
+    which ends the render. Per-line events in template code catch loops that make no calls.
+    The clock is read at every step (a step can be a slow operation on a big value: checked
+    only every 1024 steps, loops of them ran 7-25 s against a 5 s limit); the clock costs ~5%
+    of the trace function's own overhead. Also holds the render's total of built sizes."""
 
-    def __init__(self, max_steps: int, max_seconds: float):
+    def __init__(self, max_steps: int, max_seconds: float, max_built: int = MAX_BUILT):
         self.steps_left = max_steps
         self.max_steps = max_steps
         self.max_seconds = max_seconds
         self.deadline = time.monotonic() + max_seconds
+        self.built_left = max_built
+        self.max_built = max_built
+
+    def charge(self, size: int) -> None:
+        self.built_left -= size
+        if self.built_left < 0:
+            raise _limit(f"it built more than {self.max_built} characters/items in all (a "
+                         f"per-render memory limit)")
 
     def _tick(self) -> None:
         self.steps_left -= 1
         if self.steps_left <= 0:
             raise _limit(f"it ran for more than {self.max_steps} steps (an endless loop?)")
-        if self.steps_left & 1023 == 0 and time.monotonic() > self.deadline:
+        if time.monotonic() > self.deadline:
             raise _limit(f"it ran for more than {self.max_seconds:g} s")
 
     def trace(self, frame, event, arg):
@@ -345,7 +380,7 @@ class ChatTemplate:
 
     def __init__(self, source: str, bos_token: str = "", eos_token: str = "", name: str = "custom",
                  stop: Sequence[str] = (), max_steps: int = MAX_STEPS, max_seconds: float = MAX_SECONDS,
-                 max_chars: int = MAX_CHARS):
+                 max_chars: int = MAX_CHARS, max_built: int = MAX_BUILT):
         if not isinstance(source, str):
             raise ChatTemplateError(f"a chat template must be a string, got {type(source).__name__}")
         self.source = source
@@ -354,6 +389,7 @@ class ChatTemplate:
         self.eos_token = eos_token or ""
         self.stop = list(stop)   # end-of-turn text to stop at besides the model's EOG tokens
         self.max_steps, self.max_seconds, self.max_chars = max_steps, max_seconds, max_chars
+        self.max_built = max_built
         self._env = _make_environment()
         try:
             self._template = self._env.from_string(source)
@@ -372,10 +408,12 @@ class ChatTemplate:
         variables = dict(extra)
         variables.update(messages=messages, bos_token=self.bos_token, eos_token=self.eos_token,
                          add_generation_prompt=bool(add_generation_prompt), tools=tools)
-        budget = _Budget(self.max_steps, self.max_seconds)
+        budget = _Budget(self.max_steps, self.max_seconds, self.max_built)
         out: list[str] = []
         size = 0
         previous_trace = sys.gettrace()
+        previous_budget = getattr(_current, "budget", None)
+        _current.budget = budget
         sys.settrace(budget.trace)
         try:
             for chunk in self._template.generate(**variables):
@@ -399,6 +437,7 @@ class ChatTemplate:
             raise ChatTemplateError(f"chat template {self.name!r} failed: {type(e).__name__}: {e}") from None
         finally:
             sys.settrace(previous_trace)
+            _current.budget = previous_budget
         return "".join(out)
 
 

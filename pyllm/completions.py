@@ -20,6 +20,7 @@ import regex
 
 from pyllm import chat_template as templates
 from pyllm.errors import ContextOverflowError
+from pyllm import model as _model_module
 from pyllm.model import Completion, Model, SamplingParams
 
 # ---------------------------------------------------------------------------------------------
@@ -323,3 +324,6 @@ def chat(model: Model, messages, *, stream: bool = False, **kwargs):
         return (piece for chunk in chunks if (piece := chunk["choices"][0]["delta"].get("content")))
     response = create_chat_completion(model, messages, **kwargs)
     return response["choices"][0]["message"]["content"]
+
+
+_model_module._show_completion_signatures()  # help(Model.create_chat_completion) shows these keywords

@@ -10,10 +10,9 @@ import numpy as np
 from pyllm import _core
 from pyllm.errors import UnsupportedModelError
 
-# Tensor types pyllm computes with (weights); a file's other ggml types (IQ2_XXS, TQ1_0, ...) are
-# read and listed but not run. Q8_1 and Q8_K are activation types only.
-WEIGHT_TYPES = ("F32", "F16", "BF16", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0",
-                "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K", "IQ4_NL", "IQ4_XS")
+# Tensor types pyllm computes with (weights), from the C++ type-traits table; a file's other ggml
+# types (IQ2_XXS, TQ1_0, ...) are read and listed but not run. Q8_1 and Q8_K are activation types.
+WEIGHT_TYPES = tuple(_core.type_info(t)["name"] for t in _core.known_types() if _core.type_info(t)["is_weight"])
 
 
 def unsupported_type_message(name: str, type_name: str) -> str:
@@ -83,6 +82,27 @@ class GGUFFile:
             if not info["supported"]:
                 continue
             x = self.tensor_array(name)
+            n = int(x.size - np.count_nonzero(np.isfinite(x)))
+            if n:
+                bad.append((name, n))
+        return bad
+
+    def nonfinite_sample(self, full_below: int = 1 << 16, rows: int = 16) -> list[tuple[str, int]]:
+        """A cheap NaN/inf check for load time: tensors of fewer than `full_below` elements (norms,
+        biases: a bad value there reaches every token) are checked whole, larger ones at `rows`
+        evenly spaced rows (a NaN block scale spoils its whole block, a bad conversion whole
+        tensors). Returns (name, non-finite values seen). ~50 ms for SmolLM2-135M, where the full
+        check (nonfinite_tensors) takes 0.6 s."""
+        bad = []
+        for name, info in self.tensors.items():
+            if not info["supported"] or info["n_elements"] == 0:
+                continue
+            row_length = info["shape"][0]
+            n_rows = info["n_elements"] // row_length
+            raw = self.tensor_bytes(name).reshape(n_rows, info["nbytes"] // n_rows)
+            if info["n_elements"] >= full_below and n_rows > rows:
+                raw = raw[np.linspace(0, n_rows - 1, rows).astype(np.int64)]
+            x = _core.dequantize(info["type"], np.ascontiguousarray(raw), row_length)
             n = int(x.size - np.count_nonzero(np.isfinite(x)))
             if n:
                 bad.append((name, n))

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import threading
+import warnings
 from dataclasses import asdict, dataclass, make_dataclass
 from pathlib import Path
 from typing import Iterator, Sequence
@@ -134,6 +135,7 @@ class Model:
         loader.start()
         try:
             self.tokenizer = Tokenizer.from_metadata(self.metadata)
+            nonfinite = self._file.nonfinite_sample()  # NaN/inf weights: warned about below
         finally:
             loader.join()
         if self.tokenizer.n_vocab != self.config.n_vocab:
@@ -142,6 +144,11 @@ class Model:
         if "error" in loaded:
             raise loaded["error"]
         self._model = loaded["model"]
+        if nonfinite:
+            names = ", ".join(f"{name} ({n})" for name, n in nonfinite[:5]) + (" ..." if len(nonfinite) > 5 else "")
+            warnings.warn(f"{self.path}: NaN or infinite weights in {len(nonfinite)} tensor(s): {names}; "
+                          f"the model's output will be NaN (the file is damaged or badly converted)",
+                          RuntimeWarning, stacklevel=2)
 
         self.n_ctx = int(n_ctx) if n_ctx is not None else min(self.config.n_ctx_train, 4096)
         if self.n_ctx < 1:
@@ -414,3 +421,23 @@ class Model:
         a string, or with stream=True an iterator of text pieces."""
         from pyllm import completions
         return completions.chat(self, messages, **kwargs)
+
+
+
+def _show_completion_signatures() -> None:
+    """The OpenAI-shaped methods forward **kwargs to pyllm/completions.py; help() and IDEs should
+    show the real keywords (one list, kept there), with `self` in place of `model`. Called at the
+    end of completions.py, which this module imports below unless completions is importing it."""
+    import inspect
+    import sys
+    completions = sys.modules["pyllm.completions"]
+    for method, impl in ((Model.create_chat_completion, completions.create_chat_completion),
+                         (Model.create_completion, completions.create_completion)):
+        sig = inspect.signature(impl)
+        params = list(sig.parameters.values())
+        method.__signature__ = sig.replace(
+            parameters=[params[0].replace(name="self", annotation=inspect.Parameter.empty)] + params[1:])
+        method.__doc__ = impl.__doc__
+
+
+from pyllm import completions  # noqa: E402,F401 (it imports this module's classes, then calls the above)

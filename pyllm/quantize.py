@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import collections
 import hashlib
 import itertools
 import os
@@ -67,8 +68,9 @@ FILE_TYPES = {ft.name: ft for ft in [
 ALIASES = {"Q5_K": "Q5_K_M", "Q4_K": "Q4_K_M", "Q3_K": "Q3_K_M"}
 
 METHODS = ("rtn", "imatrix", "gptq")
-GPTQ_TYPES = ("Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0")        # GPTQ on the block grid
-WEIGHTED_TYPES = ("Q4_0", "Q4_1", "Q5_0", "Q5_1")             # importance-weighted rounding
+# Capabilities come from the C++ type-traits table: GPTQ on the block grid, importance-weighted rounding.
+GPTQ_TYPES = tuple(_core.type_info(t)["name"] for t in _core.known_types() if _core.type_info(t)["gptq"])
+WEIGHTED_TYPES = tuple(_core.type_info(t)["name"] for t in _core.known_types() if _core.type_info(t)["weighted"])
 
 
 def type_id(name: str) -> int:
@@ -103,9 +105,9 @@ def tensor_type(name: str) -> int:
         tid = type_id(key)
     except ValueError:
         tid = None
-    if tid is None or key in ("Q8_1", "Q8_K"):
-        valid = [n for n in ("F32", "F16", "BF16", "Q8_0", "Q5_1", "Q5_0", "Q4_1", "Q4_0",
-                             "Q6_K", "Q5_K", "Q4_K", "Q3_K", "Q2_K", "IQ4_NL", "IQ4_XS")]
+    if tid is None or not _core.type_info(tid)["is_weight"]:
+        valid = [type_name(t) for t in _core.known_types()
+                 if _core.type_info(t)["has_quantizer"] and _core.type_info(t)["is_weight"]]
         raise QuantizeError(f"unknown tensor type {name!r}; valid tensor types: {', '.join(valid)}")
     return tid
 
@@ -116,7 +118,7 @@ def types_help() -> str:
         lines.append(f"  {ft.name:7s} {bits_per_weight(ft.default):6.3f} bpw  {ft.note}".rstrip())
     lines.append("  " + ", ".join(f"{a} = {b}" for a, b in ALIASES.items()))
     lines.append("methods: rtn (round to nearest, bit-exact with llama-quantize), imatrix (importance-"
-                 "weighted rounding, Q4_0/Q4_1/Q5_0/Q5_1), gptq (Q4_0/Q4_1/Q5_0/Q5_1/Q8_0 tensors; "
+                 f"weighted rounding, {'/'.join(WEIGHTED_TYPES)}), gptq ({'/'.join(GPTQ_TYPES)} tensors; "
                  "other types fall back to rtn)")
     return "\n".join(lines)
 
@@ -191,8 +193,23 @@ def _fallback(name: str, ncols: int, t: str) -> str:
     return fb
 
 
-def choose_types(tensors: dict[str, dict], metadata: dict, ft: FileType, opts: TypeOptions) -> dict[str, int]:
-    """name -> target type id for every tensor (those not quantized keep their type)."""
+def fallback_summary(fallbacks: dict[str, tuple[str, str]], n_quantized: int) -> str:
+    """What llama-quantize says when K-quant rows do not fit: how many tensors fell back, from
+    which type to which, and what that costs in bits per weight."""
+    counts = collections.Counter(fallbacks.values())
+    parts = [f"{n} {want} -> {used} ({bits_per_weight(want):.2f} -> {bits_per_weight(used):.2f} bpw)"
+             for (want, used), n in counts.most_common()]
+    block = {want: _core.type_info(type_id(want))["block_size"] for want, _ in counts}
+    blocks = ", ".join(f"{want}'s {b}" for want, b in block.items())
+    return (f"warning: {len(fallbacks)} of {n_quantized} quantized tensors have rows that are not a multiple "
+            f"of the type's block ({blocks}) and fell back: {'; '.join(parts)}")
+
+
+def choose_types(tensors: dict[str, dict], metadata: dict, ft: FileType, opts: TypeOptions,
+                 fallbacks: dict[str, tuple[str, str]] | None = None) -> dict[str, int]:
+    """name -> target type id for every tensor (those not quantized keep their type). Tensors
+    whose rows do not fit the chosen type's blocks are recorded in `fallbacks` (when given) as
+    name -> (wanted type, type used)."""
     arch = str(metadata.get("general.architecture", ""))
     n_layer = int(metadata.get(f"{arch}.block_count", 0) or 0)
     n_head = int(metadata.get(f"{arch}.attention.head_count", 1) or 1)
@@ -304,7 +321,10 @@ def choose_types(tensors: dict[str, dict], metadata: dict, ft: FileType, opts: T
                     break
             if not manual and not opts.pure:
                 new = impl(name, cat, new)
-            new = _fallback(name, info["shape"][0], new)
+            used = _fallback(name, info["shape"][0], new)
+            if used != new and fallbacks is not None:
+                fallbacks[name] = (new, used)
+            new = used
         out[name] = type_id(new)
     return out
 
@@ -313,10 +333,12 @@ def choose_types(tensors: dict[str, dict], metadata: dict, ft: FileType, opts: T
 # GGUF writing (our own: streams tensor data, keeps every metadata value's type)
 # ---------------------------------------------------------------------------------------------
 
-_SCALARS = {"UINT8": (0, "<B"), "INT8": (1, "<b"), "UINT16": (2, "<H"), "INT16": (3, "<h"),
-            "UINT32": (4, "<I"), "INT32": (5, "<i"), "FLOAT32": (6, "<f"), "BOOL": (7, "<?"),
-            "UINT64": (10, "<Q"), "INT64": (11, "<q"), "FLOAT64": (12, "<d")}
-_STRING, _ARRAY = 8, 9
+# Value type ids from the C++ reader's table (gguf/gguf.h); here only their struct formats.
+_VALUE_TYPES = _core.gguf_value_types()
+_SCALARS = {name: (_VALUE_TYPES[name], fmt) for name, fmt in (
+    ("UINT8", "<B"), ("INT8", "<b"), ("UINT16", "<H"), ("INT16", "<h"), ("UINT32", "<I"), ("INT32", "<i"),
+    ("FLOAT32", "<f"), ("BOOL", "<?"), ("UINT64", "<Q"), ("INT64", "<q"), ("FLOAT64", "<d"))}
+_STRING, _ARRAY = _VALUE_TYPES["STRING"], _VALUE_TYPES["ARRAY"]
 _U64 = struct.Struct("<Q")
 
 
@@ -500,6 +522,7 @@ class QuantizeReport:
     seconds: float
     calib_seconds: float = 0.0
     calib_tokens: int = 0
+    fallbacks: dict[str, tuple[str, str]] = field(default_factory=dict)  # tensor -> (wanted, used)
 
     def bpw(self) -> float:
         return 8 * self.output_bytes / max(1, self.n_params)
@@ -595,7 +618,10 @@ def quantize_file(src: str | os.PathLike, dst: str | os.PathLike, type_name_: st
                 raise QuantizeError(f"tensor {name!r} has type {info['type_name']}, which pyllm cannot read "
                                     f"the values of; quantize from the F16/F32 original instead")
         topts = dataclasses.replace(opts.types, has_imatrix=opts.types.has_imatrix or opts.method == "imatrix")
-        targets = choose_types(tensors, md, ft, topts)
+        fallbacks: dict[str, tuple[str, str]] = {}
+        targets = choose_types(tensors, md, ft, topts, fallbacks)
+        if fallbacks:
+            log(fallback_summary(fallbacks, sum(1 for t in targets.values() if _core.type_info(t)["is_quantized"])))
         order = llama_order(tensors)
 
         # Refuse before any work: a quantized input is only requantized on request.
@@ -618,7 +644,8 @@ def quantize_file(src: str | os.PathLike, dst: str | os.PathLike, type_name_: st
         report = QuantizeReport(types={t.name: type_name(t.type) for t in out_tensors}, methods=methods,
                                 input_bytes=sum(t["nbytes"] for t in tensors.values()),
                                 output_bytes=sum(t.nbytes for t in out_tensors),
-                                n_params=sum(t["n_elements"] for t in tensors.values()), seconds=0.0)
+                                n_params=sum(t["n_elements"] for t in tensors.values()), seconds=0.0,
+                                fallbacks=fallbacks)
         if opts.dry_run:
             report.seconds = time.perf_counter() - t_start
             return report

@@ -178,3 +178,20 @@ def test_content_parts_are_joined(model):
     assert normalize_messages(parts)[0]["content"] == "Reply with one word: hello"
     with pytest.raises(ValueError, match="text parts"):
         normalize_messages([{"role": "user", "content": [{"type": "image_url", "image_url": "x"}]}])
+
+
+def test_help_shows_the_real_keywords():
+    """help(Model.create_chat_completion) showed only **kwargs (issue 12, first use): the methods
+    now carry completions.py's signatures, with self for the model."""
+    import inspect
+    import pydoc
+
+    from pyllm import completions
+    from pyllm.model import Model
+    for method, impl in ((Model.create_chat_completion, completions.create_chat_completion),
+                         (Model.create_completion, completions.create_completion)):
+        params = inspect.signature(method).parameters
+        assert list(params)[0] == "self"
+        assert list(params)[1:] == list(inspect.signature(impl).parameters)[1:]
+        assert "kwargs" not in params and {"max_tokens", "temperature", "stream", "stop"} <= set(params)
+        assert "max_tokens" in pydoc.render_doc(method, renderer=pydoc.plaintext)

@@ -205,6 +205,49 @@ def test_time_budget_stops_a_loop():
         t.render([])
 
 
+def test_time_budget_stops_slow_steps_promptly():
+    """Each step is one slow C call (str.islower of 8M characters: 0.13 s measured here). The clock
+    was read every 1024 steps, so such loops ran 7-25 s against a 5 s limit (issue 12 row 9); now
+    the render stops within a step of the limit. The 3 s slack is for a loaded machine: the old
+    check would only look at the clock after ~200 such calls (26 s)."""
+    import time
+    source = "{% set s = 'a' * 8000000 %}{% for i in range(100000) %}{% if s.islower() %}{% endif %}{% endfor %}"
+    t = ct.ChatTemplate(source, max_seconds=0.5)
+    start = time.monotonic()
+    with pytest.raises(ChatTemplateError, match="ran for more than 0.5 s"):
+        t.render([])
+    assert time.monotonic() - start < 0.5 + 3.0
+
+
+# Keeps every big string it builds: 1000 distinct strings of 1M characters, 1 GB if not stopped
+# (one such render reached 3.4 GB before the total cap, issue 12 row 9).
+KEEPS_BIG_STRINGS = ("{% set ns = namespace(l=[]) %}{% for i in range(1000) %}"
+                     "{% set ns.l = ns.l + [('x' * 1000000) ~ i] %}{% endfor %}{{ ns.l|length }}")
+
+
+@pytest.mark.parametrize("max_built", [20_000_000, ct.MAX_BUILT])
+def test_total_built_size_is_capped(max_built):
+    """Peak Python memory of the render stays under the total cap (one byte per ASCII character)
+    plus 16 MB for the string being built and jinja's own objects."""
+    import tracemalloc
+    t = ct.ChatTemplate(KEEPS_BIG_STRINGS, max_built=max_built)
+    tracemalloc.start()
+    try:
+        with pytest.raises(ChatTemplateError, match=f"built more than {max_built} characters"):
+            t.render([])
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < max_built + 16_000_000
+
+
+def test_slices_count_toward_the_total():
+    t = ct.ChatTemplate("{% set s = 'x' * 1000000 %}{% for i in range(100) %}{% set t = s[i:] %}{% endfor %}",
+                        max_built=10_000_000)
+    with pytest.raises(ChatTemplateError, match="built more than"):
+        t.render([])
+
+
 def test_output_cap_is_configurable():
     t = ct.ChatTemplate("{% for m in messages %}{{ m.content }}{% endfor %}", max_chars=10)
     assert t.render([{"role": "user", "content": "x" * 10}]) == "x" * 10

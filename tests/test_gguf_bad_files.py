@@ -14,8 +14,10 @@ from pyllm.gguffile import GGUFFile
 
 # --- a tiny GGUF builder -----------------------------------------------------------------------
 
-U8, I8, U16, I16, U32, I32, F32, BOOL, STR, ARR, U64, I64, F64 = range(13)
-T_F32, T_Q4_0 = 0, 2
+# GGUF's value and tensor type ids, from the gguf package (the format's own Python constants).
+U8, I8, U16, I16, U32, I32, F32, BOOL, STR, ARR, U64, I64, F64 = (int(getattr(gguf.GGUFValueType, n)) for n in (
+    "UINT8 INT8 UINT16 INT16 UINT32 INT32 FLOAT32 BOOL STRING ARRAY UINT64 INT64 FLOAT64".split()))
+T_F32, T_Q4_0 = int(gguf.GGMLQuantizationType.F32), int(gguf.GGMLQuantizationType.Q4_0)
 U64_MAX = 2**64 - 1
 
 

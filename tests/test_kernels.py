@@ -15,9 +15,10 @@ from pyllm import _core
 
 SIMD_ISAS = [isa for isa in _core.available_isas() if isa != "ref"]
 
-F32, F16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q8_1 = 0, 1, 2, 3, 6, 7, 8, 9
-Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, Q8_K, BF16 = 10, 11, 12, 13, 14, 15, 30
-IQ4_NL, IQ4_XS = 20, 23
+# Type ids from the C++ type-traits table (the one source of format facts).
+F32, F16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q8_1 = map(_core.type_from_name, "F32 F16 Q4_0 Q4_1 Q5_0 Q5_1 Q8_0 Q8_1".split())
+Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, Q8_K, BF16 = map(_core.type_from_name, "Q2_K Q3_K Q4_K Q5_K Q6_K Q8_K BF16".split())
+IQ4_NL, IQ4_XS = map(_core.type_from_name, "IQ4_NL IQ4_XS".split())
 
 # Byte layout facts per weight type: offsets of the f16 scale fields (kept finite and of ordinary
 # size), the byte ranges holding quants (zeroed to expose the offset part of a type with mins), and

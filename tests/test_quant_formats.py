@@ -331,3 +331,21 @@ def test_kquant_matmul_equals_ggml_fixture(name, fixture_json):
     out = _core.matmul("ref", tid(name), quantize(name, w), w.shape[1], x)
     assert out.dtype == np.float32 and out.shape == (8, 32)
     assert hashlib.sha256(out.tobytes()).hexdigest() == expect
+
+
+def test_type_table_agrees_with_the_gguf_package():
+    """The C++ type-traits table (the one source Python reads block facts from) against the gguf
+    package's constants: every known type's id and name, every weight type's block size and bytes
+    per block."""
+    for t in _core.known_types():
+        info = _core.type_info(t)
+        gt = GT(t)
+        assert gt.name == info["name"]
+        if info["is_weight"]:  # pyllm's activation blocks (Q8_1: float d and s) never reach a file
+            assert gguf.GGML_QUANT_SIZES[gt] == (info["block_size"], info["type_size"])
+        assert info["is_float"] == (info["name"] in ("F32", "F16", "BF16")) == (not info["is_quantized"])
+        assert info["vec_dot_type"] in _core.known_types()
+    assert [n for n, i in INFO.items() if i["gptq"]] == ["Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0"]
+    assert [n for n, i in INFO.items() if i["weighted"]] == ["Q4_0", "Q4_1", "Q5_0", "Q5_1"]
+    assert [n for n, i in INFO.items() if not i["is_weight"]] == ["Q8_1", "Q8_K"]
+    assert _core.gguf_value_types() == {t.name: int(t) for t in gguf.GGUFValueType}

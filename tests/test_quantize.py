@@ -401,3 +401,26 @@ def test_file_with_no_tensors_is_an_error(tmp_path):
     with pytest.raises(QuantizeError, match="no tensors"):
         quantize_file(src, tmp_path / "out.gguf", "q8_0")
     assert not (tmp_path / "out.gguf").exists()
+
+
+def test_k_quant_fallbacks_are_reported_on_stderr(small_model, tmp_path, capsys):
+    """Rows of 64 and 96 weights cannot hold Q4_K's 256-blocks: the tensors fall back (Q5_0, or
+    Q8_0 where llama.cpp's mix picks Q6_K) and `pyllm quantize` says so on stderr, as
+    llama-quantize does, instead of silently writing a file of more bits per weight (issue 12)."""
+    out = tmp_path / "o.gguf"
+    assert pq.main([str(small_model), str(out), "Q4_K_M", "--threads", "1"]) == 0
+    err = capsys.readouterr().err
+    types = {n: t["type_name"] for n, t in GGUFFile(out).tensors.items()}
+    quantized = sum(1 for t in types.values() if t not in ("F32", "F16"))
+    # 7 matrices x 2 layers fall back; the tied token embedding is the output matrix, for which
+    # the mix itself picks Q8_0 when rows do not fit (as llama.cpp counts it: not a fallback).
+    assert quantized == 15 and types["token_embd.weight"] == "Q8_0"
+    assert sum(1 for t in types.values() if t in ("Q5_0", "Q8_0")) == 15
+    assert "warning: 14 of 15 quantized tensors" in err
+    assert "12 Q4_K -> Q5_0 (4.50 -> 5.50 bpw)" in err and "2 Q6_K -> Q8_0 (6.56 -> 8.50 bpw)" in err
+    report = quantize_file(small_model, tmp_path / "p.gguf", "Q4_K_M")
+    assert len(report.fallbacks) == 14 and report.fallbacks["blk.0.ffn_up.weight"] == ("Q4_K", "Q5_0")
+    # Types whose blocks fit every row say nothing (without --pure, Q4_0's mix puts the output
+    # matrix in Q6_K, which falls back too, as in llama.cpp).
+    assert pq.main([str(small_model), str(tmp_path / "q.gguf"), "Q4_0", "--pure", "--threads", "1"]) == 0
+    assert "warning" not in capsys.readouterr().err

@@ -18,7 +18,10 @@ sys.path.insert(0, str(ROOT / "tests"))
 from test_quant_formats import ggml_fixture_inputs  # noqa: E402
 from test_quantize_imatrix import fixture_importance  # noqa: E402
 
-SIZES = {"Q4_0": 18, "Q4_1": 20, "Q5_0": 22, "Q5_1": 24}
+from pyllm import _core  # noqa: E402
+
+# Bytes per block, from the type-traits table.
+SIZES = {n: _core.type_info(_core.type_from_name(n))["type_size"] for n in ("Q4_0", "Q4_1", "Q5_0", "Q5_1")}
 
 
 def main(lib_path: str) -> None:

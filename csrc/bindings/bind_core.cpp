@@ -12,7 +12,9 @@
 #include "core/threadpool.h"
 #include "kernels/kernels.h"
 #include "ops/ops.h"
+#include "quant/gptq.h"
 #include "quant/types.h"
+#include "quant/weighted.h"
 
 namespace py = pybind11;
 
@@ -264,14 +266,22 @@ void register_core(py::module_& m) {
         return out;
     });
     m.def("default_threads", &ThreadPool::default_threads);
+    // The type-traits table (quant/types.cpp) is the one source of block sizes and capabilities:
+    // Python asks here rather than restating them.
     m.def("type_info", [](int id) {
-        const TypeTraits& tt = type_traits(checked_type(id));
+        const Type t = checked_type(id);
+        const TypeTraits& tt = type_traits(t);
         py::dict d;
         d["id"] = id; d["name"] = tt.name; d["block_size"] = tt.block_size; d["type_size"] = tt.type_size;
-        d["is_quantized"] = tt.is_quantized; d["vec_dot_type"] = (int)tt.vec_dot_type;
+        d["is_quantized"] = tt.is_quantized; d["is_float"] = !tt.is_quantized;
+        d["vec_dot_type"] = (int)tt.vec_dot_type;
         d["has_quantizer"] = tt.from_float != nullptr;
+        d["is_weight"] = !tt.activation_only;               // false: Q8_1, Q8_K (activations only)
+        d["gptq"] = gptq_supports(t);                       // GPTQ can target it (quant/gptq.h)
+        d["weighted"] = weighted_quantizer(t) != nullptr;    // importance-weighted rounding (quant/weighted.h)
         return d;
-    });
+    }, "One row of the type-traits table: name, block_size, type_size, is_quantized, is_float, "
+       "vec_dot_type, has_quantizer, is_weight, gptq, weighted.");
     m.def("type_from_name", [](const std::string& name) {
         Type t = type_from_name(name.c_str());
         if (t == TYPE_COUNT) fail(ErrorKind::invalid_argument, "unknown tensor type name '" + name + "'");

@@ -179,6 +179,12 @@ private:
 } // namespace
 
 void register_gguf(py::module_& m) {
+    // GGUF's metadata value type ids (gguf/gguf.h), for Python's writer: name -> id.
+    m.def("gguf_value_types", [] {
+        py::dict d;
+        for (uint32_t id = 0; gguf_value_type_name(id) != nullptr; ++id) d[gguf_value_type_name(id)] = id;
+        return d;
+    }, "GGUF metadata value type names -> ids ('UINT8': 0, ..., 'FLOAT64': 12)");
     py::class_<Reader>(m, "GGUFReader",
                        "A validated, memory-mapped GGUF file (versions 2 and 3, little-endian). Raises "
                        "GGUFError naming the field and byte offset of the first problem, OSError if the "

@@ -35,6 +35,7 @@ struct Table {
         rows[TYPE_Q8_K] = {"Q8_K", QK_K,  sizeof(block_q8_K),     true,  dequantize_row_q8_K,  quantize_row_q8_K,  TYPE_Q8_K};
         rows[TYPE_IQ4_NL] = {"IQ4_NL", QK4_NL, sizeof(block_iq4_nl), true, dequantize_row_iq4_nl, quantize_row_iq4_nl, TYPE_Q8_0};
         rows[TYPE_IQ4_XS] = {"IQ4_XS", QK_K,   sizeof(block_iq4_xs), true, dequantize_row_iq4_xs, quantize_row_iq4_xs, TYPE_Q8_K};
+        rows[TYPE_Q8_1].activation_only = rows[TYPE_Q8_K].activation_only = true;
     }
 };
 

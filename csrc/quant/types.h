@@ -29,6 +29,7 @@ struct TypeTraits {
     to_float_fn to_float;    // scalar reference dequantizer (nullptr if the type has none)
     from_float_fn from_float;// scalar reference quantizer, bit-exact with ggml (nullptr if none)
     Type vec_dot_type;       // the activation type a matmul against this weight type uses
+    bool activation_only = false;  // Q8_1, Q8_K: matmul activations, never a weight type
 };
 
 bool type_is_known(int32_t id);
