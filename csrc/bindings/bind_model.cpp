@@ -68,6 +68,15 @@ mask_array as_mask(py::handle h, int64_t n_vocab) {
 } // namespace
 
 void register_model(py::module_& m) {
+    const SamplerParams kSamplerDefaults{};
+    m.def("sampler_defaults", [kSamplerDefaults] {
+        py::dict d;
+        d["temperature"] = kSamplerDefaults.temperature; d["top_k"] = kSamplerDefaults.top_k;
+        d["top_p"] = kSamplerDefaults.top_p; d["min_p"] = kSamplerDefaults.min_p;
+        d["repeat_penalty"] = kSamplerDefaults.repeat_penalty; d["presence_penalty"] = kSamplerDefaults.presence_penalty;
+        d["frequency_penalty"] = kSamplerDefaults.frequency_penalty; d["penalty_last_n"] = kSamplerDefaults.penalty_last_n;
+        return d;
+    }, "The sampler chain's default settings (SamplerParams), as a dict.");
     py::class_<PyModel>(m, "LlamaModel")
         .def(py::init(&make_model), py::arg("config"), py::arg("tensors"), py::arg("keep_alive") = py::none(),
              py::arg("repack") = true)
@@ -159,9 +168,14 @@ void register_model(py::module_& m) {
                  p.frequency_penalty = frequency_penalty; p.penalty_last_n = penalty_last_n;
                  return std::make_unique<Sampler>(n_vocab, p, seed);
              }),
-             py::arg("n_vocab"), py::arg("temperature") = 0.8f, py::arg("top_k") = 40, py::arg("top_p") = 0.95f,
-             py::arg("min_p") = 0.05f, py::arg("repeat_penalty") = 1.0f, py::arg("presence_penalty") = 0.0f,
-             py::arg("frequency_penalty") = 0.0f, py::arg("penalty_last_n") = 64, py::arg("seed") = 0)
+             // The defaults are SamplerParams' (sampling/sampler.h), the one place they are written;
+             // Python's SamplingParams reads them through sampler_defaults() below.
+             py::arg("n_vocab"), py::arg("temperature") = kSamplerDefaults.temperature,
+             py::arg("top_k") = kSamplerDefaults.top_k, py::arg("top_p") = kSamplerDefaults.top_p,
+             py::arg("min_p") = kSamplerDefaults.min_p, py::arg("repeat_penalty") = kSamplerDefaults.repeat_penalty,
+             py::arg("presence_penalty") = kSamplerDefaults.presence_penalty,
+             py::arg("frequency_penalty") = kSamplerDefaults.frequency_penalty,
+             py::arg("penalty_last_n") = kSamplerDefaults.penalty_last_n, py::arg("seed") = 0)
         .def("accept", &Sampler::accept)
         .def("reset", &Sampler::reset)
         .def("sample", [](Sampler& s, py::array_t<float, py::array::c_style | py::array::forcecast> logits, py::handle allowed) {
