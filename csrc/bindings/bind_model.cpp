@@ -11,7 +11,7 @@
 #include "bindings/bindings.h"
 #include "bindings/shared.h"
 #include "core/common.h"
-#include "model/llama.h"
+#include "model/model.h"
 #include "sampling/sampler.h"
 
 namespace py = pybind11;
@@ -22,7 +22,7 @@ namespace {
 
 // Owns the Python objects whose buffers the model's weights point into (the mapped file).
 struct PyModel {
-    std::shared_ptr<const LlamaModel> model;
+    std::shared_ptr<const Model> model;
     py::object keep_alive;
 };
 
@@ -36,13 +36,13 @@ struct PyContext {
 std::unique_ptr<PyModel> make_model(const py::dict& cfg, const py::dict& tensors, py::object keep_alive, bool repack) {
     const auto views = tensor_views(tensors);
     auto m = std::make_unique<PyModel>();
-    const LlamaConfig c = config_from_dict(cfg);
+    const ModelConfig c = config_from_dict(cfg);
     ModelOptions opts;
     opts.repack = repack;
     {
         // Repacking takes most of a load: without the GIL, Python builds the tokenizer meanwhile.
         py::gil_scoped_release nogil;
-        m->model = std::make_shared<LlamaModel>(c, views, opts);
+        m->model = std::make_shared<Model>(c, views, opts);
     }
     m->keep_alive = std::move(keep_alive);
     return m;
@@ -77,7 +77,10 @@ void register_model(py::module_& m) {
         d["frequency_penalty"] = kSamplerDefaults.frequency_penalty; d["penalty_last_n"] = kSamplerDefaults.penalty_last_n;
         return d;
     }, "The sampler chain's default settings (SamplerParams), as a dict.");
-    py::class_<PyModel>(m, "LlamaModel")
+    m.def("hparam_table", &hparam_table_for_python,
+          "The hyper-parameter key table (model/hparams.h): how each config field is read from GGUF metadata.");
+    m.def("architectures", &arch_names, "The architecture families pyllm runs (general.architecture values).");
+    py::class_<PyModel>(m, "Model")
         .def(py::init(&make_model), py::arg("config"), py::arg("tensors"), py::arg("keep_alive") = py::none(),
              py::arg("repack") = true)
         .def_property_readonly("repacked_bytes", [](const PyModel& pm) { return pm.model->repacked_bytes(); })

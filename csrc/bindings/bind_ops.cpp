@@ -46,8 +46,9 @@ py::array rmsnorm_op(f32_array x, f32_array w, float eps) {
 }
 
 // x (n_tok, n_heads*head_dim) float32 at positions pos (n_tok) int32 -> x rotated (a copy).
+// factors: None or (n_rot/2) per-pair divisors; yarn_orig_ctx > 0 turns YaRN on (ext_factor 1).
 py::array rope_op(f32_array x, i32_array pos, int n_heads, int head_dim, int n_rot, bool neox, float freq_base,
-                  float freq_scale) {
+                  float freq_scale, py::object factors, int yarn_orig_ctx, float beta_fast, float beta_slow, float attn_factor) {
     if (x.ndim() != 2 || pos.ndim() != 1 || pos.shape(0) != x.shape(0) || n_heads < 1 || head_dim < 2 ||
         x.shape(1) != (py::ssize_t)n_heads * head_dim || n_rot < 2 || n_rot > head_dim || n_rot % 2)
         fail(ErrorKind::invalid_argument, "rope: x (n_tok, n_heads*head_dim), pos (n_tok), even n_rot <= head_dim");
@@ -57,9 +58,24 @@ py::array rope_op(f32_array x, i32_array pos, int n_heads, int head_dim, int n_r
     std::vector<float> cos_sin((size_t)n_tok * n_rot);
     const int32_t* pp = pos.data();
     float* o = out.mutable_data();
+    f32_array ff;
+    RopeParams p;
+    p.n_rot = n_rot;
+    p.freq_base = freq_base;
+    p.freq_scale = freq_scale;
+    p.attn_factor = attn_factor;
+    if (!factors.is_none()) {
+        ff = f32_array::ensure(factors);
+        if (!ff || ff.ndim() != 1 || ff.shape(0) != n_rot / 2) fail(ErrorKind::invalid_argument, "rope: factors must hold n_rot/2 floats");
+        p.factors = ff.data();
+    }
+    if (yarn_orig_ctx > 0) {
+        p.ext_factor = 1.0f;
+        rope_yarn_corr_dims(n_rot, yarn_orig_ctx, freq_base, beta_fast, beta_slow, p.corr_dims);
+    }
     {
         py::gil_scoped_release nogil;
-        rope_cache(pp, n_tok, n_rot, freq_base, freq_scale, cos_sin.data());
+        rope_cache(pp, n_tok, p, cos_sin.data());
         rope(o, n_tok, (int64_t)n_heads * head_dim, n_heads, head_dim, n_rot, neox, cos_sin.data());
     }
     return out;
@@ -68,7 +84,7 @@ py::array rope_op(f32_array x, i32_array pos, int n_heads, int head_dim, int n_r
 // Causal attention of q (n_tok, n_head*head_dim) at positions pos0.. over an F16 cache k, v
 // (pos0 + n_tok, n_kv_head*head_dim) (f16 bits as uint16) -> (n_tok, n_head*head_dim).
 py::array attention_op(f32_array q, u16_array k, u16_array v, int n_head, int n_kv_head, int head_dim, int64_t pos0,
-                       float scale, int n_threads, const std::string& isa) {
+                       float scale, int n_threads, const std::string& isa, int64_t window, float softcap) {
     if (q.ndim() != 2 || k.ndim() != 2 || v.ndim() != 2 || n_head < 1 || n_kv_head < 1 || head_dim < 1 ||
         n_head % n_kv_head || pos0 < 0 || q.shape(1) != (py::ssize_t)n_head * head_dim ||
         k.shape(1) != (py::ssize_t)n_kv_head * head_dim || k.shape(0) != v.shape(0) || k.shape(1) != v.shape(1) ||
@@ -91,7 +107,8 @@ py::array attention_op(f32_array q, u16_array k, u16_array v, int n_head, int n_
         kv.v = reinterpret_cast<const uint8_t*>(vp);
         kv.k_row_bytes = kv.v_row_bytes = (size_t)n_kv_head * head_dim * sizeof(uint16_t);
         attention(pool, kt, qp, (int64_t)n_head * head_dim, kv, o,
-                  (int64_t)n_head * head_dim, n_tok, pos0, n_head, n_kv_head, head_dim, scale, scratch.data());
+                  (int64_t)n_head * head_dim, n_tok, pos0, n_head, n_kv_head, head_dim, scale, scratch.data(),
+                  AttentionOptions{window, softcap});
     }
     return out;
 }
@@ -101,9 +118,19 @@ py::array attention_op(f32_array q, u16_array k, u16_array v, int n_head, int n_
 void register_ops(py::module_& m) {
     m.def("rmsnorm", &rmsnorm_op, py::arg("x"), py::arg("w"), py::arg("eps"));
     m.def("rope", &rope_op, py::arg("x"), py::arg("pos"), py::arg("n_heads"), py::arg("head_dim"), py::arg("n_rot"),
-          py::arg("neox"), py::arg("freq_base") = 10000.0f, py::arg("freq_scale") = 1.0f);
+          py::arg("neox"), py::arg("freq_base") = 10000.0f, py::arg("freq_scale") = 1.0f, py::arg("factors") = py::none(),
+          py::arg("yarn_orig_ctx") = 0, py::arg("beta_fast") = 32.0f, py::arg("beta_slow") = 1.0f, py::arg("attn_factor") = 1.0f);
+    m.def("geglu_tanh", [](f32_array gate, f32_array up) {
+              if (gate.ndim() != 1 || up.ndim() != 1 || gate.shape(0) != up.shape(0))
+                  fail(ErrorKind::invalid_argument, "geglu_tanh: gate and up of one length");
+              py::array_t<float> out(gate.shape(0));
+              std::copy(gate.data(), gate.data() + gate.size(), out.mutable_data());
+              geglu_tanh(out.mutable_data(), up.data(), gate.shape(0));
+              return out;
+          }, py::arg("gate"), py::arg("up"));
     m.def("attention_f16", &attention_op, py::arg("q"), py::arg("k"), py::arg("v"), py::arg("n_head"), py::arg("n_kv_head"),
-          py::arg("head_dim"), py::arg("pos0"), py::arg("scale"), py::arg("n_threads") = 1, py::arg("isa") = "");
+          py::arg("head_dim"), py::arg("pos0"), py::arg("scale"), py::arg("n_threads") = 1, py::arg("isa") = "",
+          py::arg("window") = 0, py::arg("softcap") = 0.0f);
 }
 
 } // namespace pyllm

@@ -22,23 +22,28 @@ bool python_interrupted() {
     return false;
 }
 
-LlamaConfig config_from_dict(const py::dict& d) {
-    LlamaConfig c;
+ModelConfig config_from_dict(const py::dict& d) {
+    // The fields are hparams.h's table: nothing here restates them.
+    ModelConfig c;
     c.arch = d["arch"].cast<std::string>();
-    c.n_vocab = d["n_vocab"].cast<int>();
-    c.n_embd = d["n_embd"].cast<int>();
-    c.n_layer = d["n_layer"].cast<int>();
-    c.n_head = d["n_head"].cast<int>();
-    c.n_head_kv = d["n_head_kv"].cast<int>();
-    c.n_ff = d["n_ff"].cast<int>();
-    c.head_dim = d["head_dim"].cast<int>();
-    c.n_rot = d["n_rot"].cast<int>();
-    c.rms_eps = d["rms_eps"].cast<float>();
-    c.rope_freq_base = d["rope_freq_base"].cast<float>();
-    c.rope_freq_scale = d["rope_freq_scale"].cast<float>();
-    c.rope_neox = d["rope_neox"].cast<bool>();
-    c.n_ctx_train = d["n_ctx_train"].cast<int>();
+    for (const HParam& h : hparam_table()) {
+        if (!d.contains(h.field)) fail(ErrorKind::invalid_argument, std::string("config is missing '") + h.field + "'");
+        if (h.is_float) c.*h.float_member = d[h.field].cast<float>();
+        else c.*h.int_member = d[h.field].cast<int>();
+    }
     return c;
+}
+
+py::list hparam_table_for_python() {
+    py::list rows;
+    for (const HParam& h : hparam_table()) {
+        py::dict r;
+        r["field"] = h.field; r["key"] = h.key; r["is_float"] = h.is_float; r["required"] = h.required;
+        r["fallback"] = h.fallback; r["from_field"] = h.from_field; r["choices"] = h.choices;
+        r["lo"] = h.lo; r["hi"] = h.hi;
+        rows.append(r);
+    }
+    return rows;
 }
 
 std::unordered_map<std::string, TensorView> tensor_views(const py::dict& tensors) {

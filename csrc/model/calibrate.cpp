@@ -23,13 +23,13 @@ struct OutputSink : CaptureSink {
 
 } // namespace
 
-void run_layer(const LlamaConfig& cfg, const std::unordered_map<std::string, TensorView>& layer,
+void run_layer(const ModelConfig& cfg, const std::unordered_map<std::string, TensorView>& layer,
                const float* hidden_in, float* hidden_out, int64_t n_seq, int seq_len, int n_threads,
                CaptureSink* sink, const StopCheck& stop) {
     if (n_seq < 1 || seq_len < 1) fail(ErrorKind::invalid_argument, "run_layer needs at least one sequence of one token");
     const int64_t n_rows = n_seq * seq_len;
     if (n_rows > (1 << 24)) fail(ErrorKind::invalid_argument, "run_layer: at most 2^24 calibration tokens");
-    LlamaConfig c = cfg;
+    ModelConfig c = cfg;
     c.n_layer = 1;
     c.n_vocab = (int)n_rows;
     const int64_t d = c.n_embd;
@@ -41,7 +41,7 @@ void run_layer(const LlamaConfig& cfg, const std::unordered_map<std::string, Ten
     std::vector<float> ones(d, 1.0f);  // output_norm: required by the model, never used (no logits)
     tensors["output_norm.weight"] = TensorView{TYPE_F32, 1, {d, 1, 1, 1}, reinterpret_cast<const uint8_t*>(ones.data()),
                                                (uint64_t)(d * sizeof(float))};
-    auto model = std::make_shared<LlamaModel>(c, tensors);
+    auto model = std::make_shared<Model>(c, tensors);
     Context ctx(model, seq_len, seq_len, n_threads);
     OutputSink out_sink;
     out_sink.user = sink;

@@ -5,8 +5,10 @@
 #include <cmath>
 #include <cstring>
 #include <limits>
+#include <vector>
 
 #include "core/common.h"
+#include "core/fp16.h"
 
 namespace pyllm {
 
@@ -27,19 +29,67 @@ void rmsnorm(const float* x, const float* w, float* y, int64_t n_tok, int64_t n,
 
 // --- rope ---------------------------------------------------------------------------------------
 
-void rope_cache(const int32_t* pos, int64_t n_tok, int n_rot, float freq_base, float freq_scale, float* cos_sin) {
-    // theta_i = pos * freq_scale * base^(-2i/n_rot), built by repeated multiplication as ggml does
-    // (a pow per element would round differently and drift from llama.cpp's logits).
-    const float theta_scale = std::pow(freq_base, -2.0f / n_rot);
+void rope_yarn_corr_dims(int n_rot, int n_ctx_orig, float freq_base, float beta_fast, float beta_slow, float dims[2]) {
+    auto corr_dim = [&](float n_rotations) {
+        return n_rot * std::log(n_ctx_orig / (n_rotations * 2 * (float)M_PI)) / (2 * std::log(freq_base));
+    };
+    const float start = std::floor(corr_dim(beta_fast)), end = std::ceil(corr_dim(beta_slow));
+    dims[0] = std::max(0.0f, start);
+    dims[1] = std::min((float)(n_rot - 1), end);
+}
+
+void rope_cache(const int32_t* pos, int64_t n_tok, const RopeParams& p, float* cos_sin) {
+    // theta = pos * base^(-2i/n_rot), built by repeated multiplication as ggml does (a pow per
+    // element would round differently and drift from llama.cpp's logits).
+    const float theta_scale = std::pow(p.freq_base, -2.0f / p.n_rot);
+    float mscale = p.attn_factor;
+    if (p.ext_factor != 0.0f) mscale *= 1.0f + 0.1f * std::log(1.0f / p.freq_scale);
     for (int64_t t = 0; t < n_tok; ++t) {
-        float theta = (float)pos[t] * freq_scale;
-        float* cs = cos_sin + t * n_rot;
-        for (int i = 0; i < n_rot / 2; ++i) {
-            cs[2 * i] = std::cos(theta);
-            cs[2 * i + 1] = std::sin(theta);
+        float theta = (float)pos[t];
+        float* cs = cos_sin + t * p.n_rot;
+        for (int i = 0; i < p.n_rot / 2; ++i) {
+            const float extrap = p.factors ? theta / p.factors[i] : theta;
+            float th = p.freq_scale * extrap;
+            if (p.ext_factor != 0.0f) {
+                const float y = (i - p.corr_dims[0]) / std::max(0.001f, p.corr_dims[1] - p.corr_dims[0]);
+                const float ramp = (1.0f - std::min(1.0f, std::max(0.0f, y))) * p.ext_factor;
+                th = th * (1 - ramp) + extrap * ramp;
+            }
+            cs[2 * i] = std::cos(th) * mscale;
+            cs[2 * i + 1] = std::sin(th) * mscale;
             theta *= theta_scale;
         }
     }
+}
+
+namespace {
+// ggml's GELU table: tanh-GELU of every f16 value, rounded to f16.
+const uint16_t* gelu_table() {
+    static const std::vector<uint16_t> table = [] {
+        std::vector<uint16_t> t(1 << 16);
+        for (uint32_t i = 0; i < t.size(); ++i) {
+            const float x = fp16_to_f32((uint16_t)i);
+            const float y = 0.5f * x * (1.0f + std::tanh(0.79788456080286535587989211986876f * x * (1.0f + 0.044715f * x * x)));
+            t[i] = f32_to_fp16(y);
+        }
+        return t;
+    }();
+    return table.data();
+}
+} // namespace
+
+void geglu_tanh(float* gate, const float* up, int64_t n) {
+    const uint16_t* table = gelu_table();
+    for (int64_t i = 0; i < n; ++i) {
+        const float x = gate[i];
+        if (x <= -10.0f) gate[i] = 0.0f;
+        else if (x >= 10.0f) gate[i] = x * up[i];
+        else gate[i] = fp16_to_f32(table[f32_to_fp16(x)]) * up[i];
+    }
+}
+
+void rmsnorm_rows(float* x, const float* w, int64_t n_rows, int64_t n, float eps) {
+    for (int64_t r = 0; r < n_rows; ++r) rmsnorm(x + r * n, w, x + r * n, 1, n, eps);
 }
 
 void rope(float* x, int64_t n_tok, int64_t stride, int n_heads, int head_dim, int n_rot, bool neox,
@@ -212,6 +262,13 @@ struct HeadCache {
     }
 };
 
+// Scaled scores, soft-capped where the model asks (gemma2).
+inline void scale_scores(float* s, int n, float scale, float softcap) {
+    for (int j = 0; j < n; ++j) s[j] *= scale;  // after the dot, in llama.cpp's order
+    if (softcap > 0.0f)
+        for (int j = 0; j < n; ++j) s[j] = softcap * std::tanh(s[j] / softcap);
+}
+
 // One block of the online softmax for one query row: the scaled scores s[0..n) become exp(s - m)
 // for the new running max m; the running sum and the row's accumulator, kept relative to the old
 // max, are rescaled to m.
@@ -233,7 +290,7 @@ void softmax_block(const KernelTable& kt, float* s, int n, float& run_max, float
 // (no score buffer of context length). acc: (n_group, head_dim) unnormalized output; run_max,
 // run_sum: (n_group); scores: (n_group, kScoreBlock) scratch.
 void attend_range(const KernelTable& kt, const float* qg, const KvLayerView& kv, int g, int n_group, int head_dim,
-                  float scale, int64_t p0, int64_t p1, float* acc, float* run_max, float* run_sum, float* scores,
+                  float scale, float softcap, int64_t p0, int64_t p1, float* acc, float* run_max, float* run_sum, float* scores,
                   float* kv_scratch) {
     std::fill(acc, acc + n_group * head_dim, 0.0f);
     for (int h = 0; h < n_group; ++h) { run_max[h] = -std::numeric_limits<float>::infinity(); run_sum[h] = 0.0f; }
@@ -245,7 +302,7 @@ void attend_range(const KernelTable& kt, const float* qg, const KvLayerView& kv,
         hc.scores(b0, nb, n_group, scores);
         for (int h = 0; h < n_group; ++h) {
             float* sh = scores + h * kScoreBlock;
-            for (int j = 0; j < nb; ++j) sh[j] *= scale;
+            scale_scores(sh, nb, scale, softcap);
             softmax_block(kt, sh, nb, run_max[h], run_sum[h], acc + h * head_dim, head_dim);
         }
         hc.pv(b0, nb, n_group, scores, acc);
@@ -256,7 +313,7 @@ void attend_range(const KernelTable& kt, const float* qg, const KvLayerView& kv,
 // head g: rows r = (t - t0) * n_group + h. Online softmax per row, a block of positions at a time.
 void attend_prefill(const KernelTable& kt, const float* q, int64_t q_stride, const KvLayerView& kv, float* out,
                     int64_t out_stride, int64_t pos0, int64_t t0, int64_t t1, int g, int n_group, int head_dim,
-                    float scale, float* scratch, float* kv_scratch) {
+                    float scale, const AttentionOptions& opt, float* scratch, float* kv_scratch) {
     const int n_rows = (int)(t1 - t0) * n_group;
     float* qs = scratch;                                 // (n_rows, head_dim)
     float* acc = qs + (size_t)n_rows * head_dim;         // (n_rows, head_dim)
@@ -275,18 +332,23 @@ void attend_prefill(const KernelTable& kt, const float* q, int64_t q_stride, con
     std::fill(run_max, run_max + n_rows, -std::numeric_limits<float>::infinity());
     std::fill(run_sum, run_sum + n_rows, 0.0f);
     const int64_t n_pos = pos0 + t1;  // the last token sees positions [0, n_pos)
-    for (int64_t b0 = 0; b0 < n_pos; b0 += kScoreBlock) {
+    // With a window, the first token sees nothing before pos0 + t0 - window + 1.
+    const int64_t lo = opt.window ? std::max<int64_t>(0, pos0 + t0 - opt.window + 1) : 0;
+    for (int64_t b0 = lo; b0 < n_pos; b0 += kScoreBlock) {
         const int nb = (int)std::min<int64_t>(kScoreBlock, n_pos - b0);
         // scores[r][j] = K row (b0 + j) . q row r
         hc.scores(b0, nb, n_rows, sc);
         for (int r = 0; r < n_rows; ++r) {
             float* sr = sc + (size_t)r * kScoreBlock;
-            for (int j = 0; j < nb; ++j) sr[j] *= scale;  // after the dot, in llama.cpp's order
+            scale_scores(sr, nb, scale, opt.softcap);
             const int64_t last = pos0 + t0 + r / n_group;  // this row's token sees positions <= last
             const int visible = (int)std::max<int64_t>(0, std::min<int64_t>(nb, last - b0 + 1));
+            const int first = opt.window ? (int)std::min<int64_t>(visible, std::max<int64_t>(0, last - opt.window + 1 - b0)) : 0;
             // Masked positions get probability 0 (P.V reads the row's first nb entries).
+            for (int j = 0; j < first; ++j) sr[j] = 0.0f;
             for (int j = visible; j < nb; ++j) sr[j] = 0.0f;
-            if (visible) softmax_block(kt, sr, visible, run_max[r], run_sum[r], acc + (size_t)r * head_dim, head_dim);
+            if (visible > first)
+                softmax_block(kt, sr + first, visible - first, run_max[r], run_sum[r], acc + (size_t)r * head_dim, head_dim);
         }
         hc.pv(b0, nb, n_rows, sc, acc);
     }
@@ -303,7 +365,7 @@ void attend_prefill(const KernelTable& kt, const float* q, int64_t q_stride, con
 
 void attention(ThreadPool& pool, const KernelTable& kt, const float* q, int64_t q_stride, const KvLayerView& kv,
                float* out, int64_t out_stride, int64_t n_tok, int64_t pos0,
-               int n_head, int n_kv_head, int head_dim, float scale, float* scratch) {
+               int n_head, int n_kv_head, int head_dim, float scale, float* scratch, const AttentionOptions& opt) {
     const int n_group = n_head / n_kv_head;
     const size_t per_thread = per_thread_floats(n_group, head_dim);
     const size_t kv_at = base_thread_floats(n_group, head_dim);  // a thread's quantized-cache space
@@ -316,7 +378,7 @@ void attention(ThreadPool& pool, const KernelTable& kt, const float* q, int64_t 
             const int g = (int)(task % n_kv_head);
             const int64_t t0 = b * per_task, t1 = std::min(n_tok, t0 + per_task);
             float* ts = scratch + thread * per_thread;
-            attend_prefill(kt, q, q_stride, kv, out, out_stride, pos0, t0, t1, g, n_group, head_dim, scale, ts, ts + kv_at);
+            attend_prefill(kt, q, q_stride, kv, out, out_stride, pos0, t0, t1, g, n_group, head_dim, scale, opt, ts, ts + kv_at);
         });
         return;
     }
@@ -324,7 +386,9 @@ void attention(ThreadPool& pool, const KernelTable& kt, const float* q, int64_t 
     // read once for all of them), in n_split ranges (one when the context is short or there is one
     // thread) whose partial softmaxes are merged below.
     const int64_t n_pos = pos0 + 1;
-    const int n_split = pool.size() > 1 ? (int)std::min<int64_t>(kMaxSplit, std::max<int64_t>(1, n_pos / kMinSplitPositions)) : 1;
+    const int64_t lo = opt.window ? std::max<int64_t>(0, n_pos - opt.window) : 0;  // the window's first position
+    const int64_t n_seen = n_pos - lo;
+    const int n_split = pool.size() > 1 ? (int)std::min<int64_t>(kMaxSplit, std::max<int64_t>(1, n_seen / kMinSplitPositions)) : 1;
     // (n_kv_head, n_split) partials of (n_group*head_dim acc, n_group max, n_group sum).
     const size_t part = (size_t)n_group * (head_dim + 2);
     float* partials = scratch + (size_t)pool.size() * per_thread;
@@ -332,8 +396,8 @@ void attention(ThreadPool& pool, const KernelTable& kt, const float* q, int64_t 
         const int g = (int)(task / n_split), j = (int)(task % n_split);
         float* acc = partials + task * part;
         float* ts = scratch + thread * per_thread;
-        attend_range(kt, q + (int64_t)g * n_group * head_dim, kv, g, n_group, head_dim, scale, n_pos * j / n_split,
-                     n_pos * (j + 1) / n_split, acc, acc + n_group * head_dim, acc + n_group * head_dim + n_group, ts,
+        attend_range(kt, q + (int64_t)g * n_group * head_dim, kv, g, n_group, head_dim, scale, opt.softcap,
+                     lo + n_seen * j / n_split, lo + n_seen * (j + 1) / n_split, acc, acc + n_group * head_dim, acc + n_group * head_dim + n_group, ts,
                      ts + kv_at);
     });
     for (int g = 0; g < n_kv_head; ++g)

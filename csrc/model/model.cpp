@@ -1,4 +1,4 @@
-#include "model/llama.h"
+#include "model/model.h"
 
 #include <algorithm>
 #include <cmath>
@@ -72,6 +72,20 @@ struct TensorFinder {
     }
 };
 
+// Rows [r0, r0 + n) of a matrix: a fused tensor's parts (phi3's attn_qkv, its gate-and-up ffn_up).
+Matrix row_range(const Matrix& m, int64_t r0, int64_t n) {
+    Matrix v = m;
+    v.data = m.data + r0 * m.row_bytes;
+    v.rows = n;
+    return v;
+}
+
+std::string joined(const std::vector<std::string>& names) {
+    std::string s;
+    for (const auto& n : names) s += (s.empty() ? "" : ", ") + n;
+    return s;
+}
+
 // The read-only, file-backed mappings of this process (/proc/self/maps: perms "r-..", inode != 0),
 // read once per model load. Only their pages may be dropped: they come back from the file
 // unchanged. Anonymous memory (numpy arrays, quantized layers in calibration) would come back as zeros.
@@ -121,7 +135,7 @@ const uint8_t* release_pages(const uint8_t* begin, const uint8_t* end) {
 
 } // namespace
 
-bool LlamaModel::repackable(const Matrix& m) {
+bool Model::repackable(const Matrix& m) {
     const KernelTable& kt = kernels();
     if (m && !m.x8 && is_float_matrix(m)) return true;  // copied as it is (below)
     return m && !m.x8 && kt.repack_x8[m.type] && kt.gemm_x8[m.type] && m.rows >= kX8Rows;
@@ -132,7 +146,7 @@ bool LlamaModel::repackable(const Matrix& m) {
 // file), their decode ran at 30-50% of the read bandwidth and swung by +-20% from run to run with
 // the page cache's state; from the arena (owned, collapsed to 2 MiB pages) they stream like the
 // repacked types. The file's pages are dropped as they are copied, so memory is not doubled.
-bool LlamaModel::is_float_matrix(const Matrix& m) {
+bool Model::is_float_matrix(const Matrix& m) {
     return m.type == TYPE_F32 || m.type == TYPE_F16 || m.type == TYPE_BF16;
 }
 
@@ -140,7 +154,7 @@ bool LlamaModel::is_float_matrix(const Matrix& m) {
 // file mapping, whose pages are dropped once copied. The copy is made in slices of whole groups
 // (~1 MiB), each slice's source pages released as soon as it is copied, so the resident peak
 // holds one slice twice, not the whole tensor.
-void LlamaModel::repack(Matrix& m, uint8_t* dst, bool release) {
+void Model::repack(Matrix& m, uint8_t* dst, bool release) {
     const KernelTable& kt = kernels();
     const int64_t slice = std::max<int64_t>(kX8Rows, (int64_t)((1u << 20) / (m.row_bytes * kX8Rows)) * kX8Rows);
     const uint8_t* released = m.data;  // pages before this are dropped
@@ -156,28 +170,15 @@ void LlamaModel::repack(Matrix& m, uint8_t* dst, bool release) {
     m.x8 = !is_float_matrix(m);
 }
 
-LlamaModel::LlamaModel(const LlamaConfig& cfg, const std::unordered_map<std::string, TensorView>& tensors,
+Model::Model(const ModelConfig& cfg, const std::unordered_map<std::string, TensorView>& tensors,
                        const ModelOptions& options)
-    : cfg_(cfg) {
-    auto positive = [](const char* what, int64_t v, int64_t limit) {
-        if (v <= 0 || v > limit)
-            fail(ErrorKind::gguf, std::string("hyper-parameter ") + what + " = " + std::to_string(v) +
-                 " is out of range (1.." + std::to_string(limit) + ")");
-    };
-    positive("vocab_size", cfg.n_vocab, 1 << 24);
-    positive("embedding_length", cfg.n_embd, 1 << 16);
-    positive("block_count", cfg.n_layer, 4096);
-    positive("attention.head_count", cfg.n_head, 4096);
-    positive("attention.head_count_kv", cfg.n_head_kv, cfg.n_head);
-    positive("feed_forward_length", cfg.n_ff, 1 << 20);
-    positive("head_dim", cfg.head_dim, 4096);
-    if (cfg.n_head % cfg.n_head_kv)
-        fail(ErrorKind::gguf, "attention.head_count (" + std::to_string(cfg.n_head) + ") is not a multiple of head_count_kv (" +
-             std::to_string(cfg.n_head_kv) + ")");
-    if (cfg.n_rot <= 0 || cfg.n_rot > cfg.head_dim || cfg.n_rot % 2)
-        fail(ErrorKind::gguf, "rope.dimension_count = " + std::to_string(cfg.n_rot) + " must be even and at most the head size " + std::to_string(cfg.head_dim));
-    if (!(cfg.rms_eps > 0) || !(cfg.rope_freq_base > 0) || !(cfg.rope_freq_scale > 0))
-        fail(ErrorKind::gguf, "layer_norm_rms_epsilon, rope.freq_base and rope scaling must be positive");
+    : cfg_(cfg), spec_(find_arch(cfg.arch)) {
+    if (!spec_) fail(ErrorKind::unsupported, "architecture '" + cfg.arch + "' is not supported; pyllm runs: " + joined(arch_names()));
+    check_config(cfg);
+    if (cfg.n_expert > 0)
+        fail(ErrorKind::unsupported, cfg.arch + " file with " + std::to_string(cfg.n_expert) +
+             " experts: pyllm does not run mixture-of-experts models yet");
+    const ArchSpec& a = *spec_;
 
     const TensorFinder f{tensors, &weight_bytes_};
     const int64_t d = cfg.n_embd, hd = cfg.head_dim;
@@ -186,22 +187,55 @@ LlamaModel::LlamaModel(const LlamaConfig& cfg, const std::unordered_map<std::str
     output_norm = f.vector("output_norm.weight", d);
     output = f.matrix("output.weight", cfg.n_vocab, d, /*required=*/false);
     if (!output) output = tok_embd;  // tied embeddings
+    if (a.rope_freqs) rope_factors = f.vector("rope_freqs.weight", cfg.n_rot / 2, false);
+    if (a.rope_long_short) {
+        rope_factors_long = f.vector("rope_factors_long.weight", cfg.n_rot / 2, false);
+        rope_factors_short = f.vector("rope_factors_short.weight", cfg.n_rot / 2, false);
+    }
+    const int swa_pattern = cfg.swa_pattern ? cfg.swa_pattern : a.swa_pattern_default;
     layers.resize(cfg.n_layer);
     for (int l = 0; l < cfg.n_layer; ++l) {
         const std::string p = "blk." + std::to_string(l) + ".";
         LayerWeights& L = layers[l];
         L.attn_norm = f.vector(p + "attn_norm.weight", d);
-        L.wq = f.matrix(p + "attn_q.weight", nq, d);
-        L.wk = f.matrix(p + "attn_k.weight", nkv, d);
-        L.wv = f.matrix(p + "attn_v.weight", nkv, d);
+        if (a.fused_qkv && f.find(p + "attn_qkv.weight")) {
+            const Matrix qkv = f.matrix(p + "attn_qkv.weight", nq + 2 * nkv, d);
+            L.wq = row_range(qkv, 0, nq);
+            L.wk = row_range(qkv, nq, nkv);
+            L.wv = row_range(qkv, nq + nkv, nkv);
+        } else {
+            L.wq = f.matrix(p + "attn_q.weight", nq, d);
+            L.wk = f.matrix(p + "attn_k.weight", nkv, d);
+            L.wv = f.matrix(p + "attn_v.weight", nkv, d);
+        }
         L.wo = f.matrix(p + "attn_output.weight", d, nq);
-        L.bq = f.vector(p + "attn_q.bias", nq, false);
-        L.bk = f.vector(p + "attn_k.bias", nkv, false);
-        L.bv = f.vector(p + "attn_v.bias", nkv, false);
+        if (a.qkv_bias) {
+            L.bq = f.vector(p + "attn_q.bias", nq, false);
+            L.bk = f.vector(p + "attn_k.bias", nkv, false);
+            L.bv = f.vector(p + "attn_v.bias", nkv, false);
+        }
+        if (a.qk_norm) {
+            L.q_norm = f.vector(p + "attn_q_norm.weight", hd);
+            L.k_norm = f.vector(p + "attn_k_norm.weight", hd);
+        }
+        if (a.post_norms) {
+            L.post_attn_norm = f.vector(p + "post_attention_norm.weight", d);
+            L.post_ffw_norm = f.vector(p + "post_ffw_norm.weight", d);
+        }
         L.ffn_norm = f.vector(p + "ffn_norm.weight", d);
-        L.w_gate = f.matrix(p + "ffn_gate.weight", cfg.n_ff, d);
-        L.w_up = f.matrix(p + "ffn_up.weight", cfg.n_ff, d);
+        if (a.fused_gate_up) {
+            const Matrix up = f.matrix(p + "ffn_up.weight", 2 * (int64_t)cfg.n_ff, d);
+            L.w_gate = row_range(up, 0, cfg.n_ff);
+            L.w_up = row_range(up, cfg.n_ff, cfg.n_ff);
+        } else {
+            L.w_gate = f.matrix(p + "ffn_gate.weight", cfg.n_ff, d);
+            L.w_up = f.matrix(p + "ffn_up.weight", cfg.n_ff, d);
+        }
         L.w_down = f.matrix(p + "ffn_down.weight", d, cfg.n_ff);
+        if (cfg.n_swa > 0) {
+            if (a.swa == SwaLayers::all) L.sliding = true;
+            else if (a.swa == SwaLayers::all_but_period) L.sliding = swa_pattern <= 0 || l % swa_pattern < swa_pattern - 1;
+        }
     }
     if (options.repack) {
         // A separate token_embd is only looked up, a row per token: it stays as it is. Tied, it
@@ -251,7 +285,7 @@ LlamaModel::LlamaModel(const LlamaConfig& cfg, const std::unordered_map<std::str
 // written in 4 KiB pages and collapsed by a background thread once the first evaluation is done,
 // off the path to the first token. Advice only: an older kernel, or one that declines, leaves the
 // small pages.
-void LlamaModel::collapse_to_huge_pages() const {
+void Model::collapse_to_huge_pages() const {
 #if defined(__linux__)
     if (!huge_bytes_) return;
     std::call_once(huge_once_, [this] {
@@ -260,13 +294,13 @@ void LlamaModel::collapse_to_huge_pages() const {
 #endif
 }
 
-LlamaModel::~LlamaModel() {
+Model::~Model() {
     if (huge_pages_.joinable()) huge_pages_.join();
 }
 
 // --- context ------------------------------------------------------------------------------------
 
-uint64_t Context::kv_cache_bytes(const LlamaConfig& cfg, int n_ctx, Type type_k, Type type_v) {
+uint64_t Context::kv_cache_bytes(const ModelConfig& cfg, int n_ctx, Type type_k, Type type_v) {
     return KvCache::bytes_for(type_k, type_v, cfg.n_layer, n_ctx, cfg.n_head_kv, cfg.head_dim);
 }
 
@@ -275,10 +309,10 @@ static int checked_n_ctx(int n_ctx) {
     return n_ctx;
 }
 
-Context::Context(std::shared_ptr<const LlamaModel> model, int n_ctx, int n_batch, int n_threads, Type type_k, Type type_v)
+Context::Context(std::shared_ptr<const Model> model, int n_ctx, int n_batch, int n_threads, Type type_k, Type type_v)
     : model_(std::move(model)), kt_(kernels()), pool_(n_threads), n_ctx_(n_ctx), n_batch_(n_batch),
       kv_(type_k, type_v, model_->config().n_layer, checked_n_ctx(n_ctx), model_->config().n_head_kv, model_->config().head_dim) {
-    const LlamaConfig& c = model_->config();
+    const ModelConfig& c = model_->config();
     if (n_batch < 1) fail(ErrorKind::invalid_argument, "n_batch must be at least 1");
     const int64_t kv = (int64_t)c.n_head_kv * c.head_dim, nq = (int64_t)c.n_head * c.head_dim;
     x_.resize((size_t)n_batch * c.n_embd);
@@ -291,11 +325,46 @@ Context::Context(std::shared_ptr<const LlamaModel> model, int n_ctx, int n_batch
     hb_.resize((size_t)n_batch * c.n_ff);
     hb2_.resize(hb_.size());
     cos_sin_.resize((size_t)n_batch * c.n_rot);
+    cos_sin_local_.resize(cos_sin_.size());
+    set_rope(n_ctx);
     pos_.resize(n_batch);
     att_scratch_.resize(attention_scratch_floats(pool_.size(), c.n_head, c.n_head_kv, c.head_dim));
     // Largest quantized row: F32 activations (float weights) of the widest input.
     const int64_t max_k = std::max<int64_t>({c.n_embd, c.n_ff, nq});
     for (auto& a : act_) a.resize((size_t)n_batch * max_k * sizeof(float) + 64);
+}
+
+void Context::set_rope(int n_ctx) {
+    const Model& m = *model_;
+    const ModelConfig& c = m.config();
+    const bool scaled = c.rope_scaling != (int)RopeScaling::none;
+    rope_ = RopeParams{};
+    rope_.n_rot = c.n_rot;
+    rope_.freq_base = c.rope_freq_base;
+    rope_.freq_scale = scaled ? c.rope_freq_scale() : 1.0f;
+    rope_.factors = m.rope_factors;
+    if (!rope_.factors && (m.rope_factors_long || m.rope_factors_short))
+        rope_.factors = n_ctx > c.rope_orig_ctx && m.rope_factors_long ? m.rope_factors_long : m.rope_factors_short;
+    float attn_factor = 1.0f;
+    if (c.rope_scaling == (int)RopeScaling::yarn) {
+        // llama.cpp's YaRN magnitude: get_mscale(factor) (over the log-multiplier's, when the file
+        // has one), divided by the 1 + 0.1 ln(factor) that the rope itself multiplies back in.
+        rope_.ext_factor = 1.0f;
+        const float factor = 1.0f / rope_.freq_scale;
+        auto get_mscale = [](float scale, float mscale) { return scale <= 1.0f ? 1.0f : 0.1f * mscale * std::log(scale) + 1.0f; };
+        attn_factor = c.yarn_log_mul != 0.0f ? get_mscale(factor, 1.0f) / get_mscale(factor, c.yarn_log_mul) : get_mscale(factor, 1.0f);
+        attn_factor *= 1.0f / (1.0f + 0.1f * std::log(factor));
+        rope_yarn_corr_dims(c.n_rot, c.rope_orig_ctx, c.rope_freq_base, c.yarn_beta_fast, c.yarn_beta_slow, rope_.corr_dims);
+    }
+    rope_.attn_factor = attn_factor * c.rope_attn_factor;
+    // Gemma 3's sliding layers: their own base, never scaled.
+    rope_local_ = rope_;
+    if (m.spec().swa_local_rope) {
+        rope_local_.freq_base = c.rope_freq_base_swa;
+        rope_local_.freq_scale = 1.0f;
+        rope_local_.factors = nullptr;
+        rope_local_.ext_factor = 0.0f;
+    }
 }
 
 void Context::truncate(int64_t n) {
@@ -311,7 +380,7 @@ const uint8_t* Context::quantize_for(const Matrix& w, const float* x, int64_t nb
 }
 
 void Context::eval(const int32_t* tokens, int64_t n, float* logits, bool all_logits, const StopCheck& stop) {
-    const LlamaConfig& c = model_->config();
+    const ModelConfig& c = model_->config();
     if (n <= 0) fail(ErrorKind::invalid_argument, "eval needs at least one token");
     if (n_past_ + n > n_ctx_)
         fail(ErrorKind::context_overflow, std::to_string(n_past_ + n) + " tokens do not fit in the context of " +
@@ -337,8 +406,8 @@ void Context::eval(const int32_t* tokens, int64_t n, float* logits, bool all_log
 }
 
 void Context::forward_batch(const int32_t* tokens, int64_t nb, float* logits, bool all_logits, const StopCheck& stop) {
-    const LlamaModel& m = *model_;
-    const LlamaConfig& c = m.config();
+    const Model& m = *model_;
+    const ModelConfig& c = m.config();
     const int64_t d = c.n_embd, hd = c.head_dim;
     const int64_t nq = (int64_t)c.n_head * hd, nkv = (int64_t)c.n_head_kv * hd;
     const int64_t pos0 = n_past_;
@@ -356,8 +425,16 @@ void Context::forward_batch(const int32_t* tokens, int64_t nb, float* logits, bo
             kt_.to_float[m.tok_embd.type](m.tok_embd.data + (int64_t)tokens[t] * m.tok_embd.row_bytes, x_.data() + t * d, d);
         pos_[t] = (int32_t)(pos0 + t);
     }
-    rope_cache(pos_.data(), nb, c.n_rot, c.rope_freq_base, c.rope_freq_scale, cos_sin_.data());
+    const ArchSpec& a = m.spec();
+    if (a.embed_scale) {
+        const float e = std::sqrt((float)d);
+        for (int64_t i = 0; i < nb * d; ++i) x_[i] *= e;
+    }
+    rope_cache(pos_.data(), nb, rope_, cos_sin_.data());
+    if (a.swa_local_rope) rope_cache(pos_.data(), nb, rope_local_, cos_sin_local_.data());
     const float scale = 1.0f / std::sqrt((float)hd);
+    // Gemma and phi3 scale the queries before the dot; the rest scale the scores after it.
+    const float q_scale = a.scale_query ? scale : 1.0f, kq_scale = a.scale_query ? 1.0f : scale;
     auto capture = [&](int l, LinearInput which, const float* x, int64_t k) {
         if (capture_) capture_->on_input(l, which, x, nb, k, pool_);
     };
@@ -389,12 +466,19 @@ void Context::forward_batch(const int32_t* tokens, int64_t nb, float* logits, bo
             if (L.bq) for (int64_t i = 0; i < nq; ++i) qr[i] += L.bq[i];
             if (L.bk) for (int64_t i = 0; i < nkv; ++i) kr[i] += L.bk[i];
             if (L.bv) for (int64_t i = 0; i < nkv; ++i) vr[i] += L.bv[i];
-            const float* cs = cos_sin_.data() + t * c.n_rot;
-            rope(qr, 1, nq, c.n_head, (int)hd, c.n_rot, c.rope_neox, cs);
-            rope(kr, 1, nkv, c.n_head_kv, (int)hd, c.n_rot, c.rope_neox, cs);
+            if (L.q_norm) rmsnorm_rows(qr, L.q_norm, c.n_head, hd, c.rms_eps);
+            if (L.k_norm) rmsnorm_rows(kr, L.k_norm, c.n_head_kv, hd, c.rms_eps);
+            const float* cs = (L.sliding && a.swa_local_rope ? cos_sin_local_ : cos_sin_).data() + t * c.n_rot;
+            rope(qr, 1, nq, c.n_head, (int)hd, c.n_rot, a.rope_neox, cs);
+            rope(kr, 1, nkv, c.n_head_kv, (int)hd, c.n_rot, a.rope_neox, cs);
+            if (q_scale != 1.0f) for (int64_t i = 0; i < nq; ++i) qr[i] *= q_scale;
             kv_.store(kt_, l, pos0 + t, kr, vr);
         });
-        attention(pool_, kt_, q_.data(), nq, kv_.layer(l), att_.data(), nq, nb, pos0, c.n_head, c.n_head_kv, (int)hd, scale, att_scratch_.data());
+        AttentionOptions opt;
+        opt.window = L.sliding ? c.n_swa : 0;
+        opt.softcap = c.attn_softcap;
+        attention(pool_, kt_, q_.data(), nq, kv_.layer(l), att_.data(), nq, nb, pos0, c.n_head, c.n_head_kv, (int)hd, kq_scale,
+                  att_scratch_.data(), opt);
         capture(l, LinearInput::attn_output, att_.data(), nq);
         {
             size_t ro;
@@ -405,7 +489,8 @@ void Context::forward_batch(const int32_t* tokens, int64_t nb, float* logits, bo
         // --- feed-forward block
         for_rows(nb, [&](int64_t t) {
             float* xr = x_.data() + t * d;
-            const float* tr = tmp_.data() + t * d;
+            float* tr = tmp_.data() + t * d;
+            if (L.post_attn_norm) rmsnorm(tr, L.post_attn_norm, tr, 1, d, c.rms_eps);
             for (int64_t i = 0; i < d; ++i) xr[i] += tr[i];
             rmsnorm(xr, L.ffn_norm, xb_.data() + t * d, 1, d, c.rms_eps);
         });
@@ -419,7 +504,10 @@ void Context::forward_batch(const int32_t* tokens, int64_t nb, float* logits, bo
             const MatmulJob jobs[2] = {{&L.w_gate, ag, rg, hb_.data(), c.n_ff}, {&L.w_up, au, ru, hb2_.data(), c.n_ff}};
             matmul(pool_, kt_, jobs, 2, nb);
         }
-        for_rows(nb, [&](int64_t t) { kt_.swiglu(hb_.data() + t * c.n_ff, hb2_.data() + t * c.n_ff, c.n_ff); });
+        if (a.act == Activation::geglu_tanh)
+            for_rows(nb, [&](int64_t t) { geglu_tanh(hb_.data() + t * c.n_ff, hb2_.data() + t * c.n_ff, c.n_ff); });
+        else
+            for_rows(nb, [&](int64_t t) { kt_.swiglu(hb_.data() + t * c.n_ff, hb2_.data() + t * c.n_ff, c.n_ff); });
         capture(l, LinearInput::ffn_down, hb_.data(), c.n_ff);
         {
             size_t rd;
@@ -429,7 +517,8 @@ void Context::forward_batch(const int32_t* tokens, int64_t nb, float* logits, bo
         }
         for_rows(nb, [&](int64_t t) {
             float* xr = x_.data() + t * d;
-            const float* tr = tmp_.data() + t * d;
+            float* tr = tmp_.data() + t * d;
+            if (L.post_ffw_norm) rmsnorm(tr, L.post_ffw_norm, tr, 1, d, c.rms_eps);
             for (int64_t i = 0; i < d; ++i) xr[i] += tr[i];
         });
         capture(l, LinearInput::layer_output, x_.data(), d);
@@ -446,6 +535,13 @@ void Context::forward_batch(const int32_t* tokens, int64_t nb, float* logits, bo
     const uint8_t* ao = quantize_for(m.output, xb_.data(), n_out, &ro, 0);
     const MatmulJob job{&m.output, ao, ro, logits, c.n_vocab};
     matmul(pool_, kt_, &job, 1, n_out);
+    if (c.final_softcap > 0.0f) {
+        const float cap = c.final_softcap, inv = 1.0f / cap;
+        for_rows(n_out, [&](int64_t t) {
+            float* lr = logits + t * c.n_vocab;
+            for (int64_t i = 0; i < c.n_vocab; ++i) lr[i] = std::tanh(lr[i] * inv) * cap;
+        });
+    }
 }
 
 } // namespace pyllm
