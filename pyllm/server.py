@@ -21,6 +21,7 @@ import argparse
 import asyncio
 import hmac
 import json
+import os
 import logging
 import sys
 import time
@@ -304,7 +305,7 @@ def create_app(llm, config: ServerConfig | None = None):
     async def health():
         snap = llm.engine.snapshot()
         return {"status": "ok", "model": cfg.model_id, "slots": snap["slots"], "active": snap["active"],
-                "queue_depth": snap["queue_depth"]}
+                "queue_depth": snap["queue_depth"], "pid": os.getpid()}
 
     @app.get("/v1/models")
     async def models(request: Request):
