@@ -7,13 +7,13 @@ thread, at any pace, interleaved with other streams, or not at all: closing or d
 
 Slots: the engine runs up to `n_slots` sequences at once, each in its own `_core.Context` (its own
 KV cache) on the same weights. Each scheduler iteration decodes one token for every decoding slot
-(`_decode_step`, today a loop over the slots: the place a batched multi-sequence forward will go),
+in one batched forward pass (`_decode_step`: continuous batching, the weights read once per step),
 advances speculative and job tasks one step each, and prefills one chunk of the oldest new prompt
 (small chunks while others decode, so running streams keep flowing). A new request takes the free
 slot whose cached tokens share the longest prefix with its prompt, and evaluates only the rest.
 
-Only one slot evaluates at a time (one scheduler thread), so the slots' thread pools never run at
-once: the machine sees n_threads busy threads, as with one Context.
+All slots run on one thread pool (slot 0's): the machine sees n_threads busy threads, as with
+one Context, however many slots there are.
 
 One source of truth for sampling settings: `SamplingParams`' defaults are read from the C++
 sampler (`_core.sampler_defaults()`, sampling/sampler.h); every Python signature that takes a
@@ -295,10 +295,12 @@ class Engine:
 
     PREFILL_CHUNK = 64   # prompt tokens evaluated per scheduler iteration while others decode
 
-    def __init__(self, new_context: Callable[[], object], n_slots: int, n_ctx: int, n_vocab: int,
+    def __init__(self, new_context: Callable[..., object], n_slots: int, n_ctx: int, n_vocab: int,
                  eog_ids: set[int], check: Callable[[], None] | None = None, max_queue: int | None = None,
-                 prefill_chunk: int | None = None):
+                 prefill_chunk: int | None = None, n_batch: int = 512, batched: bool = True):
         self._new_context = new_context
+        self.max_batch = max(1, min(n_batch, n_ctx))   # sequences per batched decode pass
+        self.batched = batched   # False: one evaluation per slot (for A/B measurements)
         self.n_slots = _validate.integer("n_parallel", n_slots, 1, 4096)
         self.n_ctx = n_ctx
         self.n_vocab = n_vocab
@@ -318,7 +320,8 @@ class Engine:
         _live_engines.add(self)
 
     def new_context(self):
-        """A Context on this engine's weights that no slot owns (a draft model's private cache)."""
+        """A Context on this engine's weights that no slot owns (a draft model's private cache),
+        on its own thread pool."""
         return self._new_context()
 
     # --- submitting
@@ -522,7 +525,9 @@ class Engine:
                     best, best_len = i, key
             try:
                 if self.slots[best] is None:
-                    self.slots[best] = Slot(best, self._new_context())
+                    # Every slot runs on slot 0's thread pool: one slot evaluates at a time, and
+                    # idle pools would only spin against the busy one.
+                    self.slots[best] = Slot(best, self._new_context(share_pool_with=self.slots[0].ctx))
             except BaseException as e:   # out of memory for another context: fail this one
                 r.finish(error=e)
                 self.stats.errors += 1
@@ -573,15 +578,36 @@ class Engine:
             self._fail(r, e)
 
     def _decode_step(self, requests: list[Request]) -> None:
-        """One token for each decoding request. Today one evaluation per slot; a batched forward
-        (one pass over the weights for every slot: `decode_batch(contexts, tokens)`) replaces
-        this loop without changing anything around it."""
-        for r in requests:
-            try:
-                self._sample_step(r)
-            except BaseException as e:
-                self._fail(r, e)
+        """One token for each decoding request, in one batched forward pass (the weights are read
+        once per step for every slot: _core.Context.decode_batch), n_batch slots at a time. Each
+        slot gets exactly the logits its own decode step would give."""
         self.stats.decode_steps += 1
+        if len(requests) == 1 or not self.batched:
+            for r in requests:
+                try:
+                    self._sample_step(r)
+                except BaseException as e:
+                    self._fail(r, e)
+            return
+        lead = self.slots[0].ctx
+        for start in range(0, len(requests), self.max_batch):
+            group = requests[start:start + self.max_batch]
+            try:
+                masks = [r.constraint.mask() if r.constraint is not None else None for r in group]
+                tokens = np.asarray([r.pending[0] for r in group], np.int32)
+                sampled = lead.decode_batch([r.slot.ctx for r in group], tokens, [r.sampler for r in group], masks)
+            except BaseException as e:
+                for r in group:   # the cache advanced iff the forward pass finished
+                    if r.slot.ctx.n_past == len(r.slot.cached) + 1:
+                        r.slot.cached.append(r.pending[0])
+                    self._fail(r, e)
+                continue
+            for r, token in zip(group, sampled):
+                r.slot.cached.append(r.pending[0])
+                lp = None
+                if r.top_logprobs is not None:
+                    lp = _log_softmax_entry(r.slot.ctx.last_logits(), token, r.top_logprobs)
+                self._emit(r, int(token), lp)
 
     def _sample_step(self, r: Request) -> None:
         """Evaluates r.pending in r's slot, samples the next token and emits it."""

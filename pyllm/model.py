@@ -204,7 +204,8 @@ class Model:
             functools.partial(_core.Context, self._model, self.n_ctx, self.n_batch, self.n_threads,
                               self.cache_type_k, self.cache_type_v),
             n_slots=n_parallel, n_ctx=self.n_ctx, n_vocab=self.config.n_vocab, eog_ids=set(self.tokenizer.eog_ids),
-            check=functools.partial(_check_file_identity, self.path, self._file_identity), max_queue=max_queue)
+            check=functools.partial(_check_file_identity, self.path, self._file_identity), max_queue=max_queue,
+            n_batch=self.n_batch, batched=os.environ.get("PYLLM_BATCHED_DECODE", "1") != "0")
         self._finalizer = weakref.finalize(self, self._engine.close)
 
     # --- lifecycle

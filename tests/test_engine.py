@@ -271,3 +271,70 @@ def test_completions_does_not_import_model():
                          env={"PYTHONPATH": str(Path(pyllm.__file__).parent.parent)}, timeout=60)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "False"
+
+
+# --- the batched decode step (continuous batching) and the shared thread pool
+
+
+def test_decode_batch_gives_each_sequence_its_own_logits_exactly(model):
+    """One forward pass for three sequences at different depths equals each one's own decode
+    step, bit for bit (rows never mix in the kernels), and advances each cache by one."""
+    w = model._model
+    lead = _core.Context(w, 64, 16, 2)
+    others = [_core.Context(w, 64, 16, 0, share_pool_with=lead) for _ in range(2)]
+    ctxs = [lead] + others
+    prompts = [model.tokenize(p) for p in ("The capital of France is", "Once upon", "Water boils at one hundred")]
+    refs = [_core.Context(w, 64, 16, 2) for _ in ctxs]
+    next_tokens = [11, 905, 28]
+    expected = []
+    for ref, ids, t in zip(refs, prompts, next_tokens):
+        ref.eval(np.asarray(ids, np.int32), False)
+        expected.append(ref.eval(np.asarray([t], np.int32), False))
+    for c, ids in zip(ctxs, prompts):
+        c.eval(np.asarray(ids, np.int32), False)
+    greedy = [_core.Sampler(model.n_vocab, temperature=0.0) for _ in ctxs]
+    sampled = lead.decode_batch(ctxs, np.asarray(next_tokens, np.int32), greedy, [None, None, None])
+    for c, ids, exp, tok in zip(ctxs, prompts, expected, sampled):
+        assert c.n_past == len(ids) + 1
+        np.testing.assert_array_equal(c.last_logits(), exp)
+        assert tok == int(np.argmax(exp))
+
+
+def test_decode_batch_refuses_bad_batches_before_any_compute(model, smollm2_path):
+    w = model._model
+    a = _core.Context(w, 8, 4, 1)
+    b = _core.Context(w, 8, 4, 0, share_pool_with=a)
+    s = [_core.Sampler(model.n_vocab, temperature=0.0) for _ in range(2)]
+    with pytest.raises(ValueError, match="twice"):
+        a.decode_batch([a, a], np.asarray([1, 2], np.int32), s, [None, None])
+    with pytest.raises(ValueError, match="one entry each"):
+        a.decode_batch([a, b], np.asarray([1], np.int32), s, [None, None])
+    with pytest.raises(pyllm.InvalidTokenError):
+        a.decode_batch([a, b], np.asarray([1, 10**6], np.int32), s, [None, None])
+    b.eval(np.arange(8, dtype=np.int32), False)   # b is full
+    with pytest.raises(pyllm.ContextOverflowError):
+        a.decode_batch([a, b], np.asarray([1, 2], np.int32), s, [None, None])
+    assert a.n_past == 0 and b.n_past == 8   # nothing moved
+    other = pyllm.Model(smollm2_path, n_ctx=8)
+    try:
+        with pytest.raises(ValueError, match="not a Context of this model"):
+            a.decode_batch([a, other._ctx], np.asarray([1, 2], np.int32), s, [None, None])
+    finally:
+        other.close()
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="counts threads in /proc")
+def test_slots_share_one_thread_pool(smollm2_path):
+    """Eight slots start no more threads than one: every slot runs on slot 0's pool (two
+    cores must not be oversubscribed by idle pools spinning against the busy one)."""
+    def n_threads():
+        return len(list(Path("/proc/self/task").iterdir()))
+
+    with pyllm.Model(smollm2_path, n_ctx=64, n_threads=2, n_parallel=8) as m:
+        m.generate("Hi", max_tokens=1, temperature=0)   # the engine thread exists now
+        before = n_threads()
+        streams = [m.generate(p, max_tokens=4, temperature=0, stream=True) for p in PROMPTS]
+        for s in streams:
+            list(s)
+        assert sum(s is not None for s in m.engine.slots) == 8
+        assert n_threads() <= before   # (a background thread of the first step may have ended)
