@@ -236,6 +236,24 @@ def _log_softmax_entry(logits: np.ndarray, token: int, k: int):
 # ---------------------------------------------------------------------------------------------
 
 
+class BanTokens:
+    """A constraint that only forbids some tokens (the end-of-generation ones: llama-server's
+    ignore_eos, for benchmarks that need every stream to run to max_tokens)."""
+
+    done = False
+
+    def __init__(self, n_vocab: int, banned):
+        self._mask = np.full((n_vocab + 31) // 32, 0xFFFFFFFF, np.uint32)
+        for t in banned:
+            self._mask[t >> 5] &= np.uint32(~(1 << (t & 31)) & 0xFFFFFFFF)
+
+    def mask(self) -> np.ndarray:
+        return self._mask
+
+    def advance(self, token: int) -> None:
+        pass
+
+
 class QueueFullError(PyllmError):
     """The engine's queue of waiting requests is full (the server answers 429)."""
 

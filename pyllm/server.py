@@ -40,7 +40,7 @@ except ImportError as e:  # pragma: no cover - depends on the install
     raise ImportError(f"pyllm serve needs FastAPI, uvicorn and sse-starlette: pip install 'pyllm[serve]' ({e})") from e
 
 from pyllm import completions, hub
-from pyllm.engine import _END, Completion, QueueFullError, SamplingParams
+from pyllm.engine import _END, BanTokens, Completion, QueueFullError, SamplingParams
 from pyllm.errors import ContextOverflowError, GrammarError, InvalidTokenError, PyllmError
 
 log = logging.getLogger("pyllm.server")
@@ -421,8 +421,14 @@ def create_app(llm, config: ServerConfig | None = None):
         stop = _stop(body)
         response_format, grammar = body.get("response_format"), body.get("grammar")
 
+        ignore_eos = bool(body.get("ignore_eos", False))   # llama-server's: run to max_tokens
+
         def build():
             hooks = llm.generation_hooks(response_format, grammar)
+            if ignore_eos:
+                if hooks[0] is not None:
+                    raise APIError(400, "ignore_eos cannot be combined with response_format or grammar")
+                hooks = (BanTokens(llm.n_vocab, llm.eog_ids()), hooks[1])
             ids = llm.tokenize(prompt, special=True) if isinstance(prompt, str) else list(prompt)
             llm._check_ids(ids)
             echo_text = (prompt if isinstance(prompt, str) else llm.detokenize(ids)) if echo else ""

@@ -343,3 +343,12 @@ def test_pyllm_serve_command(smollm2_path, tmp_path):
         except subprocess.TimeoutExpired:  # pragma: no cover
             proc.kill()
     assert proc.returncode in (0, -signal.SIGINT), proc.stdout.read()
+
+
+def test_ignore_eos_runs_to_max_tokens(live):
+    """llama-server's ignore_eos (the benchmarks need every stream to run to max_tokens)."""
+    body = {"prompt": "Hi", "max_tokens": 24, "temperature": 0, "ignore_eos": True}
+    r = _post(live, "/v1/completions", body)
+    assert r.status_code == 200
+    assert r.json()["usage"]["completion_tokens"] == 24 and r.json()["choices"][0]["finish_reason"] == "length"
+    _error(_post(live, "/v1/completions", {**body, "grammar": {"regex": "a+"}}), 400)
