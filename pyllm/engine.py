@@ -36,7 +36,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from pyllm import _core, _validate
-from pyllm.errors import ContextOverflowError, PyllmError
+from pyllm.errors import ContextOverflowError, QueueFullError  # noqa: F401 (QueueFullError: re-exported)
 
 # ---------------------------------------------------------------------------------------------
 # Sampling settings
@@ -252,10 +252,6 @@ class BanTokens:
 
     def advance(self, token: int) -> None:
         pass
-
-
-class QueueFullError(PyllmError):
-    """The engine's queue of waiting requests is full (the server answers 429)."""
 
 
 class Slot:
@@ -497,7 +493,16 @@ class Engine:
         prefilling = [r for r in active if r.state == PREFILL and not r.cancelled]
         if prefilling:
             others_running = bool(decoding) or any(r.state == TASK for r in active)
-            self._prefill_step(prefilling[0], self.prefill_chunk if others_running else None)
+            if not others_running:   # nobody waits: the oldest prompt at once
+                self._prefill_step(prefilling[0], None)
+                return
+            # Others are streaming: at most prefill_chunk prompt tokens this step, oldest first
+            # (several short prompts fit in one step).
+            budget = self.prefill_chunk
+            for r in prefilling:
+                if budget <= 0:
+                    break
+                budget -= self._prefill_step(r, budget)
 
     def _reap(self) -> None:
         """(lock held) Drops cancelled and finished requests, freeing their slots."""
@@ -572,7 +577,9 @@ class Engine:
                 pass
         r.finish(error=e)
 
-    def _prefill_step(self, r: Request, chunk: int | None) -> None:
+    def _prefill_step(self, r: Request, chunk: int | None) -> int:
+        """Evaluates up to `chunk` (None: all) of r's prompt tokens; the last chunk also samples
+        r's first token. Returns how many tokens were evaluated."""
         slot = r.slot
         try:
             if r.pending is None:   # the first chunk: reuse the slot's cached prefix
@@ -590,10 +597,13 @@ class Engine:
                 for t in part:
                     r.sampler.accept(t)
                 r.pending = r.pending[chunk:]
-                return
+                return len(part)
+            n = len(r.pending)
             self._sample_step(r)
+            return n
         except BaseException as e:
             self._fail(r, e)
+            return 0
 
     def _decode_step(self, requests: list[Request]) -> None:
         """One token for each decoding request, in one batched forward pass (the weights are read

@@ -12,7 +12,7 @@ import functools
 import os
 import threading
 import weakref
-from dataclasses import asdict, dataclass, make_dataclass
+from dataclasses import asdict, make_dataclass
 from pathlib import Path
 from typing import Sequence
 
