@@ -9,6 +9,9 @@ machine is shared and noisy). Aggregate tok/s = completion tokens of the batch /
 (prompts are ~10 tokens, so this is decode). Prints the median over rounds and the ratios.
 
     python3 tools/bench_serve.py [MODEL] --streams 1,4,8,16 -n 64 --rounds 3 -t 2
+
+On a loaded 2-core machine llama-server's -t 2 collapses (its threads wait for each other while
+other processes hold the cores: 10 tok/s where -t 1 gives 33); compare at -t 1 there too.
 """
 from __future__ import annotations
 
@@ -35,7 +38,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start(kind: str, model: str, n_parallel: int, ctx: int, threads: int):
+def start(kind: str, model: str, n_parallel: int, ctx: int, threads: int, extra: list[str] = ()):
     port = free_port()
     if kind == "pyllm":
         cmd = [sys.executable, "-m", "pyllm", "serve", model, "--port", str(port), "--parallel", str(n_parallel),
@@ -44,7 +47,7 @@ def start(kind: str, model: str, n_parallel: int, ctx: int, threads: int):
     else:
         cmd = [str(PEER_BIN / "llama-server"), "-m", model, "--port", str(port), "--host", "127.0.0.1",
                "-np", str(n_parallel), "-c", str(ctx * n_parallel), "-t", str(threads), "-tb", str(threads),
-               "--log-disable"]
+               "--log-disable", *extra]
         env = dict(os.environ, LD_LIBRARY_PATH=str(PEER_BIN))
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
@@ -85,6 +88,7 @@ def main() -> int:
     ap.add_argument("-t", "--threads", type=int, default=2)
     ap.add_argument("--ctx", type=int, default=512, help="context per slot")
     ap.add_argument("--servers", default="pyllm,llama")
+    ap.add_argument("--llama-args", default="", help="extra llama-server arguments (e.g. '--poll 0')")
     args = ap.parse_args()
     streams = [int(s) for s in args.streams.split(",")]
     kinds = args.servers.split(",")
@@ -93,7 +97,8 @@ def main() -> int:
     for rnd in range(args.rounds):
         order = kinds if rnd % 2 == 0 else kinds[::-1]
         for kind in order:
-            proc, url = start(kind, args.model, n_parallel, args.ctx, args.threads)
+            proc, url = start(kind, args.model, n_parallel, args.ctx, args.threads,
+                              args.llama_args.split() if kind == "llama" else ())
             try:
                 asyncio.run(batch(url, 2, 8))   # warm-up
                 for n in streams:
@@ -108,7 +113,7 @@ def main() -> int:
                 except subprocess.TimeoutExpired:
                     proc.kill()
     print(f"\nmedian of {args.rounds} rounds, {args.max_tokens} tokens per stream, {args.threads} threads, "
-          f"-np {n_parallel}:")
+          f"-np {n_parallel}, llama-server args {args.llama_args!r}:")
     head = "| streams | " + " | ".join(f"{k} tok/s" for k in kinds) + (" | pyllm / llama |" if len(kinds) == 2 else " |")
     print(head)
     print("|" + "---:|" * (head.count("|") - 1))
