@@ -415,22 +415,30 @@ class Engine:
     # --- lifecycle
 
     def close(self) -> None:
-        """Cancels everything, stops the scheduler thread and drops the contexts."""
+        """Cancels everything, stops the scheduler thread and drops the contexts. Safe from any
+        thread, the scheduler's included (a Model garbage-collected there, its lock held)."""
+        if self._thread is not None and threading.current_thread() is self._thread:
+            self._closed = True   # the loop stops at its next check and cleans up (_shutdown)
+            return
         with self._lock:
-            if self._closed:
+            if self._closed and self._thread is None:
                 return
             self._closed = True
             self._wake.notify()
             thread = self._thread
-        if thread is not None and thread is not threading.current_thread():
+        if thread is not None:
             thread.join()
         with self._lock:
-            for r in list(self._queue) + self._active:
-                if r.state != DONE:
-                    r.finish(error=ValueError("the model was closed"))
-            self._queue.clear()
-            self._active.clear()
-            self.slots = [None] * self.n_slots
+            self._shutdown()
+
+    def _shutdown(self) -> None:
+        """(lock held) Ends every request and drops the contexts."""
+        for r in list(self._queue) + self._active:
+            if r.state != DONE:
+                r.finish(error=ValueError("the model was closed"))
+        self._queue.clear()
+        self._active.clear()
+        self.slots = [None] * self.n_slots
 
     def slot0(self) -> Slot:
         """Slot 0 (Model._ctx / _cached, for tools that drive a Context directly)."""
@@ -465,6 +473,7 @@ class Engine:
             with self._lock:
                 while True:
                     if self._closed:
+                        self._shutdown()
                         return
                     self._reap()
                     self._admit()

@@ -289,13 +289,14 @@ class Model:
             raise ContextOverflowError(f"{arr.size} tokens do not fit in the context of {self.n_ctx}")
         if self._model is None:
             raise ValueError("the model is closed")
-        n_batch = self.n_batch
+        n_batch, n_vocab = self.n_batch, self.n_vocab
 
         def task(slot: Slot, request):
             # On the scheduler thread, n_batch tokens per step, so other streams keep flowing
-            # and a cancelled call (Ctrl-C) stops after the current batch.
+            # and a cancelled call (Ctrl-C) stops after the current batch. (It holds no reference
+            # to the Model: the engine never keeps a Model alive.)
             slot.truncate(0)
-            out = np.empty((arr.size, self.n_vocab), np.float32)
+            out = np.empty((arr.size, n_vocab), np.float32)
             for i in range(0, arr.size, n_batch):
                 part = arr[i:i + n_batch]
                 out[i:i + part.size] = slot.ctx.eval(part, True)

@@ -172,20 +172,20 @@ def make_task(model, sampling, constraint, spec: Speculator):
     finish_reason (the contract of Model.generate_tokens). The settings are checked now."""
     seed = _validate.seed(sampling.seed)
     sampler = make_sampler(model.n_vocab, sampling, seed)
+    eog = model.eog_ids()   # values, not the Model: the engine never keeps a Model alive
 
     def task(slot, request):
-        return _speculate(model, slot, request, sampling, sampler, seed, constraint, spec)
+        return _speculate(eog, slot, request, sampling, sampler, seed, constraint, spec)
 
     return task
 
 
-def _speculate(model, slot, request, sampling, sampler, seed: int, constraint, spec: Speculator) -> Iterator[int]:
+def _speculate(eog: set, slot, request, sampling, sampler, seed: int, constraint, spec: Speculator) -> Iterator[int]:
     info = request.info
     ids = request.ids
     limit = request.limit
     greedy = sampling.temperature <= 0
     rng = np.random.default_rng(seed ^ 0x2545F491)
-    eog = model.eog_ids()
     proposer = NgramProposer(spec.n_max) if spec.mode == "ngram" else None
     drafter = _DraftRunner(spec.draft, sampling, seed) if spec.mode == "draft" else None
     stats = spec.stats

@@ -338,3 +338,23 @@ def test_slots_share_one_thread_pool(smollm2_path):
             list(s)
         assert sum(s is not None for s in m.engine.slots) == 8
         assert n_threads() <= before   # (a background thread of the first step may have ended)
+
+
+def test_a_model_dropped_mid_use_never_hangs_the_process(smollm2_path):
+    """Temporaries (a Model used once and dropped, a stream left open at exit) must let the
+    process exit: the engine holds no reference to its Model, and close() is safe from the
+    scheduler thread itself."""
+    code = f"""
+import pyllm
+pyllm.Model({str(smollm2_path)!r}, n_ctx=64).logits([1, 2, 3])
+pyllm.Model({str(smollm2_path)!r}, n_ctx=64).generate("Hi", max_tokens=2, temperature=0, speculative="ngram")
+m = pyllm.Model({str(smollm2_path)!r}, n_ctx=64, n_parallel=2)
+s = m.generate("Once upon a time", max_tokens=50, temperature=0, stream=True)
+next(s)
+print("ok")
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                         env={"PYTHONPATH": str(Path(pyllm.__file__).parent.parent),
+                              "HOME": str(Path.home())})
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "ok"
