@@ -1,6 +1,10 @@
 """The Ray Serve recipe (pyllm/ray_serve.py): a local Ray instance, two replicas of pyllm's
 OpenAI server behind Ray's HTTP proxy, driven by the `openai` client and raw HTTP. Both replicas
-must answer (each reports its process id in /health)."""
+must answer (each reports its process id in /health).
+
+Marked slow: 65 s on the shared 2-core VM (Ray's own start-up is ~45 s of it: the local
+instance, Serve's controller and proxy, two replica processes). Run it with `pytest -m slow
+tests/test_ray_serve.py`."""
 import os
 import socket
 import time
@@ -41,6 +45,7 @@ def ray_app(smollm2_path):
         ray.shutdown()
 
 
+@pytest.mark.slow
 def test_two_replicas_behind_rays_proxy(ray_app):
     url = ray_app
     pids = set()
