@@ -22,7 +22,8 @@ _import_numpy_leaving_signals_to_the_main_thread()
 from pyllm import _core  # noqa: E402
 from pyllm.errors import (ChatTemplateError, ContextOverflowError, DraftModelError,  # noqa: E402
                           GGUFError, GrammarError, InvalidTokenError, ModelFileChangedError, ModelNotFoundError,
-                          NumericalError, PyllmError, QuantizeError, TokenizerError, UnsupportedModelError)
+                          NumericalError, PyllmError, QuantizeError, QueueFullError, TokenizerError,
+                          UnsupportedModelError)
 
 _MODEL_NAMES = ("Completion", "Model", "ModelConfig", "SamplingParams")
 

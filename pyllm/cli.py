@@ -15,6 +15,7 @@ EXTERNAL_COMMANDS = {
     "quantize": ("pyllm.quantize", "add_arguments", "run", "quantize a GGUF model (RTN, imatrix, GPTQ)"),
     "perplexity": ("pyllm.perplexity", "add_arguments", "run", "perplexity / KL-divergence on a text file"),
     "bench": ("pyllm.bench", "add_arguments", "run", "prefill and decode speed, like llama-bench"),
+    "serve": ("pyllm.server", "add_arguments", "run", "an OpenAI-compatible HTTP server (pyllm[serve])"),
 }
 
 
@@ -37,6 +38,17 @@ def add_cache_type_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("-ctk", "--cache-type-k", type=cache_type, default=None, help=f"KV cache type for K ({choices}; default f16)")
     p.add_argument("-ctv", "--cache-type-v", type=cache_type, default=None, help="KV cache type for V (default f16)")
     p.add_argument("--cache-type", type=cache_type, default=None, help="KV cache type for both K and V")
+
+
+def add_sampling_arguments(p: argparse.ArgumentParser) -> None:
+    """--temperature, --top-k, --top-p, --min-p, --repeat-penalty, defaulting to the sampler's own
+    defaults (pyllm.engine.SamplingParams, read from the C++ sampler)."""
+    from pyllm.engine import DEFAULT_SAMPLING as d
+    p.add_argument("--temperature", "--temp", type=float, default=d.temperature, help=f"(default {d.temperature})")
+    p.add_argument("--top-k", type=int, default=d.top_k, help=f"(default {d.top_k}; 0: off)")
+    p.add_argument("--top-p", type=float, default=d.top_p, help=f"(default {d.top_p})")
+    p.add_argument("--min-p", type=float, default=d.min_p, help=f"(default {d.min_p})")
+    p.add_argument("--repeat-penalty", type=float, default=d.repeat_penalty, help=f"(default {d.repeat_penalty})")
 
 
 def cache_type_kwargs(args) -> dict:
@@ -185,11 +197,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("prompt_pos", nargs="?", metavar="PROMPT", help=argparse.SUPPRESS)
     p.add_argument("-p", "--prompt", help="the prompt (default: positional, else stdin)")
     p.add_argument("-n", "--max-tokens", type=int, default=128, help="tokens to generate; -1: until the end (default 128)")
-    p.add_argument("--temperature", "--temp", type=float, default=0.8)
-    p.add_argument("--top-k", type=int, default=40)
-    p.add_argument("--top-p", type=float, default=0.95)
-    p.add_argument("--min-p", type=float, default=0.05)
-    p.add_argument("--repeat-penalty", type=float, default=1.0)
+    add_sampling_arguments(p)
     p.add_argument("--seed", type=int)
     p.add_argument("--stop", action="append", help="stop string (repeatable)")
     p.add_argument("-c", "--ctx", type=int, help="context size (default: min(trained, 4096))")

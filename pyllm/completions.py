@@ -14,14 +14,19 @@ import uuid
 import weakref
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Iterator, Sequence
+from typing import TYPE_CHECKING, Iterator, Sequence
 
+import numpy as np
 import regex
 
 from pyllm import chat_template as templates
+from pyllm.engine import DEFAULT_SAMPLING as _D
+from pyllm.engine import Completion, SamplingParams
 from pyllm.errors import ContextOverflowError
-from pyllm import model as _model_module
-from pyllm.model import Completion, Model, SamplingParams
+from pyllm.tokenizer import StopMatcher
+
+if TYPE_CHECKING:   # model.py imports this module; this one never imports model.py
+    from pyllm.model import Model
 
 # ---------------------------------------------------------------------------------------------
 # Messages and prompts
@@ -176,9 +181,11 @@ def _timed(tokens: Iterator[int], info: Completion, stats: GenerationStats) -> I
 
 
 def stream_text(model: Model, ids: list[int], max_tokens: int | None, params: SamplingParams,
-                stop, info: Completion, stats: GenerationStats | None = None, hooks=(None, None)) -> Iterator[str]:
+                stop, info: Completion, stats: GenerationStats | None = None, hooks=(None, None),
+                logprobs: int | None = None) -> Iterator[str]:
     """Text pieces generated after `ids`, stopped at the model's end-of-generation tokens and at
-    `stop` strings (never shown). Checks the prompt now, not at the first next()."""
+    `stop` strings (never shown). Checks the prompt now, not at the first next(): the request is
+    submitted to the model's engine before this returns."""
     if not ids:
         raise ValueError("the prompt is empty: give at least one token")
     if len(ids) > model.n_ctx:
@@ -188,11 +195,64 @@ def stream_text(model: Model, ids: list[int], max_tokens: int | None, params: Sa
     if max_tokens is not None and (isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < -1):
         raise ValueError(f"max_tokens must be a non-negative integer, -1 (until the end of the turn or "
                          f"context) or None, got {max_tokens!r}")
+    stops = _stops(stop)
     stats = stats if stats is not None else GenerationStats()
     stats.n_prompt = len(ids)
     constraint, speculative = hooks   # from model.generation_hooks (compiled before any compute)
-    tokens = _timed(model.generate_tokens(ids, max_tokens, params, info, constraint, speculative), info, stats)
-    return model._pieces(tokens, stop, info)
+    tokens = model.generate_tokens(ids, max_tokens, params, info, constraint, speculative, logprobs)
+    return text_pieces(model.tokenizer, _timed(tokens, info, stats), stops, info)
+
+
+class TextAssembler:
+    """Token ids in, text out: never a split UTF-8 character, never any part of a stop string.
+    feed(token) returns the text that may be shown now ("" while held back); after a stop
+    string, `stopped` is True and info.finish_reason "stop". finish() returns what is left.
+    Fills info.token_ids and info.text. Shared by the streaming API and the HTTP server."""
+
+    def __init__(self, tokenizer, stop: Sequence[str], info: Completion):
+        self._decoder = tokenizer.stream_decoder()
+        self._matcher = StopMatcher(stop or [])
+        self._info = info
+        info.token_ids = []
+        info.text = ""
+
+    @property
+    def stopped(self) -> bool:
+        return self._matcher.stopped
+
+    def feed(self, token: int) -> str:
+        self._info.token_ids.append(token)
+        piece = self._matcher.feed(self._decoder.feed(token))
+        if self._matcher.stopped:
+            self._info.finish_reason = "stop"
+        return self._keep(piece)
+
+    def finish(self) -> str:
+        if self._matcher.stopped:
+            return ""
+        return self._keep(self._matcher.feed(self._decoder.flush()) + self._matcher.flush())
+
+    def _keep(self, piece: str) -> str:
+        self._info.text += piece
+        return piece
+
+
+def text_pieces(tokenizer, tokens: Iterator[int], stop: Sequence[str], info: Completion) -> Iterator[str]:
+    """Text of a token stream, piece by piece (TextAssembler), stopped at a stop string
+    (finish_reason "stop"). Closing this generator closes `tokens` (which cancels its request)."""
+    text = TextAssembler(tokenizer, stop, info)
+    try:
+        for token in tokens:
+            piece = text.feed(token)
+            if piece:
+                yield piece
+            if text.stopped:
+                break
+        piece = text.finish()
+        if piece:
+            yield piece
+    finally:
+        tokens.close()
 
 
 def _stops(stop, extra: Sequence[str] = ()) -> list[str]:
@@ -219,46 +279,144 @@ def _usage(info: Completion) -> dict:
             "total_tokens": info.n_prompt_tokens + completion}
 
 
-def create_chat_completion(model: Model, messages, *, stream: bool = False, max_tokens: int | None = None,
-                           temperature: float = 0.8, top_p: float = 0.95, top_k: int = 40, min_p: float = 0.05,
-                           repeat_penalty: float = 1.0, presence_penalty: float = 0.0,
-                           frequency_penalty: float = 0.0, stop=None, seed: int | None = None,
+def _token_str(llm: Model, token: int) -> tuple[str, list[int]]:
+    b = llm.tokenizer.token_bytes(token)
+    return b.decode("utf-8", errors="replace"), list(b)
+
+
+def _chat_logprobs(llm: Model, info: Completion, start: int, end: int) -> dict:
+    """OpenAI chat logprobs ({"content": [{token, logprob, bytes, top_logprobs}]}) of the
+    generated tokens start..end."""
+    content = []
+    ids, lps = info.token_ids or [], info.logprobs or []
+    for token, (lp, top) in zip(ids[start:end], lps[start:end]):
+        text, raw = _token_str(llm, token)
+        alts = []
+        for t, l in top:
+            ttext, traw = _token_str(llm, t)
+            alts.append({"token": ttext, "logprob": l, "bytes": traw})
+        content.append({"token": text, "logprob": lp, "bytes": raw, "top_logprobs": alts})
+    return {"content": content, "refusal": None}
+
+
+def _text_logprobs(llm: Model, info: Completion, start: int, end: int, offset: int,
+                   prompt: list | None = None) -> dict:
+    """Legacy completion logprobs ({tokens, token_logprobs, top_logprobs, text_offset}) of the
+    generated tokens start..end, after `prompt` entries ((token, logprob or None, top)) if given;
+    text_offset counts characters from `offset`."""
+    out = {"tokens": [], "token_logprobs": [], "top_logprobs": [], "text_offset": []}
+    entries = list(prompt or [])
+    ids, lps = info.token_ids or [], info.logprobs or []
+    entries += [(t, lp, top) for t, (lp, top) in zip(ids[start:end], lps[start:end])]
+    for token, lp, top in entries:
+        text, _ = _token_str(llm, token)
+        out["tokens"].append(text)
+        out["token_logprobs"].append(lp)
+        out["top_logprobs"].append({_token_str(llm, t)[0]: l for t, l in top} if top is not None else None)
+        out["text_offset"].append(offset)
+        offset += len(text)
+    return out
+
+
+def _prompt_logprobs(llm: Model, ids: list[int], k: int) -> list:
+    """(token, logprob, top) of each prompt token under the model (the first has none): echo."""
+    logits = llm.logits(ids)
+    out = [(ids[0], None, None)]
+    for i in range(1, len(ids)):
+        row = logits[i - 1].astype(np.float64)
+        m = row.max()
+        lse = m + np.log(np.exp(row - m).sum())
+        top = np.argsort(-row, kind="stable")[:k]
+        out.append((ids[i], float(row[ids[i]] - lse), [(int(t), float(row[t] - lse)) for t in top]))
+    return out
+
+
+def _check_logprobs(value, name: str, lo: int = 0, hi: int = 20) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
+        raise ValueError(f"{name} must be an integer from {lo} to {hi}, got {value!r}")
+    return value
+
+
+def create_chat_completion(llm: Model, messages, *, stream: bool = False, max_tokens: int | None = None,
+                           temperature: float = _D.temperature, top_p: float = _D.top_p, top_k: int = _D.top_k,
+                           min_p: float = _D.min_p, repeat_penalty: float = _D.repeat_penalty,
+                           presence_penalty: float = _D.presence_penalty,
+                           frequency_penalty: float = _D.frequency_penalty, stop=None, seed: int | None = None,
                            chat_template=None, stats: GenerationStats | None = None,
                            response_format=None, grammar=None, speculative=None, draft_model=None,
-                           n_draft: int | None = None):
+                           n_draft: int | None = None, logprobs: bool = False, top_logprobs: int | None = None,
+                           model: str | None = None, **ignored):
     """OpenAI's chat.completion (or, with stream=True, an iterator of chat.completion.chunk dicts:
     the first delta carries the role, then one delta per text piece, the last one carries the
     finish_reason and the usage).
 
     response_format / grammar constrain the output (see Model.generate; finish_reason "length"
     means max_tokens ended it before the JSON was complete); speculative / draft_model / n_draft
-    speed up decoding without changing it."""
-    hooks = model.generation_hooks(response_format, grammar, speculative, draft_model, n_draft)
+    speed up decoding without changing it. logprobs=True (with top_logprobs=k alternatives,
+    0..20) adds OpenAI's logprobs to each choice / chunk. `model` (every OpenAI request names
+    one) is accepted and ignored, as llama-cpp-python does; so are OpenAI keywords pyllm has no
+    use for (`user`, `n=1`, `stream_options`, ...) passed by name in **ignored."""
+    _check_ignored(ignored)
+    top_logprobs = _check_logprobs(top_logprobs, "top_logprobs")
+    k = (top_logprobs or 0) if logprobs else None
+    hooks = llm.generation_hooks(response_format, grammar, speculative, draft_model, n_draft)
     msgs = normalize_messages(messages)
-    template = chat_template_for(model, chat_template)
-    ids = chat_prompt_ids(model, msgs, template)
+    template = chat_template_for(llm, chat_template)
+    ids = chat_prompt_ids(llm, msgs, template)
     params = SamplingParams(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
                             repeat_penalty=repeat_penalty, presence_penalty=presence_penalty,
                             frequency_penalty=frequency_penalty, seed=seed)
     info = Completion()
-    pieces = stream_text(model, ids, max_tokens, params, _stops(stop, template.stop), info, stats, hooks)
-    head = {"id": f"chatcmpl-{uuid.uuid4().hex}", "created": int(time.time()), "model": model.name}
+    pieces = stream_text(llm, ids, max_tokens, params, _stops(stop, template.stop), info, stats, hooks, k)
+    head = {"id": f"chatcmpl-{uuid.uuid4().hex}", "created": int(time.time()), "model": llm.name}
     if stream:
-        return _chat_chunks(pieces, info, head)
+        return _chat_chunks(llm, pieces, info, head, k is not None)
     text = "".join(pieces)
     return {**head, "object": "chat.completion",
             "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
-                         "finish_reason": info.finish_reason, "logprobs": None}],
+                         "finish_reason": info.finish_reason,
+                         "logprobs": _chat_logprobs(llm, info, 0, len(info.token_ids or [])) if k is not None else None}],
             "usage": _usage(info)}
 
 
-def _chat_chunks(pieces: Iterator[str], info: Completion, head: dict) -> Iterator[dict]:
+# OpenAI request fields that need no action here (or only one value pyllm supports).
+_IGNORED_KEYWORDS = {"user", "n", "stream_options", "parallel_tool_calls", "store", "metadata", "service_tier",
+                     "logit_bias", "functions", "function_call", "tools", "tool_choice", "typical_p", "tfs_z",
+                     "mirostat_mode", "mirostat_tau", "mirostat_eta", "suffix", "best_of"}
+
+
+def _check_ignored(ignored: dict) -> None:
+    unknown = sorted(set(ignored) - _IGNORED_KEYWORDS)
+    if unknown:
+        raise TypeError(f"unexpected keyword argument(s): {', '.join(unknown)}")
+    n = ignored.get("n")
+    if n not in (None, 1):
+        raise ValueError(f"n={n!r}: pyllm generates one choice per request (n=1)")
+    if ignored.get("best_of") not in (None, 1):
+        raise ValueError("best_of: pyllm generates one choice per request (best_of=1)")
+    if ignored.get("tools") or ignored.get("functions"):
+        raise ValueError("tools / functions are not supported yet (use response_format with a JSON schema)")
+
+
+def _chat_chunks(llm: Model, pieces: Iterator[str], info: Completion, head: dict, with_logprobs: bool) -> Iterator[dict]:
+    sent = 0   # tokens whose logprobs went out
+
     def chunk(delta: dict, finish_reason=None) -> dict:
+        nonlocal sent
+        lp = None
+        if with_logprobs:
+            n = len(info.token_ids or [])
+            lp = _chat_logprobs(llm, info, sent, n)
+            sent = n
         return {**head, "object": "chat.completion.chunk",
-                "choices": [{"index": 0, "delta": delta, "finish_reason": finish_reason, "logprobs": None}]}
+                "choices": [{"index": 0, "delta": delta, "finish_reason": finish_reason, "logprobs": lp}]}
 
     try:
-        yield chunk({"role": "assistant"})
+        yield {**head, "object": "chat.completion.chunk",
+               "choices": [{"index": 0, "delta": {"role": "assistant"}, "finish_reason": None,
+                            "logprobs": None}]}
         for piece in pieces:
             yield chunk({"content": piece})
         last = chunk({}, info.finish_reason)
@@ -268,42 +426,77 @@ def _chat_chunks(pieces: Iterator[str], info: Completion, head: dict) -> Iterato
         pieces.close()
 
 
-def create_completion(model: Model, prompt, *, stream: bool = False, max_tokens: int | None = 16,
-                      temperature: float = 0.8, top_p: float = 0.95, top_k: int = 40, min_p: float = 0.05,
-                      repeat_penalty: float = 1.0, presence_penalty: float = 0.0,
-                      frequency_penalty: float = 0.0, stop=None, seed: int | None = None,
-                      stats: GenerationStats | None = None, response_format=None, grammar=None,
-                      speculative=None, draft_model=None, n_draft: int | None = None):
+def create_completion(llm: Model, prompt, *, stream: bool = False, max_tokens: int | None = 16,
+                      temperature: float = _D.temperature, top_p: float = _D.top_p, top_k: int = _D.top_k,
+                      min_p: float = _D.min_p, repeat_penalty: float = _D.repeat_penalty,
+                      presence_penalty: float = _D.presence_penalty, frequency_penalty: float = _D.frequency_penalty,
+                      stop=None, seed: int | None = None, stats: GenerationStats | None = None,
+                      response_format=None, grammar=None, speculative=None, draft_model=None,
+                      n_draft: int | None = None, logprobs: int | None = None, echo: bool = False,
+                      model: str | None = None, **ignored):
     """OpenAI's text_completion for a raw prompt (text, whose special-token text is parsed, or
     token ids); with stream=True an iterator of text_completion chunks, the last one carrying the
     finish_reason and the usage. response_format / grammar / speculative / draft_model /
-    n_draft: as in create_chat_completion."""
-    hooks = model.generation_hooks(response_format, grammar, speculative, draft_model, n_draft)
+    n_draft: as in create_chat_completion. logprobs=k (0..20): the legacy logprobs object
+    (tokens, token_logprobs, top_logprobs with k entries, text_offset). echo=True: the text
+    starts with the prompt (and, with logprobs, the prompt tokens' logprobs come first, the first
+    one None). `model` is accepted and ignored."""
+    _check_ignored(ignored)
+    k = _check_logprobs(logprobs, "logprobs")
+    hooks = llm.generation_hooks(response_format, grammar, speculative, draft_model, n_draft)
     if isinstance(prompt, str):
-        ids = model.tokenize(prompt, special=True)
-    elif isinstance(prompt, Sequence) and not isinstance(prompt, bytes):
+        ids = llm.tokenize(prompt, special=True)
+    elif isinstance(prompt, Sequence) and not isinstance(prompt, bytes) and \
+            not (len(prompt) == 1 and isinstance(prompt[0], str)):
         ids = list(prompt)
+    elif isinstance(prompt, Sequence) and len(prompt) == 1 and isinstance(prompt[0], str):
+        prompt = prompt[0]   # OpenAI's prompt=["text"] with one element
+        ids = llm.tokenize(prompt, special=True)
     else:
         raise TypeError(f"prompt must be a string or a list of token ids, got {type(prompt).__name__}")
     params = SamplingParams(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
                             repeat_penalty=repeat_penalty, presence_penalty=presence_penalty,
                             frequency_penalty=frequency_penalty, seed=seed)
     info = Completion()
-    pieces = stream_text(model, ids, max_tokens, params, _stops(stop), info, stats, hooks)
+    echo_text = ""
+    prompt_lps = None
+    if echo:
+        echo_text = prompt if isinstance(prompt, str) else llm.detokenize(ids)
+        if k is not None:
+            llm._check_ids(ids)
+            prompt_lps = _prompt_logprobs(llm, ids, k) if ids else []
+    pieces = stream_text(llm, ids, max_tokens, params, _stops(stop), info, stats, hooks, k)
     head = {"id": f"cmpl-{uuid.uuid4().hex}", "object": "text_completion", "created": int(time.time()),
-            "model": model.name}
+            "model": llm.name}
     if stream:
-        return _text_chunks(pieces, info, head)
+        return _text_chunks(llm, pieces, info, head, k is not None, echo_text, prompt_lps)
     text = "".join(pieces)
-    return {**head, "choices": [{"index": 0, "text": text, "finish_reason": info.finish_reason, "logprobs": None}],
+    lp = None
+    if k is not None:
+        lp = _text_logprobs(llm, info, 0, len(info.token_ids or []), 0, prompt_lps)
+    return {**head, "choices": [{"index": 0, "text": echo_text + text, "finish_reason": info.finish_reason,
+                                 "logprobs": lp}],
             "usage": _usage(info)}
 
 
-def _text_chunks(pieces: Iterator[str], info: Completion, head: dict) -> Iterator[dict]:
-    def chunk(text: str, finish_reason=None) -> dict:
-        return {**head, "choices": [{"index": 0, "text": text, "finish_reason": finish_reason, "logprobs": None}]}
+def _text_chunks(llm: Model, pieces: Iterator[str], info: Completion, head: dict, with_logprobs: bool,
+                 echo_text: str = "", prompt_lps=None) -> Iterator[dict]:
+    sent = 0
+    offset = 0
+
+    def chunk(text: str, finish_reason=None, prompt=None) -> dict:
+        nonlocal sent, offset
+        lp = None
+        if with_logprobs:
+            n = len(info.token_ids or [])
+            lp = _text_logprobs(llm, info, sent, n, offset, prompt)
+            sent = n
+        offset += len(text)
+        return {**head, "choices": [{"index": 0, "text": text, "finish_reason": finish_reason, "logprobs": lp}]}
 
     try:
+        if echo_text:
+            yield chunk(echo_text, prompt=prompt_lps)
         for piece in pieces:
             yield chunk(piece)
         last = chunk("", info.finish_reason)
@@ -313,17 +506,14 @@ def _text_chunks(pieces: Iterator[str], info: Completion, head: dict) -> Iterato
         pieces.close()
 
 
-def chat(model: Model, messages, *, stream: bool = False, **kwargs):
+def chat(llm: Model, messages, *, stream: bool = False, **kwargs):
     """The assistant's reply as a string, or with stream=True an iterator of its text pieces.
     `messages` may be a single user message string; the other keywords are
     create_chat_completion's."""
     if isinstance(messages, str):
         messages = [{"role": "user", "content": messages}]
     if stream:
-        chunks = create_chat_completion(model, messages, stream=True, **kwargs)
+        chunks = create_chat_completion(llm, messages, stream=True, **kwargs)
         return (piece for chunk in chunks if (piece := chunk["choices"][0]["delta"].get("content")))
-    response = create_chat_completion(model, messages, **kwargs)
+    response = create_chat_completion(llm, messages, **kwargs)
     return response["choices"][0]["message"]["content"]
-
-
-_model_module._show_completion_signatures()  # help(Model.create_chat_completion) shows these keywords

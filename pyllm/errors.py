@@ -58,3 +58,8 @@ class GrammarError(PyllmError, ValueError):
 class DraftModelError(PyllmError, ValueError):
     """A speculative-decoding setup that cannot work: a draft model whose vocabulary differs from
     the target's, an unknown `speculative` mode."""
+
+
+class QueueFullError(PyllmError):
+    """A model's generation engine already has max_queue requests waiting for a slot (pyllm
+    serve answers 429); try again later."""

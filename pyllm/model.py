@@ -1,24 +1,30 @@
 """The user-facing model: load a GGUF file (or a known model name), tokenize, evaluate, generate.
 
 Python owns the surface (config from metadata, tokenizer, streaming text, stop strings); C++
-owns everything that runs per token. A generation step crosses into C++ once: evaluate the new
-token and sample the next one there, with the GIL released.
+owns everything that runs per token. Every evaluation runs on the model's generation engine
+(pyllm/engine.py: one scheduler thread, several sequences), so a Model may be used from any
+number of threads and its streams consumed anywhere. A generation step crosses into C++ once:
+evaluate the new token and sample the next one there, with the GIL released.
 """
 from __future__ import annotations
 
+import functools
 import os
 import threading
 import warnings
-from dataclasses import asdict, dataclass, make_dataclass
+import weakref
+from dataclasses import asdict, make_dataclass
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Sequence
 
 import numpy as np
 
-from pyllm import _core, _validate, hub
+from pyllm import _core, _validate, completions, hub
+from pyllm.engine import DEFAULT_SAMPLING as _D
+from pyllm.engine import Completion, Engine, SamplingParams, Slot, TokenStream  # noqa: F401 (re-exported)
 from pyllm.errors import ContextOverflowError, GGUFError, ModelFileChangedError, UnsupportedModelError
 from pyllm.gguffile import GGUFFile
-from pyllm.tokenizer import StopMatcher, Tokenizer
+from pyllm.tokenizer import Tokenizer
 
 # The architecture families pyllm runs (csrc/model/arch.cpp's registry).
 SUPPORTED_ARCHITECTURES = tuple(_core.supported_architectures().split(", "))
@@ -41,29 +47,6 @@ ModelConfig.__module__ = __name__
 ModelConfig.__doc__ = "Hyper-parameters of a GGUF model (fields: csrc/model/hparams.h)."
 
 
-@dataclass
-class SamplingParams:
-    temperature: float = 0.8
-    top_k: int = 40
-    top_p: float = 0.95
-    min_p: float = 0.05
-    repeat_penalty: float = 1.0
-    presence_penalty: float = 0.0
-    frequency_penalty: float = 0.0
-    penalty_last_n: int = 64
-    seed: int | None = None
-
-
-@dataclass
-class Completion:
-    """What one generation produced (filled in as it streams)."""
-    text: str = ""
-    token_ids: list[int] | None = None
-    finish_reason: str | None = None  # "stop" (end-of-generation token or stop string) or "length"
-    n_prompt_tokens: int = 0
-    n_reused_tokens: int = 0          # prompt tokens found already in the KV cache
-
-
 def _file_identity(path) -> tuple[int, int, int, int] | None:
     """(device, inode, size, mtime) of path, or None if it is gone."""
     try:
@@ -71,6 +54,18 @@ def _file_identity(path) -> tuple[int, int, int, int] | None:
     except OSError:
         return None
     return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+
+
+def _check_file_identity(path, identity) -> None:
+    """Raises ModelFileChangedError if the mapped file was truncated or rewritten in place
+    since the load (a truncated mapping raises SIGBUS on the next read of a weight). One stat,
+    ~2 us. What remains: a file changed during an evaluation, between this check and the reads.
+    A file replaced by a rename is no problem: the mapping keeps the old one."""
+    now = _file_identity(path)
+    if now is not None and now[:2] == identity[:2] and now != identity:
+        raise ModelFileChangedError(
+            f"the model file {path} was modified after it was loaded (size {identity[2]} -> "
+            f"{now[2]} bytes); its weights can no longer be used. Load the model again.")
 
 
 def _physical_memory() -> int | None:
@@ -101,7 +96,12 @@ class Model:
 
     def __init__(self, path_or_name: str | os.PathLike | None = None, n_ctx: int | None = None,
                  n_threads: int | None = None, n_batch: int = 512, cache_type: str | None = None,
-                 cache_type_k: str | None = None, cache_type_v: str | None = None):
+                 cache_type_k: str | None = None, cache_type_v: str | None = None, n_parallel: int = 1,
+                 max_queue: int | None = None):
+        """n_ctx: positions of each sequence's KV cache. n_parallel: sequences generated at once
+        (slots, each with its own KV cache of n_ctx positions, allocated when first used); more
+        requests wait in a queue, of at most max_queue (None: unbounded; beyond it
+        pyllm.engine.QueueFullError)."""
         # The KV cache's types, llama.cpp's -ctk/-ctv: cache_type sets both, cache_type_k/_v one.
         self.cache_type_k = kv_cache_type(cache_type_k or cache_type or "f16")
         self.cache_type_v = kv_cache_type(cache_type_v or cache_type or "f16")
@@ -159,21 +159,28 @@ class Model:
             raise ValueError(f"n_ctx={self.n_ctx} needs {kv_bytes / 2**30:.1f} GiB of KV cache; this machine "
                              f"has {mem / 2**30:.1f} GiB of memory. Use a smaller n_ctx.")
         self.n_threads = n_threads or _core.default_threads()
-        self._ctx = _core.Context(self._model, self.n_ctx, min(n_batch, self.n_ctx), self.n_threads,
-                                  self.cache_type_k, self.cache_type_v)
-        self.kv_cache_bytes = kv_bytes  # at n_ctx; pages are touched only as positions fill
-        self._cached: list[int] = []  # the tokens whose keys/values are in the cache, in order
-        self._lock = threading.RLock()  # one call at a time, whatever the caller's threads do
+        self.n_batch = min(n_batch, self.n_ctx)
+        self.kv_cache_bytes = kv_bytes  # per sequence, at n_ctx; pages are touched only as positions fill
         self.name = str(self.metadata.get("general.name") or Path(self.path).stem)
+        # The engine owns every evaluation: its scheduler thread runs the forward passes of all
+        # requests (from any thread) in slots of their own. Its closures hold the weights, never
+        # this Model, so dropping the Model stops the engine.
+        self._engine = Engine(
+            functools.partial(_core.Context, self._model, self.n_ctx, self.n_batch, self.n_threads,
+                              self.cache_type_k, self.cache_type_v),
+            n_slots=n_parallel, n_ctx=self.n_ctx, n_vocab=self.config.n_vocab, eog_ids=set(self.tokenizer.eog_ids),
+            check=functools.partial(_check_file_identity, self.path, self._file_identity), max_queue=max_queue,
+            n_batch=self.n_batch, batched=os.environ.get("PYLLM_BATCHED_DECODE", "1") != "0")
+        self._finalizer = weakref.finalize(self, self._engine.close)
 
     # --- lifecycle
 
     def close(self) -> None:
-        """Releases the weights and cache. The model cannot be used afterwards."""
-        with self._lock:
-            self._ctx = None
-            self._model = None
-            self._file.close()
+        """Releases the weights and cache. The model cannot be used afterwards; generations in
+        flight end with ValueError."""
+        self._engine.close()
+        self._model = None
+        self._file.close()
 
     def __enter__(self) -> "Model":
         return self
@@ -188,6 +195,29 @@ class Model:
     def n_vocab(self) -> int:
         return self.config.n_vocab
 
+    @property
+    def n_parallel(self) -> int:
+        return self._engine.n_slots
+
+    @property
+    def engine(self) -> Engine:
+        """The generation engine (its queue, slots and counters: engine.snapshot(), engine.stats)."""
+        return self._engine
+
+    # Slot 0's Context and cached tokens, for tools that drive a Context directly (pyllm bench,
+    # tests); not safe while the engine is generating.
+    @property
+    def _ctx(self):
+        return self._engine.slot0().ctx
+
+    @property
+    def _cached(self) -> list[int]:
+        return self._engine.slot0().cached
+
+    @_cached.setter
+    def _cached(self, tokens: list[int]) -> None:
+        self._engine.slot0().cached = list(tokens)
+
     # --- tokens
 
     def tokenize(self, text: str | bytes, special: bool = False, add_bos: bool | None = None) -> list[int]:
@@ -199,23 +229,10 @@ class Model:
 
     # --- evaluation
 
-    def _context(self):
-        if self._ctx is None:
-            raise ValueError("the model is closed")
-        self._check_file()
-        return self._ctx
-
     def _check_file(self) -> None:
-        """Raises ModelFileChangedError if the mapped file was truncated or rewritten in place
-        since the load (a truncated mapping raises SIGBUS on the next read of a weight). Checked
-        before every evaluation (one stat, ~2 us). What remains: a file changed during an
-        evaluation, between this check and the reads. A file replaced by a rename is no problem:
-        the mapping keeps the old one."""
-        now = _file_identity(self.path)
-        if now is not None and now[:2] == self._file_identity[:2] and now != self._file_identity:
-            raise ModelFileChangedError(
-                f"the model file {self.path} was modified after it was loaded (size {self._file_identity[2]} -> "
-                f"{now[2]} bytes); its weights can no longer be used. Load the model again.")
+        """ModelFileChangedError if the file was modified in place since the load (the engine
+        checks before every evaluation step)."""
+        _check_file_identity(self.path, self._file_identity)
 
     def _check_ids(self, ids: Sequence[int]) -> np.ndarray:
         arr = np.asarray(ids)
@@ -235,27 +252,25 @@ class Model:
             return np.zeros((0, self.n_vocab), np.float32)
         if arr.size > self.n_ctx:
             raise ContextOverflowError(f"{arr.size} tokens do not fit in the context of {self.n_ctx}")
-        with self._lock:
-            ctx = self._context()
-            ctx.truncate(0)
-            self._cached = []
-            out = ctx.eval(arr, True)
-            self._cached = arr.tolist()
+        if self._model is None:
+            raise ValueError("the model is closed")
+        n_batch, n_vocab = self.n_batch, self.n_vocab
+
+        def task(slot: Slot, request):
+            # On the scheduler thread, n_batch tokens per step, so other streams keep flowing
+            # and a cancelled call (Ctrl-C) stops after the current batch. (It holds no reference
+            # to the Model: the engine never keeps a Model alive.)
+            slot.truncate(0)
+            out = np.empty((arr.size, n_vocab), np.float32)
+            for i in range(0, arr.size, n_batch):
+                part = arr[i:i + n_batch]
+                out[i:i + part.size] = slot.ctx.eval(part, True)
+                slot.cached.extend(part.tolist())
+                if i + n_batch < arr.size:
+                    yield None
             return out
 
-    def _prefill(self, ids: list[int]) -> tuple[list[int], int]:
-        """Reuses the longest cached prefix of ids; returns the tokens still to evaluate (at least
-        one, so there are logits to sample from) and how many were reused."""
-        ctx = self._context()
-        common = 0
-        for a, b in zip(self._cached, ids):
-            if a != b:
-                break
-            common += 1
-        common = min(common, len(ids) - 1)
-        ctx.truncate(common)
-        del self._cached[common:]
-        return ids[common:], common
+        return self._engine.run_task(task)
 
     # --- generation
 
@@ -264,75 +279,33 @@ class Model:
 
     def generate_tokens(self, prompt_ids: Sequence[int], max_tokens: int | None = None,
                         sampling: SamplingParams | None = None, info: Completion | None = None,
-                        constraint=None, speculative=None) -> Iterator[int]:
+                        constraint=None, speculative=None, logprobs: int | None = None) -> TokenStream:
         """Yields generated token ids (end-of-generation tokens excluded). `info` receives the
-        finish reason and counts. The KV cache keeps the conversation for prefix reuse.
+        finish reason and counts. The request runs on the engine's scheduler thread: the stream
+        may be read from any thread, interleaved with others, or dropped (closing or dropping it
+        cancels the request). Slots keep their cache for prefix reuse.
         `constraint` (pyllm.constrain.Constraint): its token mask goes into the sampler each step.
-        `speculative` (pyllm.speculative.Speculator): proposals verified in batched evaluations."""
+        `speculative` (pyllm.speculative.Speculator): proposals verified in batched evaluations.
+        `logprobs`: None, or k >= 0: info.logprobs gets each token's log-probability and the k
+        most likely alternatives."""
         sampling = sampling or SamplingParams()
+        ids = self._check_ids(prompt_ids).tolist()
+        if self._model is None:
+            raise ValueError("the model is closed")
+        task = None
         if speculative is not None:
             from pyllm import speculative as spec
-            yield from spec.generate_tokens(self, prompt_ids, max_tokens, sampling, info, constraint, speculative)
-            return
-        info = info if info is not None else Completion()
-        ids = self._check_ids(prompt_ids).tolist()
-        if not ids:
-            raise ValueError("the prompt is empty: give at least one token")
-        if len(ids) > self.n_ctx:
-            raise ContextOverflowError(
-                f"the prompt has {len(ids)} tokens but the context holds {self.n_ctx} (n_ctx); "
-                f"shorten the prompt or load the model with a larger n_ctx")
-        info.n_prompt_tokens = len(ids)
-        seed = _validate.seed(sampling.seed)
-        top_k = _validate.integer("top_k", sampling.top_k, -_validate.INT32_MAX, _validate.INT32_MAX)
-        penalty_last_n = _validate.integer("penalty_last_n", sampling.penalty_last_n, -1, _validate.INT32_MAX)
-        sampler = _core.Sampler(self.n_vocab, temperature=sampling.temperature, top_k=top_k,
-                                top_p=sampling.top_p, min_p=sampling.min_p,
-                                repeat_penalty=sampling.repeat_penalty,
-                                presence_penalty=sampling.presence_penalty,
-                                frequency_penalty=sampling.frequency_penalty,
-                                penalty_last_n=penalty_last_n, seed=seed)
-        eog = self.eog_ids()
-        limit = self.n_ctx - len(ids) + 1  # tokens we can sample before the cache is full
-        if max_tokens is not None and max_tokens >= 0:  # -1 (any negative): until end of turn or context
-            limit = min(limit, _validate.integer("max_tokens", max_tokens, 0, _validate.INT32_MAX))
-        with self._lock:
-            ctx = self._context()
-            pending, reused = self._prefill(ids)
-            info.n_reused_tokens = reused
-            for token in ids[:reused]:
-                sampler.accept(token)
-            produced = 0
-            while True:
-                if produced >= limit:
-                    info.finish_reason = "length"
-                    return
-                # On any error (Ctrl-C included) the C++ side leaves the cache as it was.
-                self._check_file()
-                allowed = constraint.mask() if constraint is not None else None
-                token = ctx.eval_sample(np.asarray(pending, np.int32), sampler, allowed)
-                self._cached.extend(pending)
-                if token in eog:
-                    info.finish_reason = "stop"
-                    return
-                produced += 1
-                if constraint is not None:
-                    constraint.advance(token)
-                yield token
-                if constraint is not None and constraint.done:
-                    info.finish_reason = "stop"   # the grammar is complete: nothing may follow
-                    return
-                pending = [token]
-                if ctx.n_past >= self.n_ctx:
-                    info.finish_reason = "length"
-                    return
+            task = spec.make_task(self, sampling, constraint, speculative)
+        return self._engine.generate(ids, max_tokens, sampling, info, constraint, logprobs, task)
 
-    def generate(self, prompt: str | Sequence[int], max_tokens: int | None = None, temperature: float = 0.8,
-                 top_k: int = 40, top_p: float = 0.95, min_p: float = 0.05, repeat_penalty: float = 1.0,
-                 presence_penalty: float = 0.0, frequency_penalty: float = 0.0, seed: int | None = None,
-                 stop: str | Sequence[str] | None = None, stream: bool = False,
+    def generate(self, prompt: str | Sequence[int], max_tokens: int | None = None,
+                 temperature: float = _D.temperature, top_k: int = _D.top_k, top_p: float = _D.top_p,
+                 min_p: float = _D.min_p, repeat_penalty: float = _D.repeat_penalty,
+                 presence_penalty: float = _D.presence_penalty, frequency_penalty: float = _D.frequency_penalty,
+                 seed: int | None = None, stop: str | Sequence[str] | None = None, stream: bool = False,
                  info: Completion | None = None, response_format=None, grammar=None,
-                 speculative: str | None = None, draft_model=None, n_draft: int | None = None):
+                 speculative: str | None = None, draft_model=None, n_draft: int | None = None,
+                 logprobs: int | None = None):
         """Continues `prompt` (text, whose special-token text is parsed as llama.cpp does, or
         token ids). Returns the text, or with stream=True an iterator of text pieces that never
         split a UTF-8 character and never show any part of a stop string.
@@ -344,14 +317,15 @@ class Model:
             JSON/grammar is complete, finish_reason is "length" and the text is a valid prefix only.
         speculative="ngram" (prompt-lookup proposals) or draft_model=PATH_OR_NAME_OR_MODEL
             (n_draft tokens per step): faster decode, same output (greedy: identical tokens;
-            sampling: the same distribution)."""
+            sampling: the same distribution).
+        logprobs: k >= 0 fills info.logprobs (see generate_tokens)."""
         ids = list(prompt) if not isinstance(prompt, (str, bytes)) else self.tokenize(prompt, special=True)
         params = SamplingParams(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
                                 repeat_penalty=repeat_penalty, presence_penalty=presence_penalty,
                                 frequency_penalty=frequency_penalty, seed=seed)
         info = info if info is not None else Completion()
-        constraint, spec = self.generation_hooks(response_format, grammar, speculative, draft_model, n_draft)
-        pieces = self._stream_text(ids, max_tokens, params, stop, info, constraint, spec)
+        hooks = self.generation_hooks(response_format, grammar, speculative, draft_model, n_draft)
+        pieces = completions.stream_text(self, ids, max_tokens, params, stop, info, hooks=hooks, logprobs=logprobs)
         if stream:
             return pieces
         return "".join(pieces)
@@ -369,68 +343,28 @@ class Model:
             spec = speculation.make_speculator(self, speculative, draft_model, n_draft)
         return constraint, spec
 
-    def _stream_text(self, ids: list[int], max_tokens, params: SamplingParams, stop, info: Completion,
-                     constraint=None, speculative=None) -> Iterator[str]:
-        # Validate before the generator starts, so errors surface at the call, not at first next().
-        if len(ids) > self.n_ctx:
-            raise ContextOverflowError(
-                f"the prompt has {len(ids)} tokens but the context holds {self.n_ctx} (n_ctx); "
-                f"shorten the prompt or load the model with a larger n_ctx")
-        tokens = self.generate_tokens(ids, max_tokens, params, info, constraint, speculative)
-        return self._pieces(tokens, stop, info)
-
-    def _pieces(self, tokens: Iterator[int], stop, info: Completion) -> Iterator[str]:
-        decoder = self.tokenizer.stream_decoder()
-        matcher = StopMatcher(stop or [])
-        info.token_ids = []
-        text = []
-        try:
-            for token in tokens:
-                info.token_ids.append(token)
-                piece = matcher.feed(decoder.feed(token))
-                if piece:
-                    text.append(piece)
-                    yield piece
-                if matcher.stopped:
-                    info.finish_reason = "stop"
-                    break
-            if not matcher.stopped:
-                piece = matcher.feed(decoder.flush()) + matcher.flush()
-                if piece:
-                    text.append(piece)
-                    yield piece
-        finally:
-            tokens.close()
-            info.text = "".join(text)
-
     # --- OpenAI-shaped API (implemented in pyllm/completions.py)
 
     def create_chat_completion(self, messages, **kwargs):
         """OpenAI-shaped chat completion dict, or with stream=True an iterator of chunk dicts.
         See pyllm.completions.create_chat_completion for the arguments."""
-        from pyllm import completions
         return completions.create_chat_completion(self, messages, **kwargs)
 
     def create_completion(self, prompt, **kwargs):
         """OpenAI-shaped text completion dict (or chunks with stream=True) for a raw prompt."""
-        from pyllm import completions
         return completions.create_completion(self, prompt, **kwargs)
 
     def chat(self, messages, **kwargs):
         """The assistant's reply to `messages` (a list of role/content dicts, or one user string):
         a string, or with stream=True an iterator of text pieces."""
-        from pyllm import completions
         return completions.chat(self, messages, **kwargs)
 
 
 
 def _show_completion_signatures() -> None:
     """The OpenAI-shaped methods forward **kwargs to pyllm/completions.py; help() and IDEs should
-    show the real keywords (one list, kept there), with `self` in place of `model`. Called at the
-    end of completions.py, which this module imports below unless completions is importing it."""
+    show the real keywords (one list, kept there), with `self` in place of `model`."""
     import inspect
-    import sys
-    completions = sys.modules["pyllm.completions"]
     for method, impl in ((Model.create_chat_completion, completions.create_chat_completion),
                          (Model.create_completion, completions.create_completion)):
         sig = inspect.signature(impl)
@@ -440,4 +374,4 @@ def _show_completion_signatures() -> None:
         method.__doc__ = impl.__doc__
 
 
-from pyllm import completions  # noqa: E402,F401 (it imports this module's classes, then calls the above)
+_show_completion_signatures()

@@ -17,14 +17,14 @@ proposals q is a point mass on d. Not here: the sampler (csrc/sampling), the pla
 """
 from __future__ import annotations
 
-import random
 from dataclasses import dataclass
-from typing import Iterator, Sequence
+from typing import Iterator
 
 import numpy as np
 
-from pyllm import _core
-from pyllm.errors import ContextOverflowError, DraftModelError
+from pyllm import _validate
+from pyllm.engine import Slot, make_sampler
+from pyllm.errors import DraftModelError
 
 MODES = ("ngram", "draft")
 
@@ -127,34 +127,31 @@ def check_vocab(target, draft) -> None:
         raise DraftModelError("the draft model's end-of-generation tokens differ from the target's")
 
 
-def _sampler(n_vocab: int, s, seed: int):
-    return _core.Sampler(n_vocab, temperature=s.temperature, top_k=s.top_k, top_p=s.top_p, min_p=s.min_p,
-                         repeat_penalty=s.repeat_penalty, presence_penalty=s.presence_penalty,
-                         frequency_penalty=s.frequency_penalty, penalty_last_n=s.penalty_last_n, seed=seed)
-
-
 class _DraftRunner:
-    """The draft model's side: keeps its KV cache on the shared history and proposes k tokens,
-    with their draft probabilities q (1.0 each when greedy)."""
+    """The draft model's side: keeps a KV cache of its own (a private Context on the draft's
+    weights, so a draft Model shared by several generations is never raced) on the shared
+    history and proposes k tokens, with their draft probabilities q (1.0 each when greedy)."""
 
     def __init__(self, draft, sampling, seed: int):
         self.model = draft
         self.greedy = sampling.temperature <= 0
-        self.sampler = _sampler(draft.n_vocab, sampling, seed ^ 0x5DEECE66D)
+        self.sampler = make_sampler(draft.n_vocab, sampling, (seed ^ 0x5DEECE66D) & (2**64 - 1))
         self.rng = np.random.default_rng(seed ^ 0x9E3779B9)
+        self.slot = Slot(-1, draft.engine.new_context())
 
     def propose(self, history: list[int], k: int):
-        m = self.model
-        ctx = m._context()
-        pending, _ = m._prefill(history)
+        self.model._check_file()
+        slot = self.slot
+        ctx = slot.ctx
+        pending = history[slot.reuse(history):]
         logits = ctx.eval(np.asarray(pending, np.int32), False)
-        m._cached.extend(pending)
+        slot.cached.extend(pending)
         if self.greedy:
             first = int(np.argmax(logits))
             if k == 1:
                 return [first], None
             rest = ctx.decode_steps(first, k - 1)   # feeds first, then each argmax, in C++
-            m._cached.extend([first] + list(rest[:-1]))
+            slot.cached.extend([first] + list(rest[:-1]))
             return [first] + list(rest), None
         tokens, dists = [], []
         for i in range(k):
@@ -165,139 +162,136 @@ class _DraftRunner:
             dists.append((ids, probs))
             if i + 1 < k:
                 logits = ctx.eval(np.asarray([t], np.int32), False)
-                m._cached.append(t)
+                slot.cached.append(t)
         return tokens, dists
 
 
-def generate_tokens(model, prompt_ids: Sequence[int], max_tokens, sampling, info, constraint,
-                    spec: Speculator) -> Iterator[int]:
-    """Model.generate_tokens with speculation (same contract: yields generated ids, fills info)."""
-    from pyllm.model import Completion
-    info = info if info is not None else Completion()
-    ids = model._check_ids(prompt_ids).tolist()
-    if not ids:
-        raise ValueError("the prompt is empty: give at least one token")
-    if len(ids) > model.n_ctx:
-        raise ContextOverflowError(
-            f"the prompt has {len(ids)} tokens but the context holds {model.n_ctx} (n_ctx); "
-            f"shorten the prompt or load the model with a larger n_ctx")
-    info.n_prompt_tokens = len(ids)
-    seed = sampling.seed if sampling.seed is not None else random.getrandbits(63)
-    sampler = _sampler(model.n_vocab, sampling, seed)
+def make_task(model, sampling, constraint, spec: Speculator):
+    """A speculative generation as an engine task: task(slot, request) is a generator run on
+    the engine's scheduler thread that yields generated ids and sets request.info's
+    finish_reason (the contract of Model.generate_tokens). The settings are checked now."""
+    seed = _validate.seed(sampling.seed)
+    sampler = make_sampler(model.n_vocab, sampling, seed)
+    eog = model.eog_ids()   # values, not the Model: the engine never keeps a Model alive
+
+    def task(slot, request):
+        return _speculate(eog, slot, request, sampling, sampler, seed, constraint, spec)
+
+    return task
+
+
+def _speculate(eog: set, slot, request, sampling, sampler, seed: int, constraint, spec: Speculator) -> Iterator[int]:
+    info = request.info
+    ids = request.ids
+    limit = request.limit
     greedy = sampling.temperature <= 0
     rng = np.random.default_rng(seed ^ 0x2545F491)
-    eog = model.eog_ids()
-    limit = model.n_ctx - len(ids) + 1
-    if max_tokens is not None:
-        limit = min(limit, max(0, int(max_tokens)))
     proposer = NgramProposer(spec.n_max) if spec.mode == "ngram" else None
     drafter = _DraftRunner(spec.draft, sampling, seed) if spec.mode == "draft" else None
     stats = spec.stats
     history = list(ids)
-    with model._lock:
-        ctx = model._context()
-        pending, reused = model._prefill(ids)
-        info.n_reused_tokens = reused
-        for token in ids[:reused]:
-            sampler.accept(token)
-        produced = 0
-        # The prompt: one plain step (its logits for every position are never needed).
-        if limit <= 0:
+    ctx = slot.ctx
+    reused = slot.reuse(ids)
+    pending = ids[reused:]
+    info.n_reused_tokens = reused
+    for token in ids[:reused]:
+        sampler.accept(token)
+    produced = 0
+    # The prompt: one plain step (its logits for every position are never needed).
+    if limit <= 0:
+        info.finish_reason = "length"
+        return
+    allowed = constraint.mask() if constraint is not None else None
+    token = ctx.eval_sample(np.asarray(pending, np.int32), sampler, allowed)
+    slot.cached.extend(pending)
+    while True:
+        # `token` was sampled and is not in the cache yet.
+        if token in eog:
+            info.finish_reason = "stop"
+            return
+        produced += 1
+        if constraint is not None:
+            constraint.advance(token)
+        history.append(token)
+        yield token
+        if constraint is not None and constraint.done:
+            info.finish_reason = "stop"
+            return
+        if produced >= limit or ctx.n_past + 1 > slot.ctx.n_ctx:
             info.finish_reason = "length"
             return
-        allowed = constraint.mask() if constraint is not None else None
-        token = ctx.eval_sample(np.asarray(pending, np.int32), sampler, allowed)
-        model._cached.extend(pending)
-        while True:
-            # `token` was sampled and is not in the cache yet.
-            if token in eog:
-                info.finish_reason = "stop"
-                return
-            produced += 1
+        # Room for k proposals plus the model's own token, in the budget and in the cache.
+        k = min(spec.n_draft, limit - produced - 1, slot.ctx.n_ctx - ctx.n_past - 1)
+        draft, dists = [], None
+        if k > 0:
+            if proposer is not None:
+                draft = proposer.propose(history, k)
+            else:
+                draft, dists = drafter.propose(history, k)
+        if not draft:
+            allowed = constraint.mask() if constraint is not None else None
+            nxt = ctx.eval_sample(np.asarray([token], np.int32), sampler, allowed)
+            slot.cached.append(token)
+            token = nxt
+            continue
+        batch = [token] + [int(t) for t in draft]
+        logits = ctx.eval(np.asarray(batch, np.int32), True)   # one batched pass, every row
+        slot.cached.extend(batch)
+        sampler.accept(token)
+        stats.steps += 1
+        stats.proposed += len(draft)
+        n_ok = 0
+        nxt = None
+        for i, d in enumerate(draft):
+            allowed = constraint.mask() if constraint is not None else None
+            if greedy:
+                t = int(sampler.sample(logits[i], allowed))
+                if t != d:
+                    nxt = t
+                    break
+            else:
+                pid, pp = sampler.distribution(logits[i], allowed)
+                p = dict(zip(pid.tolist(), pp.astype(np.float64).tolist()))
+                if dists is None:
+                    q = {d: 1.0}   # prompt lookup: a point mass on d
+                else:
+                    qid, qp = dists[i]
+                    q = dict(zip(qid.tolist(), qp.astype(np.float64).tolist()))
+                pd, qd = p.get(d, 0.0), q.get(d, 0.0)
+                if not (qd > 0 and rng.random() < min(1.0, pd / qd)):
+                    nxt = _residual_draw(p, q, rng)
+                    break
+            n_ok += 1
+            if d in eog:
+                break   # accepted an end-of-generation token: handled below as `token`
             if constraint is not None:
-                constraint.advance(token)
-            history.append(token)
-            yield token
+                constraint.advance(d)
+            sampler.accept(d)
+            produced += 1
+            history.append(d)
+            yield d
             if constraint is not None and constraint.done:
                 info.finish_reason = "stop"
+                _truncate(slot, len(draft) - n_ok)
                 return
-            if produced >= limit or ctx.n_past + 1 > model.n_ctx:
-                info.finish_reason = "length"
-                return
-            # Room for k proposals plus the model's own token, in the budget and in the cache.
-            k = min(spec.n_draft, limit - produced - 1, model.n_ctx - ctx.n_past - 1)
-            draft, dists = [], None
-            if k > 0:
-                if proposer is not None:
-                    draft = proposer.propose(history, k)
-                else:
-                    draft, dists = drafter.propose(history, k)
-            if not draft:
-                allowed = constraint.mask() if constraint is not None else None
-                nxt = ctx.eval_sample(np.asarray([token], np.int32), sampler, allowed)
-                model._cached.append(token)
-                token = nxt
-                continue
-            batch = [token] + [int(t) for t in draft]
-            logits = ctx.eval(np.asarray(batch, np.int32), True)   # one batched pass, every row
-            model._cached.extend(batch)
-            sampler.accept(token)
-            stats.steps += 1
-            stats.proposed += len(draft)
-            n_ok = 0
-            nxt = None
-            for i, d in enumerate(draft):
-                allowed = constraint.mask() if constraint is not None else None
-                if greedy:
-                    t = int(sampler.sample(logits[i], allowed))
-                    if t != d:
-                        nxt = t
-                        break
-                else:
-                    pid, pp = sampler.distribution(logits[i], allowed)
-                    p = dict(zip(pid.tolist(), pp.astype(np.float64).tolist()))
-                    if dists is None:
-                        q = {d: 1.0}   # prompt lookup: a point mass on d
-                    else:
-                        qid, qp = dists[i]
-                        q = dict(zip(qid.tolist(), qp.astype(np.float64).tolist()))
-                    pd, qd = p.get(d, 0.0), q.get(d, 0.0)
-                    if not (qd > 0 and rng.random() < min(1.0, pd / qd)):
-                        nxt = _residual_draw(p, q, rng)
-                        break
-                n_ok += 1
-                if d in eog:
-                    break   # accepted an end-of-generation token: handled below as `token`
-                if constraint is not None:
-                    constraint.advance(d)
-                sampler.accept(d)
-                produced += 1
-                history.append(d)
-                yield d
-                if constraint is not None and constraint.done:
-                    info.finish_reason = "stop"
-                    _truncate(model, ctx, len(draft) - n_ok)
-                    return
-            stats.accepted += n_ok
-            if nxt is None and n_ok and draft[n_ok - 1] in eog:
-                _truncate(model, ctx, len(draft) - n_ok + 1)
-                info.finish_reason = "stop"
-                return
-            if nxt is None:
-                # Every proposal agreed: the last row gives one more token for free.
-                allowed = constraint.mask() if constraint is not None else None
-                nxt = int(sampler.sample(logits[len(draft)], allowed))
-            # The cache holds token + every proposal; keep token + the accepted ones. `nxt` (the
-            # model's own token after them) is not evaluated yet: it starts the next batch.
-            _truncate(model, ctx, len(draft) - n_ok)
-            token = int(nxt)
+        stats.accepted += n_ok
+        if nxt is None and n_ok and draft[n_ok - 1] in eog:
+            _truncate(slot, len(draft) - n_ok + 1)
+            info.finish_reason = "stop"
+            return
+        if nxt is None:
+            # Every proposal agreed: the last row gives one more token for free.
+            allowed = constraint.mask() if constraint is not None else None
+            nxt = int(sampler.sample(logits[len(draft)], allowed))
+        # The cache holds token + every proposal; keep token + the accepted ones. `nxt` (the
+        # model's own token after them) is not evaluated yet: it starts the next batch.
+        _truncate(slot, len(draft) - n_ok)
+        token = int(nxt)
 
 
-def _truncate(model, ctx, n_drop: int) -> None:
+def _truncate(slot, n_drop: int) -> None:
     if n_drop > 0:
-        keep = ctx.n_past - n_drop
-        ctx.truncate(keep)
-        del model._cached[keep:]
+        slot.truncate(slot.ctx.n_past - n_drop)
 
 
 def _residual_draw(p: dict, q: dict, rng) -> int:

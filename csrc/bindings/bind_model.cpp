@@ -81,6 +81,15 @@ void register_model(py::module_& m) {
         return out;
     });
     m.def("supported_architectures", [] { return supported_archs(); });
+    const SamplerParams kSamplerDefaults{};
+    m.def("sampler_defaults", [kSamplerDefaults] {
+        py::dict d;
+        d["temperature"] = kSamplerDefaults.temperature; d["top_k"] = kSamplerDefaults.top_k;
+        d["top_p"] = kSamplerDefaults.top_p; d["min_p"] = kSamplerDefaults.min_p;
+        d["repeat_penalty"] = kSamplerDefaults.repeat_penalty; d["presence_penalty"] = kSamplerDefaults.presence_penalty;
+        d["frequency_penalty"] = kSamplerDefaults.frequency_penalty; d["penalty_last_n"] = kSamplerDefaults.penalty_last_n;
+        return d;
+    }, "The sampler chain's default settings (SamplerParams), as a dict.");
     py::class_<PyModel>(m, "Model")
         .def(py::init(&make_model), py::arg("config"), py::arg("tensors"), py::arg("keep_alive") = py::none(),
              py::arg("repack") = true)
@@ -94,18 +103,25 @@ void register_model(py::module_& m) {
                     py::arg("config"), py::arg("n_ctx"), py::arg("cache_type_k") = "f16", py::arg("cache_type_v") = "f16");
 
     py::class_<PyContext>(m, "Context")
+        // share_pool_with: another Context of the same model whose thread pool this one runs on
+        // (the generation engine's slots: one pool, n_threads threads, whatever the slot count).
         .def(py::init([](py::object model, int n_ctx, int n_batch, int n_threads, const std::string& type_k,
-                         const std::string& type_v) {
+                         const std::string& type_v, py::object share_pool_with) {
                  auto& pm = model.cast<PyModel&>();
                  auto pc = std::make_unique<PyContext>();
-                 pc->ctx = std::make_unique<Context>(pm.model, n_ctx, n_batch, n_threads, kv_cache_type_from_name(type_k),
-                                                     kv_cache_type_from_name(type_v));
+                 const Type tk = kv_cache_type_from_name(type_k), tv = kv_cache_type_from_name(type_v);
+                 if (share_pool_with.is_none()) {
+                     pc->ctx = std::make_unique<Context>(pm.model, n_ctx, n_batch, n_threads, tk, tv);
+                 } else {
+                     auto& other = share_pool_with.cast<PyContext&>();
+                     pc->ctx = std::make_unique<Context>(pm.model, n_ctx, n_batch, other.ctx->pool(), tk, tv);
+                 }
                  pc->model_ref = model;
                  pc->last_logits.assign(pm.model->config().n_vocab, 0.0f);
                  return pc;
              }),
              py::arg("model"), py::arg("n_ctx"), py::arg("n_batch") = 512, py::arg("n_threads") = 0,
-             py::arg("cache_type_k") = "f16", py::arg("cache_type_v") = "f16")
+             py::arg("cache_type_k") = "f16", py::arg("cache_type_v") = "f16", py::arg("share_pool_with") = py::none())
         .def_property_readonly("n_ctx", [](PyContext& c) { return c.ctx->n_ctx(); })
         .def_property_readonly("kv_cache_bytes", [](PyContext& c) { return c.ctx->kv_cache().bytes(); })
         .def_property_readonly("n_past", [](PyContext& c) { return c.ctx->n_past(); })
@@ -161,7 +177,54 @@ void register_model(py::module_& m) {
                  }
                  return out;
              }, py::arg("token"), py::arg("n"))
-        .def("last_logits", [](PyContext& c) { return py::array_t<float>(c.last_logits.size(), c.last_logits.data()); });
+        .def("last_logits", [](PyContext& c) { return py::array_t<float>(c.last_logits.size(), c.last_logits.data()); })
+        // Continuous batching: one step for several sequences in one forward pass (this Context's
+        // pool and scratch): feeds tokens[i] to contexts[i] and samples its next token with
+        // samplers[i] (masks[i]: an allowed-token bitmask or None). Returns the sampled ids.
+        .def("decode_batch", [](PyContext& lead, const std::vector<PyContext*>& seqs, py::handle tokens,
+                                const std::vector<Sampler*>& samplers, py::list masks) {
+                 auto ids = as_tokens(tokens);
+                 const int64_t n = (int64_t)seqs.size();
+                 const int64_t nv = (int64_t)lead.last_logits.size();
+                 if (ids.size() != n || (int64_t)samplers.size() != n || (int64_t)masks.size() != n)
+                     fail(ErrorKind::invalid_argument, "decode_batch: contexts, tokens, samplers and masks must have one entry each");
+                 std::vector<mask_array> mask_arrays;
+                 std::vector<const uint32_t*> mask_ptrs(n, nullptr);
+                 mask_arrays.reserve(n);
+                 for (int64_t i = 0; i < n; ++i) {
+                     if (!seqs[i] || !samplers[i]) fail(ErrorKind::invalid_argument, "decode_batch: None in contexts or samplers");
+                     if (samplers[i]->n_vocab() != nv) fail(ErrorKind::invalid_argument, "decode_batch: a sampler of another vocabulary");
+                     mask_arrays.push_back(as_mask(masks[i], nv));
+                     if (!masks[i].is_none()) mask_ptrs[i] = mask_arrays.back().data();
+                     for (int64_t j = 0; j < i; ++j)
+                         if (seqs[j] == seqs[i]) fail(ErrorKind::invalid_argument, "decode_batch: a Context appears twice");
+                 }
+                 std::vector<Context*> ctxs(n);
+                 for (int64_t i = 0; i < n; ++i) ctxs[i] = seqs[i]->ctx.get();
+                 std::vector<int32_t> next(n);
+                 const int32_t* t = ids.data();
+                 {
+                     py::gil_scoped_release nogil;
+                     // Lock every sequence (and the lead) in address order: no deadlock with other callers.
+                     std::vector<std::mutex*> locks;
+                     for (auto* s : seqs) locks.push_back(&s->busy);
+                     if (std::find(seqs.begin(), seqs.end(), &lead) == seqs.end()) locks.push_back(&lead.busy);
+                     std::sort(locks.begin(), locks.end());
+                     for (auto* mx : locks) mx->lock();
+                     struct Unlock {
+                         std::vector<std::mutex*>& v;
+                         ~Unlock() { for (auto* mx : v) mx->unlock(); }
+                     } unlock{locks};
+                     std::vector<float> logits((size_t)n * nv);
+                     lead.ctx->decode_batch(ctxs.data(), t, n, logits.data(), python_interrupted);
+                     for (int64_t i = 0; i < n; ++i) {
+                         std::copy(logits.begin() + i * nv, logits.begin() + (i + 1) * nv, seqs[i]->last_logits.begin());
+                         samplers[i]->accept(t[i]);
+                         next[i] = samplers[i]->sample(seqs[i]->last_logits.data(), mask_ptrs[i]);
+                     }
+                 }
+                 return next;
+             }, py::arg("contexts"), py::arg("tokens"), py::arg("samplers"), py::arg("masks"));
 
     py::class_<Sampler>(m, "Sampler")
         .def(py::init([](int n_vocab, float temperature, int top_k, float top_p, float min_p, float repeat_penalty,
@@ -172,9 +235,14 @@ void register_model(py::module_& m) {
                  p.frequency_penalty = frequency_penalty; p.penalty_last_n = penalty_last_n;
                  return std::make_unique<Sampler>(n_vocab, p, seed);
              }),
-             py::arg("n_vocab"), py::arg("temperature") = 0.8f, py::arg("top_k") = 40, py::arg("top_p") = 0.95f,
-             py::arg("min_p") = 0.05f, py::arg("repeat_penalty") = 1.0f, py::arg("presence_penalty") = 0.0f,
-             py::arg("frequency_penalty") = 0.0f, py::arg("penalty_last_n") = 64, py::arg("seed") = 0)
+             // The defaults are SamplerParams' (sampling/sampler.h), the one place they are written;
+             // Python's SamplingParams reads them through sampler_defaults() below.
+             py::arg("n_vocab"), py::arg("temperature") = kSamplerDefaults.temperature,
+             py::arg("top_k") = kSamplerDefaults.top_k, py::arg("top_p") = kSamplerDefaults.top_p,
+             py::arg("min_p") = kSamplerDefaults.min_p, py::arg("repeat_penalty") = kSamplerDefaults.repeat_penalty,
+             py::arg("presence_penalty") = kSamplerDefaults.presence_penalty,
+             py::arg("frequency_penalty") = kSamplerDefaults.frequency_penalty,
+             py::arg("penalty_last_n") = kSamplerDefaults.penalty_last_n, py::arg("seed") = 0)
         .def("accept", &Sampler::accept)
         .def("reset", &Sampler::reset)
         .def("sample", [](Sampler& s, py::array_t<float, py::array::c_style | py::array::forcecast> logits, py::handle allowed) {

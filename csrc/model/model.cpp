@@ -296,7 +296,11 @@ static int checked_n_ctx(int n_ctx) {
 }
 
 Context::Context(std::shared_ptr<const Model> model, int n_ctx, int n_batch, int n_threads, Type type_k, Type type_v)
-    : model_(std::move(model)), kt_(kernels()), pool_(n_threads), n_ctx_(n_ctx), n_batch_(n_batch),
+    : Context(std::move(model), n_ctx, n_batch, std::make_shared<ThreadPool>(n_threads), type_k, type_v) {}
+
+Context::Context(std::shared_ptr<const Model> model, int n_ctx, int n_batch, std::shared_ptr<ThreadPool> pool, Type type_k,
+                 Type type_v)
+    : model_(std::move(model)), kt_(kernels()), pool_owner_(std::move(pool)), pool_(*pool_owner_), n_ctx_(n_ctx), n_batch_(n_batch),
       kv_(type_k, type_v, model_->config().n_layer, checked_n_ctx(n_ctx), model_->config().n_head_kv, model_->config().head_dim) {
     const HParams& c = model_->config();
     if (n_batch < 1) fail(ErrorKind::invalid_argument, "n_batch must be at least 1");
@@ -374,7 +378,33 @@ void Context::eval(const int32_t* tokens, int64_t n, float* logits, bool all_log
     }
 }
 
-void Context::forward_batch(const int32_t* tokens, int64_t nb, float* logits, bool all_logits, const StopCheck& stop) {
+void Context::decode_batch(Context* const* seqs, const int32_t* tokens, int64_t n, float* logits, const StopCheck& stop) {
+    const HParams& c = model_->config();
+    if (n <= 0) fail(ErrorKind::invalid_argument, "decode_batch needs at least one sequence");
+    if (n > n_batch_)
+        fail(ErrorKind::invalid_argument, std::to_string(n) + " sequences are more than n_batch = " + std::to_string(n_batch_));
+    for (int64_t i = 0; i < n; ++i) {
+        const Context* s = seqs[i];
+        if (!s || s->model_.get() != model_.get())
+            fail(ErrorKind::invalid_argument, "decode_batch: sequence " + std::to_string(i) + " is not a Context of this model");
+        for (int64_t j = 0; j < i; ++j)
+            if (seqs[j] == s) fail(ErrorKind::invalid_argument, "decode_batch: a Context appears twice");
+        if (s->n_past_ + 1 > s->n_ctx_)
+            fail(ErrorKind::context_overflow, "sequence " + std::to_string(i) + " is full (" + std::to_string(s->n_ctx_) + " tokens)");
+        if (s->kv_.type_k() != kv_.type_k() || s->kv_.type_v() != kv_.type_v() || s->n_ctx_ != n_ctx_)
+            fail(ErrorKind::invalid_argument, "decode_batch: the sequences' contexts differ in size or KV cache type");
+        if (tokens[i] < 0 || tokens[i] >= c.n_vocab)
+            fail(ErrorKind::invalid_token, "token id " + std::to_string(tokens[i]) + " at index " + std::to_string(i) +
+                 " is outside the vocabulary (0.." + std::to_string(c.n_vocab - 1) + ")");
+    }
+    // Rows past a sequence's n_past are written, but n_past moves only on success.
+    forward_batch(tokens, n, logits, true, stop, seqs);
+    for (int64_t i = 0; i < n; ++i) seqs[i]->n_past_ += 1;
+    model_->collapse_to_huge_pages();
+}
+
+void Context::forward_batch(const int32_t* tokens, int64_t nb, float* logits, bool all_logits, const StopCheck& stop,
+                            Context* const* seqs) {
     const Model& m = *model_;
     const HParams& c = m.config();
     const ArchSpec& A = m.arch();
@@ -396,7 +426,7 @@ void Context::forward_batch(const int32_t* tokens, int64_t nb, float* logits, bo
             kt_.to_float[m.tok_embd.type](m.tok_embd.data + (int64_t)tokens[t] * m.tok_embd.row_bytes, xr, d);
         if (c.embd_scale != 1.0f)
             for (int64_t i = 0; i < d; ++i) xr[i] *= c.embd_scale;
-        pos_[t] = (int32_t)(pos0 + t);
+        pos_[t] = (int32_t)(seqs ? seqs[t]->n_past_ : pos0 + t);
     }
     rope_cache(pos_.data(), nb, rope_, cos_sin_.data());
     if (!cos_sin_swa_.empty()) rope_cache(pos_.data(), nb, rope_swa_, cos_sin_swa_.data());
@@ -439,10 +469,17 @@ void Context::forward_batch(const int32_t* tokens, int64_t nb, float* logits, bo
             const float* cs = cos_sin + t * c.n_rot;
             rope(qr, 1, nq, c.n_head, (int)hd, c.n_rot, c.rope_neox, cs);
             rope(kr, 1, nkv, c.n_head_kv, (int)hd, c.n_rot, c.rope_neox, cs);
-            kv_.store(kt_, l, pos0 + t, kr, vr);
+            (seqs ? seqs[t]->kv_ : kv_).store(kt_, l, pos_[t], kr, vr);
         });
-        attention(pool_, kt_, q_.data(), nq, kv_.layer(l), att_.data(), nq, nb, pos0, c.n_head, c.n_head_kv, (int)hd, scale,
-                  att_scratch_.data(), swa ? c.n_swa : 0, c.attn_softcap);
+        if (!seqs) {
+            attention(pool_, kt_, q_.data(), nq, kv_.layer(l), att_.data(), nq, nb, pos0, c.n_head, c.n_head_kv, (int)hd, scale,
+                      att_scratch_.data(), swa ? c.n_swa : 0, c.attn_softcap);
+        } else {
+            // Each sequence attends over its own cache: the call its own decode step makes.
+            for (int64_t t = 0; t < nb; ++t)
+                attention(pool_, kt_, q_.data() + t * nq, nq, seqs[t]->kv_.layer(l), att_.data() + t * nq, nq, 1, pos_[t],
+                          c.n_head, c.n_head_kv, (int)hd, scale, att_scratch_.data(), swa ? c.n_swa : 0, c.attn_softcap);
+        }
         capture(l, LinearInput::attn_output, att_.data(), nq);
         {
             size_t ro;

@@ -124,6 +124,11 @@ public:
     // scratch for n_batch tokens per forward.
     Context(std::shared_ptr<const Model> model, int n_ctx, int n_batch, int n_threads,
             Type type_k = TYPE_F16, Type type_v = TYPE_F16);
+    // The same, running on `pool` (shared with other Contexts of one generation engine, which
+    // evaluates one Context at a time: several sequences must not oversubscribe the cores).
+    Context(std::shared_ptr<const Model> model, int n_ctx, int n_batch, std::shared_ptr<ThreadPool> pool,
+            Type type_k = TYPE_F16, Type type_v = TYPE_F16);
+    const std::shared_ptr<ThreadPool>& pool() const { return pool_owner_; }
 
     int n_ctx() const { return n_ctx_; }
     int n_threads() const { return pool_.size(); }
@@ -137,6 +142,15 @@ public:
     // for an id outside the vocabulary, Error(interrupted) if stop() says so (cache unchanged).
     void eval(const int32_t* tokens, int64_t n, float* logits, bool all_logits, const StopCheck& stop);
 
+    // Continuous batching: one token for each of n sequences in one forward pass, so every weight
+    // is read once for all of them. Token i is evaluated in seqs[i] (at its n_past, its K/V stored
+    // in its cache) and appended to it; logits are (n, n_vocab). Runs on this Context's pool and
+    // scratch (n <= n_batch); every seqs[i] must be a distinct Context of this one's model (this
+    // one may be among them). Each sequence gets exactly the logits its own eval would give (the
+    // kernels are batch-invariant: rows never mix). Throws before any compute on bad input;
+    // on any error no sequence's cache changes.
+    void decode_batch(Context* const* seqs, const int32_t* tokens, int64_t n, float* logits, const StopCheck& stop);
+
     static uint64_t kv_cache_bytes(const HParams& cfg, int n_ctx, Type type_k = TYPE_F16, Type type_v = TYPE_F16);
     const KvCache& kv_cache() const { return kv_; }
 
@@ -144,14 +158,17 @@ public:
     void set_capture(CaptureSink* sink) { capture_ = sink; }
 
 private:
-    void forward_batch(const int32_t* tokens, int64_t nb, float* logits, bool all_logits, const StopCheck& stop);
+    // seqs (nullable): token t belongs to seqs[t] (decode_batch), else all to this sequence.
+    void forward_batch(const int32_t* tokens, int64_t nb, float* logits, bool all_logits, const StopCheck& stop,
+                       Context* const* seqs = nullptr);
 
     // A row buffer for activations quantized to one vec_dot_type.
     const uint8_t* quantize_for(const Matrix& w, const float* x, int64_t nb, size_t* row_bytes, int slot);
 
     std::shared_ptr<const Model> model_;
     const KernelTable& kt_;
-    ThreadPool pool_;
+    std::shared_ptr<ThreadPool> pool_owner_;
+    ThreadPool& pool_;
     int n_ctx_, n_batch_;
     int64_t n_past_ = 0;
 
