@@ -127,7 +127,8 @@ def cmd_list(args) -> int:
 def _short(value, limit=80) -> str:
     import numpy as np
     if isinstance(value, (list, np.ndarray)):
-        head = ", ".join(repr(v) for v in value[:5])
+        items = value[:5].tolist() if isinstance(value, np.ndarray) else value[:5]
+        head = ", ".join(repr(v) for v in items)
         return f"[{head}{', ...' if len(value) > 5 else ''}] ({len(value)} items)"
     s = repr(value)
     return s if len(s) <= limit else s[:limit] + f"... ({len(s)} chars)"
