@@ -137,8 +137,10 @@ def cmd_list(args) -> int:
 
 
 def _short(value, limit=80) -> str:
-    if isinstance(value, list):
-        head = ", ".join(repr(v) for v in value[:5])
+    import numpy as np
+    if isinstance(value, (list, np.ndarray)):
+        items = value[:5].tolist() if isinstance(value, np.ndarray) else value[:5]
+        head = ", ".join(repr(v) for v in items)
         return f"[{head}{', ...' if len(value) > 5 else ''}] ({len(value)} items)"
     s = repr(value)
     return s if len(s) <= limit else s[:limit] + f"... ({len(s)} chars)"
@@ -146,12 +148,17 @@ def _short(value, limit=80) -> str:
 
 def cmd_info(args) -> int:
     from collections import Counter
+
+    import numpy as np
+
     from pyllm.gguffile import GGUFFile
     f = GGUFFile(hub.resolve(args.model))
     tensors = f.tensors
     if args.json:
-        md = {k: v for k, v in f.metadata.items() if args.full or not isinstance(v, list) or len(v) <= 16}
-        md = {k: (v.hex() if isinstance(v, bytes) else v) for k, v in md.items()}
+        md = {k: v for k, v in f.metadata.items()
+              if args.full or not isinstance(v, (list, np.ndarray)) or len(v) <= 16}
+        md = {k: (v.hex() if isinstance(v, bytes) else v.tolist() if isinstance(v, np.ndarray) else v)
+              for k, v in md.items()}
         print(json.dumps({"path": f.path, "version": f.version, "metadata": md, "tensors": list(tensors.values())}, indent=1))
         return 0
     print(f"{f.path}: GGUF v{f.version}, {len(f.metadata)} metadata keys, {len(tensors)} tensors")

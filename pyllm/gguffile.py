@@ -24,7 +24,8 @@ class GGUFFile:
     """A validated, memory-mapped GGUF file.
 
     `metadata` maps keys to int | float | bool | str | bytes (strings that are not UTF-8) | list
-    (arrays, nested arrays as nested lists). `tensors` maps names to dicts with `type`,
+    (arrays, nested arrays as nested lists) | numpy array (numeric arrays of more than 1024
+    elements, read-only copies: a list of Python numbers would take ~9x the file's bytes). `tensors` maps names to dicts with `type`,
     `type_name`, `supported` (False for a ggml type pyllm reads but does not run, such as IQ2_XXS),
     `shape` (ne order: the row length first, like the `gguf` package), `n_elements`, `nbytes` and
     `offset` (absolute in the file).

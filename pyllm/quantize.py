@@ -356,6 +356,10 @@ def _infer_type(v: Any) -> str:
         return "FLOAT32"
     if isinstance(v, (str, bytes)):
         return "STRING"
+    if isinstance(v, np.ndarray):  # the reader's big numeric arrays
+        return "ARRAY[" + {"?": "BOOL", "b": "INT8", "B": "UINT8", "h": "INT16", "H": "UINT16", "i": "INT32",
+                           "I": "UINT32", "q": "INT64", "Q": "UINT64", "l": "INT64", "L": "UINT64",
+                           "f": "FLOAT32", "d": "FLOAT64"}[v.dtype.char] + "]"
     if isinstance(v, list):
         return "ARRAY[" + (_infer_type(v[0]) if v else "INT32") + "]"
     raise QuantizeError(f"cannot store metadata value {v!r}")
@@ -384,6 +388,8 @@ def _encode_value(vtype: str, v: Any) -> bytes:
             return struct.pack("<IQ", _ARRAY, len(v)) + b"".join(_encode_value(_infer_type(x), x) for x in v)
     head = struct.pack("<IQ", _value_type_id(inner), len(v))
     if inner in _SCALARS:
+        if isinstance(v, np.ndarray):  # the reader's big numeric arrays: no per-element packing
+            return head + np.ascontiguousarray(v, dtype=np.dtype(_SCALARS[inner][1])).tobytes()
         return head + struct.pack("<" + _SCALARS[inner][1][1] * len(v), *v)
     if inner == "STRING":  # a vocabulary: ~100k strings, so no Python-level loop per item
         items = [x if isinstance(x, bytes) else x.encode("utf-8") for x in v]

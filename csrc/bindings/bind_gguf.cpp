@@ -1,5 +1,6 @@
 // _core.GGUFReader: the C++ GGUF reader seen from Python. Metadata becomes plain Python objects
-// (built once, on first use); tensor bytes are zero-copy read-only numpy views that keep the
+// (built once, on first use), except numeric arrays of more than kNumpyArrayMin elements, which
+// become read-only numpy arrays (a list of Python ints or floats takes ~9x the file's bytes); tensor bytes are zero-copy read-only numpy views that keep the
 // mapping alive. Helpers for users live in pyllm/gguffile.py.
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
@@ -59,6 +60,23 @@ PyObject* scalar_from_bytes(GGUFValueType t, const uint8_t* p) {
     return nullptr;
 }
 
+// Numeric arrays longer than this are numpy arrays: a list costs 8 bytes per pointer plus 24-28
+// per int or float object (a 50 MB int32 array took 455 MB), a numpy copy the file's bytes. Shorter
+// ones (per-layer hyper-parameters and the like) stay lists, as callers compare them with lists.
+constexpr uint64_t kNumpyArrayMin = 1024;
+
+const char* numpy_dtype(GGUFValueType t) {
+    switch (t) {
+    case GGUFValueType::UINT8: return "<u1";   case GGUFValueType::INT8: return "<i1";
+    case GGUFValueType::UINT16: return "<u2";  case GGUFValueType::INT16: return "<i2";
+    case GGUFValueType::UINT32: return "<u4";  case GGUFValueType::INT32: return "<i4";
+    case GGUFValueType::UINT64: return "<u8";  case GGUFValueType::INT64: return "<i8";
+    case GGUFValueType::FLOAT32: return "<f4"; case GGUFValueType::FLOAT64: return "<f8";
+    case GGUFValueType::BOOL: return "?";
+    default: return nullptr;
+    }
+}
+
 py::object to_python(const GGUFValue& v) {
     switch (v.type) {
     case GGUFValueType::UINT8: case GGUFValueType::UINT16: case GGUFValueType::UINT32: case GGUFValueType::UINT64:
@@ -70,12 +88,19 @@ py::object to_python(const GGUFValue& v) {
     case GGUFValueType::STRING: return str_or_bytes(v.str);
     case GGUFValueType::ARRAY: break;
     }
-    // Arrays are always Python lists (nested arrays: lists of lists), never numpy arrays.
+    // Arrays of strings or arrays, and short numeric arrays, are Python lists.
     py::list out((size_t)v.count);
     if (v.elem_type == GGUFValueType::STRING) {
         for (size_t j = 0; j < v.strs.size(); ++j) PyList_SET_ITEM(out.ptr(), j, str_or_bytes(v.strs[j]).release().ptr());
     } else if (v.elem_type == GGUFValueType::ARRAY) {
         for (size_t j = 0; j < v.items.size(); ++j) PyList_SET_ITEM(out.ptr(), j, to_python(v.items[j]).release().ptr());
+    } else if (v.count > kNumpyArrayMin) {
+        // A copy, not a view of the mapping: metadata outlives close() and must not fault if the
+        // file is truncated later. GGUF booleans are bytes 0/1; the reader rejects other values.
+        py::array a(py::dtype(numpy_dtype(v.elem_type)), py::array::ShapeContainer{(py::ssize_t)v.count});
+        std::memcpy(a.mutable_data(), v.elems, (size_t)v.count * gguf_value_type_size((uint32_t)v.elem_type));
+        py::detail::array_proxy(a.ptr())->flags &= ~py::detail::npy_api::NPY_ARRAY_WRITEABLE_;
+        return std::move(a);
     } else {
         const size_t size = gguf_value_type_size((uint32_t)v.elem_type);
         for (uint64_t j = 0; j < v.count; ++j) {
@@ -188,7 +213,8 @@ void register_gguf(py::module_& m) {
     py::class_<Reader>(m, "GGUFReader",
                        "A validated, memory-mapped GGUF file (versions 2 and 3, little-endian). Raises "
                        "GGUFError naming the field and byte offset of the first problem, OSError if the "
-                       "file cannot be opened. Metadata arrays are Python lists.")
+                       "file cannot be opened. Metadata arrays are Python lists, except numeric arrays of more than "
+                       "1024 elements: read-only numpy arrays.")
         .def(py::init<const std::string&>(), py::arg("path"))
         .def_property_readonly("path", &Reader::path)
         .def_property_readonly("version", [](const Reader& r) { return r.file().version(); })
@@ -196,7 +222,7 @@ void register_gguf(py::module_& m) {
         .def_property_readonly("data_offset", [](const Reader& r) { return r.file().data_offset(); })
         .def_property_readonly("file_size", [](const Reader& r) { return r.file().file_size(); })
         .def_property_readonly("closed", [](const Reader& r) { return r.file_closed(); })
-        .def_property_readonly("metadata", &Reader::metadata, "key -> int | float | bool | str | bytes | list (cached)")
+        .def_property_readonly("metadata", &Reader::metadata, "key -> int | float | bool | str | bytes | list | numpy array (numeric arrays of more than 1024 elements; cached)")
         .def_property_readonly("metadata_types", &Reader::metadata_types, "key -> 'UINT32', 'ARRAY[STRING]', ...")
         .def_property_readonly("tensors", &Reader::tensors,
                                "list of dicts: name, type, type_name, supported, shape (ne order), n_elements, nbytes, offset")

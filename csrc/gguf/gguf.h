@@ -82,7 +82,9 @@ private:
     void parse();  // validates the mapping and fills the members below
     std::string path_;
     int fd_ = -1;                // POSIX
+#if defined(_WIN32)
     void* map_handle_ = nullptr; // Windows: the file mapping object (the view is base_)
+#endif
     const uint8_t* base_ = nullptr;
     uint64_t size_ = 0;
     uint32_t version_ = 0;

@@ -26,7 +26,6 @@ namespace {
 
 // --- helpers ------------------------------------------------------------------------------------
 
-inline float half_to_f32(uint16_t h) { return _cvtsh_ss(h); }
 inline uint16_t f32_to_half(float f) { return (uint16_t)_cvtss_sh(f, _MM_FROUND_TO_NEAREST_INT); }
 
 // Forbids fusing this product into a following add (see avx2.cpp: the reference rounds it first).
