@@ -103,7 +103,6 @@ def test_sliding_window_prompt_longer_than_the_window(model):
     text = (Path(__file__).parent / "data" / "wikitext2_test_16x512.txt").read_text()
     ids = [model.tokenizer.bos_id] + model.tokenize(text, add_bos=False)[:700]
     whole = model.logits(ids)[-1]
-    model._context().truncate(0)
     m2 = pyllm.Model(model.path, n_ctx=1024, n_batch=64)
     chunked = m2.logits(ids)[-1]
     m2.close()
