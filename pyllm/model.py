@@ -126,7 +126,7 @@ class Model:
 
         def load_weights():
             try:
-                loaded["model"] = _core.LlamaModel(cfg, tensors, keep_alive=self._file, repack=repack)
+                loaded["model"] = _core.Model(cfg, tensors, keep_alive=self._file, repack=repack)
             except BaseException as e:  # re-raised below, on the caller's thread
                 loaded["error"] = e
 
@@ -146,7 +146,7 @@ class Model:
         self.n_ctx = int(n_ctx) if n_ctx is not None else min(self.config.n_ctx_train, 4096)
         if self.n_ctx < 1:
             raise ValueError(f"n_ctx must be at least 1, got {self.n_ctx}")
-        kv_bytes = _core.LlamaModel.kv_cache_bytes(cfg, self.n_ctx, self.cache_type_k, self.cache_type_v)
+        kv_bytes = _core.Model.kv_cache_bytes(cfg, self.n_ctx, self.cache_type_k, self.cache_type_v)
         mem = _physical_memory()
         if mem is not None and kv_bytes > mem // 2:
             raise ValueError(f"n_ctx={self.n_ctx} needs {kv_bytes / 2**30:.1f} GiB of KV cache; this machine "

@@ -81,7 +81,7 @@ void register_model(py::module_& m) {
         return out;
     });
     m.def("supported_architectures", [] { return supported_archs(); });
-    py::class_<PyModel>(m, "LlamaModel")
+    py::class_<PyModel>(m, "Model")
         .def(py::init(&make_model), py::arg("config"), py::arg("tensors"), py::arg("keep_alive") = py::none(),
              py::arg("repack") = true)
         .def_property_readonly("repacked_bytes", [](const PyModel& pm) { return pm.model->repacked_bytes(); })
