@@ -147,3 +147,23 @@ def test_nan_sample_checks_chosen_rows_of_big_tensors(tmp_path):
         assert f.nonfinite_sample(full_below=1 << 30) == [("token_embd.weight", 1)]  # checked whole
         assert f.nonfinite_sample(full_below=1, rows=2) == []             # rows 0 and n-1 only
         assert f.nonfinite_sample(full_below=1, rows=3) == ([("token_embd.weight", 1)] if n_rows % 2 else [])
+
+
+@pytest.mark.parametrize("variant", ["rope_freqs", "yarn"])
+def test_rope_scaling_past_4k_positions(tmp_path, variant):
+    """llama3's rope_freqs and YaRN where they matter most, at positions past 4096 (the tiny
+    YaRN file's original context is 16): the last tokens of a 4200-token prompt, and a decode
+    step after it, against the numpy reference. F32 weights; the tolerance of the long-context
+    test above."""
+    path = tmp_path / f"tiny-{variant}.gguf"
+    make_tiny_model(path, "F32", "llama", variant=variant)
+    rng = np.random.default_rng(3)
+    ids = [int(i) for i in rng.integers(0, 256, size=4200)]
+    ref = reference_logits(path, ids, n_ctx=4224)
+    with pyllm.Model(path, n_ctx=4224, n_threads=2) as m:
+        got = m.logits(ids[:-1])
+        step = np.asarray(m._ctx.eval(np.array(ids[-1:], np.int32), False))
+    err = np.abs(got[-64:] - ref[-65:-1]).max() / ref.std()
+    step_err = np.abs(step - ref[-1]).max() / ref.std()
+    print(variant, "past 4k: prefill", err, "decode", step_err)
+    assert err < 1e-3 and step_err < 1e-3

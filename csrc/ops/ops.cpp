@@ -37,7 +37,8 @@ static float rope_yarn_ramp(float low, float high, int i0) {
 
 // The dimension whose rotation completes n_rot turns over n_ctx_orig positions (ggml_rope_yarn_corr_dim).
 static float rope_yarn_corr_dim(int n_dims, int n_ctx_orig, float n_rot, float base) {
-    return n_dims * std::log(n_ctx_orig / (n_rot * 2 * (float)M_PI)) / (2 * std::log(base));
+    constexpr float kPi = 3.14159265358979323846f;
+    return n_dims * std::log(n_ctx_orig / (n_rot * 2 * kPi)) / (2 * std::log(base));
 }
 
 void rope_cache(const int32_t* pos, int64_t n_tok, const RopeParams& p, float* cos_sin) {
