@@ -25,67 +25,25 @@ from pyllm.errors import ContextOverflowError, GGUFError, ModelFileChangedError,
 from pyllm.gguffile import GGUFFile
 from pyllm.tokenizer import Tokenizer
 
-# The families pyllm runs (csrc/model/arch.cpp), one file each in csrc/model/families/.
-SUPPORTED_ARCHITECTURES = tuple(_core.architectures())
-# How each hyper-parameter is read from the metadata: csrc/model/hparams.cpp's table, the one place
-# the keys, defaults and valid ranges are written.
-HPARAMS = tuple(_core.hparam_table())
+# The architecture families pyllm runs (csrc/model/arch.cpp's registry).
+SUPPORTED_ARCHITECTURES = tuple(_core.supported_architectures().split(", "))
 
 
-def _read_hparams(md: dict, arch: str) -> dict:
-    """The config fields of a file's metadata, checked against the table; GGUFError names the key."""
-    values: dict = {}
-
-    def from_field(spec: str):
-        if spec.startswith("len:"):
-            v = md.get(spec[4:])
-            return len(v) if isinstance(v, (list, tuple)) or hasattr(v, "__len__") and not isinstance(v, str) else None
-        if "/" in spec:
-            a, b = (values[f] for f in spec.split("/"))
-            return a // b if b else None
-        return values[spec]
-
-    for row in HPARAMS:
-        key = f"{arch}.{row['key']}"
-        value = md.get(key)
-        if value is None:
-            if row["required"]:
-                raise GGUFError(f"metadata key {key!r} is missing")
-            value = from_field(row["from_field"]) if row["from_field"] else row["fallback"]
-            if value is None:
-                raise GGUFError(f"metadata key {key!r} is missing")
-        elif row["choices"]:
-            choices = row["choices"].split(",")
-            if value not in choices:
-                raise GGUFError(f"metadata key {key!r} is {value!r}; pyllm knows {', '.join(choices)}")
-            value = choices.index(value)
-        else:
-            if isinstance(value, bool) or not isinstance(value, (int, float)):
-                raise GGUFError(f"metadata key {key!r} should be a number, got {value!r}")
-            if not row["is_float"] and value != int(value):
-                raise GGUFError(f"metadata key {key!r} should be an integer, got {value!r}")
-        if not (row["lo"] <= value <= row["hi"]):   # also false for NaN
-            raise GGUFError(f"metadata key {key!r} = {value!r} is out of range ({row['lo']:g} .. {row['hi']:g})")
-        values[row["field"]] = float(value) if row["is_float"] else int(value)
-    return values
+def _config_from_metadata(cls, md: dict) -> "ModelConfig":
+    """Reads the hyper-parameters of a GGUF metadata dict through the one key table
+    (csrc/model/hparams.cpp): GGUFError naming a missing or bad key, UnsupportedModelError for an
+    architecture pyllm does not run."""
+    return cls(**_core.read_hparams(dict(md)))
 
 
-def _config_from_metadata(cls, md: dict):
-    arch = md.get("general.architecture")
-    if not isinstance(arch, str):
-        raise GGUFError("metadata key 'general.architecture' is missing or not a string")
-    if arch not in SUPPORTED_ARCHITECTURES:
-        raise UnsupportedModelError(
-            f"architecture {arch!r} is not supported; pyllm runs: {', '.join(SUPPORTED_ARCHITECTURES)}")
-    return cls(arch=arch, **_read_hparams(md, arch))
-
-
-# A model's hyper-parameters: `arch` and one field per row of the table.
+# The model's hyper-parameters: one field per row of the C++ key table (names, types), so the
+# table is written once. Frozen; dataclasses.asdict(config) is what the C++ side takes back.
 ModelConfig = make_dataclass(
-    "ModelConfig", [("arch", str)] + [(row["field"], float if row["is_float"] else int) for row in HPARAMS],
-    frozen=True, namespace={"from_metadata": classmethod(_config_from_metadata),
-                            "__doc__": "A model's hyper-parameters, read from GGUF metadata by HPARAMS."})
+    "ModelConfig", [(name, {"int": int, "float": float, "bool": bool, "str": str}[kind])
+                    for name, kind in _core.hparam_fields()],
+    frozen=True, namespace={"from_metadata": classmethod(_config_from_metadata)})
 ModelConfig.__module__ = __name__
+ModelConfig.__doc__ = "Hyper-parameters of a GGUF model (fields: csrc/model/hparams.h)."
 
 
 def _file_identity(path) -> tuple[int, int, int, int] | None:

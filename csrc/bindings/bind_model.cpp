@@ -36,7 +36,7 @@ struct PyContext {
 std::unique_ptr<PyModel> make_model(const py::dict& cfg, const py::dict& tensors, py::object keep_alive, bool repack) {
     const auto views = tensor_views(tensors);
     auto m = std::make_unique<PyModel>();
-    const ModelConfig c = config_from_dict(cfg);
+    const HParams c = config_from_dict(cfg);
     ModelOptions opts;
     opts.repack = repack;
     {
@@ -77,9 +77,19 @@ void register_model(py::module_& m) {
         d["frequency_penalty"] = kSamplerDefaults.frequency_penalty; d["penalty_last_n"] = kSamplerDefaults.penalty_last_n;
         return d;
     }, "The sampler chain's default settings (SamplerParams), as a dict.");
-    m.def("hparam_table", &hparam_table_for_python,
-          "The hyper-parameter key table (model/hparams.h): how each config field is read from GGUF metadata.");
-    m.def("architectures", &arch_names, "The architecture families pyllm runs (general.architecture values).");
+    // The hyper-parameter key table (model/hparams.h), for pyllm.model.ModelConfig.
+    m.def("read_hparams", [](const py::dict& metadata) { return dict_from_hparams(read_hparams(metadata_for_hparams(metadata))); },
+          py::arg("metadata"),
+          "The model config dict of a GGUF metadata dict: GGUFError naming a bad key, UnsupportedModelError for an unknown architecture");
+    m.def("hparam_fields", [] {
+        py::list out;
+        for (const HParamField& f : hparam_fields()) {
+            static const char* kinds[] = {"int", "float", "bool", "str"};
+            out.append(py::make_tuple(f.name, kinds[f.kind]));
+        }
+        return out;
+    });
+    m.def("supported_architectures", [] { return supported_archs(); });
     py::class_<PyModel>(m, "Model")
         .def(py::init(&make_model), py::arg("config"), py::arg("tensors"), py::arg("keep_alive") = py::none(),
              py::arg("repack") = true)

@@ -1,26 +1,35 @@
+// The registry: GGUF architecture name -> family. Adding a dense family is a file in archs/ and
+// a row here.
 #include "model/arch.h"
 
 namespace pyllm {
 
-// The families, one file each in model/families/.
-extern const ArchSpec kLlamaSpec, kMistralSpec, kQwen2Spec, kQwen3Spec, kQwen2MoeSpec, kQwen3MoeSpec, kGemma2Spec,
-    kGemma3Spec, kPhi3Spec;
-
 namespace {
-const ArchSpec* const kFamilies[] = {&kLlamaSpec, &kMistralSpec, &kQwen2Spec, &kQwen3Spec, &kQwen2MoeSpec,
-                                     &kQwen3MoeSpec, &kGemma2Spec, &kGemma3Spec, &kPhi3Spec};
-}
+struct Row {
+    const char* gguf_name;
+    const ArchSpec& (*spec)();
+};
+const Row kArchitectures[] = {
+    {"llama", arch_llama},
+    {"mistral", arch_llama},  // llama's tensors and graph; llama.cpp converts Mistral as llama too
+    {"qwen2", arch_qwen2},
+    {"qwen3", arch_qwen3},
+    {"gemma2", arch_gemma2},
+    {"gemma3", arch_gemma3},
+    {"phi3", arch_phi3},
+};
+} // namespace
 
 const ArchSpec* find_arch(const std::string& name) {
-    for (const ArchSpec* s : kFamilies)
-        if (name == s->name) return s;
+    for (const Row& r : kArchitectures)
+        if (name == r.gguf_name) return &r.spec();
     return nullptr;
 }
 
-std::vector<std::string> arch_names() {
-    std::vector<std::string> names;
-    for (const ArchSpec* s : kFamilies) names.push_back(s->name);
-    return names;
+std::string supported_archs() {
+    std::string s;
+    for (const Row& r : kArchitectures) s += (s.empty() ? "" : ", ") + std::string(r.gguf_name);
+    return s;
 }
 
 } // namespace pyllm

@@ -1,46 +1,43 @@
-// What an architecture family is, as data: which tensors a layer has, where the norms sit, the
-// activation, the attention and rope options. The generic runtime (model/model.cpp) reads a spec
-// and never asks which family it runs; each family is one file in model/families/ holding its
-// spec (and a row in arch.cpp's list). Hyper-parameters are not here: model/hparams.h.
+// Architecture families: what each one changes in the shared transformer (model.cpp). A family
+// is a file in model/archs/ that fills an ArchSpec, plus a row in the registry (arch.cpp).
+// Hyper-parameters come from the key table (hparams.h); a family only sets defaults the file may
+// omit and values derived from others.
 #pragma once
 #include <string>
-#include <vector>
+
+#include "model/hparams.h"
 
 namespace pyllm {
 
-enum class Activation : int { swiglu, geglu_tanh };
-
-// Which layers use the sliding window (when the file sets attention.sliding_window).
-enum class SwaLayers : int {
-    none,            // every layer global
-    all,             // every layer slides (mistral's window)
-    all_but_period,  // layer l is global iff l % swa_pattern == swa_pattern - 1 (gemma2/3)
-};
+// The feed-forward block's gate activation: silu(gate) * up (SwiGLU) or gelu_tanh(gate) * up (GeGLU).
+enum class Activation { silu, gelu_tanh };
 
 struct ArchSpec {
-    const char* name;
-    bool rope_neox = false;         // rotate (i, i + n_rot/2) pairs, not adjacent ones
-    bool qkv_bias = false;          // optional attn_{q,k,v}.bias (qwen2)
-    bool qk_norm = false;           // attn_q_norm / attn_k_norm: RMSNorm over each head (qwen3, gemma3)
-    bool post_norms = false;        // post_attention_norm and post_ffw_norm after the sub-blocks (gemma2/3)
-    bool embed_scale = false;       // the embedding row times sqrt(n_embd) (gemma)
-    bool fused_qkv = false;         // one attn_qkv matrix (phi3): q, k, v rows in that order
-    bool fused_gate_up = false;     // ffn_up holds the gate rows, then the up rows (phi3)
-    bool rope_freqs = false;        // an optional rope_freqs.weight of per-pair divisors (llama3)
-    bool rope_long_short = false;   // rope_factors_long/short (phi3's LongRoPE)
-    Activation act = Activation::swiglu;
-    SwaLayers swa = SwaLayers::none;
-    int swa_pattern_default = 0;    // when the file has no attention.sliding_window_pattern
-    bool scale_query = false;       // scale q by 1/sqrt(head_dim) before the dot (gemma, phi3), not the scores
-    bool swa_local_rope = false;    // sliding layers use rope.freq_base_swa, unscaled (gemma3)
-    bool moe = false;               // ffn_gate_inp + ffn_{gate,up,down}_exps
-    bool moe_shared_expert = false; // qwen2moe: *_shexp and ffn_gate_inp_shexp
-    bool moe_norm_weights = false;  // renormalize the top-k gate weights to sum to 1
+    const char* name = nullptr;
+    bool rope_neox = false;         // rotate (i, i + n_rot/2) pairs (ggml's NEOX mode)
+    Activation ffn_act = Activation::silu;
+    bool fused_qkv = false;         // blk.N.attn_qkv.weight holds q, k, v rows in that order (phi3)
+    bool fused_gate_up = false;     // blk.N.ffn_up.weight holds gate rows, then up rows (phi3)
+    bool qk_norm = false;           // attn_q_norm / attn_k_norm: RMSNorm of each head before rope
+    bool post_norms = false;        // post_attention_norm and post_ffw_norm on each block's output
+    bool qkv_bias = true;           // optional attn_q/k/v.bias tensors are read
+    // Before the key table is read: defaults for keys the file may omit.
+    void (*defaults)(HParams&) = nullptr;
+    // After: values the family derives from the others (scales, window layout).
+    void (*derive)(HParams&, const Metadata&) = nullptr;
 };
 
-// The spec of a family name (general.architecture), or nullptr.
+// The family of a GGUF general.architecture name, or nullptr.
 const ArchSpec* find_arch(const std::string& name);
-// Every family pyllm runs, by name.
-std::vector<std::string> arch_names();
+// "llama, mistral, qwen2, ...": for error messages and Python.
+std::string supported_archs();
+
+// The families (model/archs/*.cpp).
+const ArchSpec& arch_llama();
+const ArchSpec& arch_qwen2();
+const ArchSpec& arch_qwen3();
+const ArchSpec& arch_gemma2();
+const ArchSpec& arch_gemma3();
+const ArchSpec& arch_phi3();
 
 } // namespace pyllm

@@ -23,15 +23,18 @@ struct OutputSink : CaptureSink {
 
 } // namespace
 
-void run_layer(const ModelConfig& cfg, const std::unordered_map<std::string, TensorView>& layer,
+void run_layer(const HParams& cfg, const std::unordered_map<std::string, TensorView>& layer,
                const float* hidden_in, float* hidden_out, int64_t n_seq, int seq_len, int n_threads,
                CaptureSink* sink, const StopCheck& stop) {
     if (n_seq < 1 || seq_len < 1) fail(ErrorKind::invalid_argument, "run_layer needs at least one sequence of one token");
     const int64_t n_rows = n_seq * seq_len;
     if (n_rows > (1 << 24)) fail(ErrorKind::invalid_argument, "run_layer: at most 2^24 calibration tokens");
-    ModelConfig c = cfg;
+    HParams c = cfg;
     c.n_layer = 1;
     c.n_vocab = (int)n_rows;
+    c.embd_scale = 1.0f;   // the stream is the residual itself
+    c.final_softcap = 0.0f;
+    c.n_swa = 0;
     const int64_t d = c.n_embd;
 
     std::unordered_map<std::string, TensorView> tensors = layer;

@@ -72,18 +72,12 @@ struct TensorFinder {
     }
 };
 
-// Rows [r0, r0 + n) of a matrix: a fused tensor's parts (phi3's attn_qkv, its gate-and-up ffn_up).
-Matrix row_range(const Matrix& m, int64_t r0, int64_t n) {
+// Rows [r0, r0 + n) of m: one part of a fused tensor (phi3's attn_qkv, ffn_up).
+Matrix rows_of(const Matrix& m, int64_t r0, int64_t n) {
     Matrix v = m;
-    v.data = m.data + r0 * m.row_bytes;
     v.rows = n;
+    v.data = m.data + r0 * m.row_bytes;
     return v;
-}
-
-std::string joined(const std::vector<std::string>& names) {
-    std::string s;
-    for (const auto& n : names) s += (s.empty() ? "" : ", ") + n;
-    return s;
 }
 
 // The read-only, file-backed mappings of this process (/proc/self/maps: perms "r-..", inode != 0),
@@ -170,72 +164,64 @@ void Model::repack(Matrix& m, uint8_t* dst, bool release) {
     m.x8 = !is_float_matrix(m);
 }
 
-Model::Model(const ModelConfig& cfg, const std::unordered_map<std::string, TensorView>& tensors,
-                       const ModelOptions& options)
-    : cfg_(cfg), spec_(find_arch(cfg.arch)) {
-    if (!spec_) fail(ErrorKind::unsupported, "architecture '" + cfg.arch + "' is not supported; pyllm runs: " + joined(arch_names()));
-    check_config(cfg);
-    if (cfg.n_expert > 0)
-        fail(ErrorKind::unsupported, cfg.arch + " file with " + std::to_string(cfg.n_expert) +
-             " experts: pyllm does not run mixture-of-experts models yet");
-    const ArchSpec& a = *spec_;
+Model::Model(const HParams& cfg, const std::unordered_map<std::string, TensorView>& tensors, const ModelOptions& options)
+    : cfg_(cfg), arch_(nullptr) {
+    validate_hparams(cfg);
+    arch_ = find_arch(cfg.arch);
+    const ArchSpec& A = *arch_;
+    if (cfg.rope_neox != A.rope_neox)
+        fail(ErrorKind::invalid_argument, "rope_neox disagrees with the " + cfg.arch + " family");
 
     const TensorFinder f{tensors, &weight_bytes_};
-    const int64_t d = cfg.n_embd, hd = cfg.head_dim;
+    const int64_t d = cfg.n_embd, hd = cfg.head_dim, ff = cfg.n_ff;
     const int64_t nq = (int64_t)cfg.n_head * hd, nkv = (int64_t)cfg.n_head_kv * hd;
     tok_embd = f.matrix("token_embd.weight", cfg.n_vocab, d);
     output_norm = f.vector("output_norm.weight", d);
     output = f.matrix("output.weight", cfg.n_vocab, d, /*required=*/false);
     if (!output) output = tok_embd;  // tied embeddings
-    if (a.rope_freqs) rope_factors = f.vector("rope_freqs.weight", cfg.n_rot / 2, false);
-    if (a.rope_long_short) {
-        rope_factors_long = f.vector("rope_factors_long.weight", cfg.n_rot / 2, false);
-        rope_factors_short = f.vector("rope_factors_short.weight", cfg.n_rot / 2, false);
-    }
-    const int swa_pattern = cfg.swa_pattern ? cfg.swa_pattern : a.swa_pattern_default;
+    // Rope frequency divisors: llama3's one vector, or phi3's LongRoPE pair.
+    rope_freqs = f.vector("rope_freqs.weight", cfg.n_rot / 2, false);
+    rope_factors_long = f.vector("rope_factors_long.weight", cfg.n_rot / 2, false);
+    rope_factors_short = f.vector("rope_factors_short.weight", cfg.n_rot / 2, false);
     layers.resize(cfg.n_layer);
     for (int l = 0; l < cfg.n_layer; ++l) {
         const std::string p = "blk." + std::to_string(l) + ".";
         LayerWeights& L = layers[l];
         L.attn_norm = f.vector(p + "attn_norm.weight", d);
-        if (a.fused_qkv && f.find(p + "attn_qkv.weight")) {
+        // q, k and v: three tensors, or (phi3) one of nq + 2 nkv rows split into views.
+        if (A.fused_qkv && (f.find(p + "attn_qkv.weight") || !f.find(p + "attn_q.weight"))) {
             const Matrix qkv = f.matrix(p + "attn_qkv.weight", nq + 2 * nkv, d);
-            L.wq = row_range(qkv, 0, nq);
-            L.wk = row_range(qkv, nq, nkv);
-            L.wv = row_range(qkv, nq + nkv, nkv);
+            L.wq = rows_of(qkv, 0, nq);
+            L.wk = rows_of(qkv, nq, nkv);
+            L.wv = rows_of(qkv, nq + nkv, nkv);
         } else {
             L.wq = f.matrix(p + "attn_q.weight", nq, d);
             L.wk = f.matrix(p + "attn_k.weight", nkv, d);
             L.wv = f.matrix(p + "attn_v.weight", nkv, d);
         }
-        L.wo = f.matrix(p + "attn_output.weight", d, nq);
-        if (a.qkv_bias) {
+        if (A.qkv_bias) {
             L.bq = f.vector(p + "attn_q.bias", nq, false);
             L.bk = f.vector(p + "attn_k.bias", nkv, false);
             L.bv = f.vector(p + "attn_v.bias", nkv, false);
         }
-        if (a.qk_norm) {
+        if (A.qk_norm) {
             L.q_norm = f.vector(p + "attn_q_norm.weight", hd);
             L.k_norm = f.vector(p + "attn_k_norm.weight", hd);
         }
-        if (a.post_norms) {
-            L.post_attn_norm = f.vector(p + "post_attention_norm.weight", d);
-            L.post_ffw_norm = f.vector(p + "post_ffw_norm.weight", d);
-        }
+        L.wo = f.matrix(p + "attn_output.weight", d, nq);
+        if (A.post_norms) L.attn_post_norm = f.vector(p + "post_attention_norm.weight", d);
         L.ffn_norm = f.vector(p + "ffn_norm.weight", d);
-        if (a.fused_gate_up) {
-            const Matrix up = f.matrix(p + "ffn_up.weight", 2 * (int64_t)cfg.n_ff, d);
-            L.w_gate = row_range(up, 0, cfg.n_ff);
-            L.w_up = row_range(up, cfg.n_ff, cfg.n_ff);
+        // gate and up: two tensors, or (phi3) ffn_up of 2 n_ff rows, the gate's first.
+        if (A.fused_gate_up && !f.find(p + "ffn_gate.weight")) {
+            const Matrix gate_up = f.matrix(p + "ffn_up.weight", 2 * ff, d);
+            L.w_gate = rows_of(gate_up, 0, ff);
+            L.w_up = rows_of(gate_up, ff, ff);
         } else {
-            L.w_gate = f.matrix(p + "ffn_gate.weight", cfg.n_ff, d);
-            L.w_up = f.matrix(p + "ffn_up.weight", cfg.n_ff, d);
+            L.w_gate = f.matrix(p + "ffn_gate.weight", ff, d);
+            L.w_up = f.matrix(p + "ffn_up.weight", ff, d);
         }
-        L.w_down = f.matrix(p + "ffn_down.weight", d, cfg.n_ff);
-        if (cfg.n_swa > 0) {
-            if (a.swa == SwaLayers::all) L.sliding = true;
-            else if (a.swa == SwaLayers::all_but_period) L.sliding = swa_pattern <= 0 || l % swa_pattern < swa_pattern - 1;
-        }
+        L.w_down = f.matrix(p + "ffn_down.weight", d, ff);
+        if (A.post_norms) L.ffn_post_norm = f.vector(p + "post_ffw_norm.weight", d);
     }
     if (options.repack) {
         // A separate token_embd is only looked up, a row per token: it stays as it is. Tied, it
@@ -300,7 +286,7 @@ Model::~Model() {
 
 // --- context ------------------------------------------------------------------------------------
 
-uint64_t Context::kv_cache_bytes(const ModelConfig& cfg, int n_ctx, Type type_k, Type type_v) {
+uint64_t Context::kv_cache_bytes(const HParams& cfg, int n_ctx, Type type_k, Type type_v) {
     return KvCache::bytes_for(type_k, type_v, cfg.n_layer, n_ctx, cfg.n_head_kv, cfg.head_dim);
 }
 
@@ -316,7 +302,7 @@ Context::Context(std::shared_ptr<const Model> model, int n_ctx, int n_batch, std
                  Type type_v)
     : model_(std::move(model)), kt_(kernels()), pool_owner_(std::move(pool)), pool_(*pool_owner_), n_ctx_(n_ctx), n_batch_(n_batch),
       kv_(type_k, type_v, model_->config().n_layer, checked_n_ctx(n_ctx), model_->config().n_head_kv, model_->config().head_dim) {
-    const ModelConfig& c = model_->config();
+    const HParams& c = model_->config();
     if (n_batch < 1) fail(ErrorKind::invalid_argument, "n_batch must be at least 1");
     const int64_t kv = (int64_t)c.n_head_kv * c.head_dim, nq = (int64_t)c.n_head * c.head_dim;
     x_.resize((size_t)n_batch * c.n_embd);
@@ -329,46 +315,29 @@ Context::Context(std::shared_ptr<const Model> model, int n_ctx, int n_batch, std
     hb_.resize((size_t)n_batch * c.n_ff);
     hb2_.resize(hb_.size());
     cos_sin_.resize((size_t)n_batch * c.n_rot);
-    cos_sin_local_.resize(cos_sin_.size());
-    set_rope(n_ctx);
+    // The rope of the global layers and of the sliding-window ones (gemma3: base 10000, no
+    // scaling). LongRoPE's long factors apply when this context is longer than the original.
+    const Model& m = *model_;
+    rope_.n_rot = c.n_rot;
+    rope_.freq_base = c.rope_freq_base;
+    rope_.freq_scale = c.rope_freq_scale;
+    rope_.freq_factors = m.rope_freqs ? m.rope_freqs : (n_ctx > c.rope_n_ctx_orig ? m.rope_factors_long : m.rope_factors_short);
+    rope_.ext_factor = c.yarn_ext_factor;
+    rope_.attn_factor = c.yarn_attn_factor;
+    rope_.beta_fast = c.yarn_beta_fast;
+    rope_.beta_slow = c.yarn_beta_slow;
+    rope_.n_ctx_orig = c.rope_n_ctx_orig;
+    rope_swa_ = rope_;
+    rope_swa_.freq_base = c.rope_freq_base_swa;
+    rope_swa_.freq_scale = c.rope_freq_scale_swa;
+    bool any_swa = false;
+    for (int l = 0; l < c.n_layer; ++l) any_swa |= c.is_swa(l);
+    if (any_swa) cos_sin_swa_.resize(cos_sin_.size());
     pos_.resize(n_batch);
     att_scratch_.resize(attention_scratch_floats(pool_.size(), c.n_head, c.n_head_kv, c.head_dim));
     // Largest quantized row: F32 activations (float weights) of the widest input.
     const int64_t max_k = std::max<int64_t>({c.n_embd, c.n_ff, nq});
     for (auto& a : act_) a.resize((size_t)n_batch * max_k * sizeof(float) + 64);
-}
-
-void Context::set_rope(int n_ctx) {
-    const Model& m = *model_;
-    const ModelConfig& c = m.config();
-    const bool scaled = c.rope_scaling != (int)RopeScaling::none;
-    rope_ = RopeParams{};
-    rope_.n_rot = c.n_rot;
-    rope_.freq_base = c.rope_freq_base;
-    rope_.freq_scale = scaled ? c.rope_freq_scale() : 1.0f;
-    rope_.factors = m.rope_factors;
-    if (!rope_.factors && (m.rope_factors_long || m.rope_factors_short))
-        rope_.factors = n_ctx > c.rope_orig_ctx && m.rope_factors_long ? m.rope_factors_long : m.rope_factors_short;
-    float attn_factor = 1.0f;
-    if (c.rope_scaling == (int)RopeScaling::yarn) {
-        // llama.cpp's YaRN magnitude: get_mscale(factor) (over the log-multiplier's, when the file
-        // has one), divided by the 1 + 0.1 ln(factor) that the rope itself multiplies back in.
-        rope_.ext_factor = 1.0f;
-        const float factor = 1.0f / rope_.freq_scale;
-        auto get_mscale = [](float scale, float mscale) { return scale <= 1.0f ? 1.0f : 0.1f * mscale * std::log(scale) + 1.0f; };
-        attn_factor = c.yarn_log_mul != 0.0f ? get_mscale(factor, 1.0f) / get_mscale(factor, c.yarn_log_mul) : get_mscale(factor, 1.0f);
-        attn_factor *= 1.0f / (1.0f + 0.1f * std::log(factor));
-        rope_yarn_corr_dims(c.n_rot, c.rope_orig_ctx, c.rope_freq_base, c.yarn_beta_fast, c.yarn_beta_slow, rope_.corr_dims);
-    }
-    rope_.attn_factor = attn_factor * c.rope_attn_factor;
-    // Gemma 3's sliding layers: their own base, never scaled.
-    rope_local_ = rope_;
-    if (m.spec().swa_local_rope) {
-        rope_local_.freq_base = c.rope_freq_base_swa;
-        rope_local_.freq_scale = 1.0f;
-        rope_local_.factors = nullptr;
-        rope_local_.ext_factor = 0.0f;
-    }
 }
 
 void Context::truncate(int64_t n) {
@@ -384,7 +353,7 @@ const uint8_t* Context::quantize_for(const Matrix& w, const float* x, int64_t nb
 }
 
 void Context::eval(const int32_t* tokens, int64_t n, float* logits, bool all_logits, const StopCheck& stop) {
-    const ModelConfig& c = model_->config();
+    const HParams& c = model_->config();
     if (n <= 0) fail(ErrorKind::invalid_argument, "eval needs at least one token");
     if (n_past_ + n > n_ctx_)
         fail(ErrorKind::context_overflow, std::to_string(n_past_ + n) + " tokens do not fit in the context of " +
@@ -410,7 +379,7 @@ void Context::eval(const int32_t* tokens, int64_t n, float* logits, bool all_log
 }
 
 void Context::decode_batch(Context* const* seqs, const int32_t* tokens, int64_t n, float* logits, const StopCheck& stop) {
-    const ModelConfig& c = model_->config();
+    const HParams& c = model_->config();
     if (n <= 0) fail(ErrorKind::invalid_argument, "decode_batch needs at least one sequence");
     if (n > n_batch_)
         fail(ErrorKind::invalid_argument, std::to_string(n) + " sequences are more than n_batch = " + std::to_string(n_batch_));
@@ -437,8 +406,9 @@ void Context::decode_batch(Context* const* seqs, const int32_t* tokens, int64_t 
 void Context::forward_batch(const int32_t* tokens, int64_t nb, float* logits, bool all_logits, const StopCheck& stop,
                             Context* const* seqs) {
     const Model& m = *model_;
-    const ModelConfig& c = m.config();
-    const int64_t d = c.n_embd, hd = c.head_dim;
+    const HParams& c = m.config();
+    const ArchSpec& A = m.arch();
+    const int64_t d = c.n_embd, hd = c.head_dim, ff = c.n_ff;
     const int64_t nq = (int64_t)c.n_head * hd, nkv = (int64_t)c.n_head_kv * hd;
     const int64_t pos0 = n_past_;
 
@@ -449,22 +419,18 @@ void Context::forward_batch(const int32_t* tokens, int64_t nb, float* logits, bo
     };
 
     for (int64_t t = 0; t < nb; ++t) {
+        float* xr = x_.data() + t * d;
         if (m.tok_embd.x8)
-            x8_row_to_float(m.tok_embd.type, m.tok_embd.data, m.tok_embd.row_bytes, m.tok_embd.rows, tokens[t], d, x_.data() + t * d);
+            x8_row_to_float(m.tok_embd.type, m.tok_embd.data, m.tok_embd.row_bytes, m.tok_embd.rows, tokens[t], d, xr);
         else
-            kt_.to_float[m.tok_embd.type](m.tok_embd.data + (int64_t)tokens[t] * m.tok_embd.row_bytes, x_.data() + t * d, d);
+            kt_.to_float[m.tok_embd.type](m.tok_embd.data + (int64_t)tokens[t] * m.tok_embd.row_bytes, xr, d);
+        if (c.embd_scale != 1.0f)
+            for (int64_t i = 0; i < d; ++i) xr[i] *= c.embd_scale;
         pos_[t] = (int32_t)(seqs ? seqs[t]->n_past_ : pos0 + t);
     }
-    const ArchSpec& a = m.spec();
-    if (a.embed_scale) {
-        const float e = std::sqrt((float)d);
-        for (int64_t i = 0; i < nb * d; ++i) x_[i] *= e;
-    }
     rope_cache(pos_.data(), nb, rope_, cos_sin_.data());
-    if (a.swa_local_rope) rope_cache(pos_.data(), nb, rope_local_, cos_sin_local_.data());
-    const float scale = 1.0f / std::sqrt((float)hd);
-    // Gemma and phi3 scale the queries before the dot; the rest scale the scores after it.
-    const float q_scale = a.scale_query ? scale : 1.0f, kq_scale = a.scale_query ? 1.0f : scale;
+    if (!cos_sin_swa_.empty()) rope_cache(pos_.data(), nb, rope_swa_, cos_sin_swa_.data());
+    const float scale = c.attn_scale > 0 ? c.attn_scale : 1.0f / std::sqrt((float)hd);
     auto capture = [&](int l, LinearInput which, const float* x, int64_t k) {
         if (capture_) capture_->on_input(l, which, x, nb, k, pool_);
     };
@@ -472,6 +438,7 @@ void Context::forward_batch(const int32_t* tokens, int64_t nb, float* logits, bo
     for (int l = 0; l < c.n_layer; ++l) {
         if (stop && stop()) fail(ErrorKind::interrupted, "interrupted");
         const LayerWeights& L = m.layers[l];
+        const bool swa = c.is_swa(l);
 
         // --- attention block
         for_rows(nb, [&](int64_t t) { rmsnorm(x_.data() + t * d, L.attn_norm, xb_.data() + t * d, 1, d, c.rms_eps); });
@@ -489,6 +456,7 @@ void Context::forward_batch(const int32_t* tokens, int64_t nb, float* logits, bo
             const MatmulJob jobs[3] = {{&L.wq, aq, rq, q_.data(), nq}, {&L.wk, ak, rk, k_.data(), nkv}, {&L.wv, av, rv, v_.data(), nkv}};
             matmul(pool_, kt_, jobs, 3, nb);
         }
+        const float* cos_sin = swa ? cos_sin_swa_.data() : cos_sin_.data();
         for_rows(nb, [&](int64_t t) {
             float* qr = q_.data() + t * nq;
             float* kr = k_.data() + t * nkv;
@@ -496,25 +464,21 @@ void Context::forward_batch(const int32_t* tokens, int64_t nb, float* logits, bo
             if (L.bq) for (int64_t i = 0; i < nq; ++i) qr[i] += L.bq[i];
             if (L.bk) for (int64_t i = 0; i < nkv; ++i) kr[i] += L.bk[i];
             if (L.bv) for (int64_t i = 0; i < nkv; ++i) vr[i] += L.bv[i];
-            if (L.q_norm) rmsnorm_rows(qr, L.q_norm, c.n_head, hd, c.rms_eps);
-            if (L.k_norm) rmsnorm_rows(kr, L.k_norm, c.n_head_kv, hd, c.rms_eps);
-            const float* cs = (L.sliding && a.swa_local_rope ? cos_sin_local_ : cos_sin_).data() + t * c.n_rot;
-            rope(qr, 1, nq, c.n_head, (int)hd, c.n_rot, a.rope_neox, cs);
-            rope(kr, 1, nkv, c.n_head_kv, (int)hd, c.n_rot, a.rope_neox, cs);
-            if (q_scale != 1.0f) for (int64_t i = 0; i < nq; ++i) qr[i] *= q_scale;
+            if (L.q_norm) rmsnorm(qr, L.q_norm, qr, c.n_head, hd, c.rms_eps);  // each head its own row
+            if (L.k_norm) rmsnorm(kr, L.k_norm, kr, c.n_head_kv, hd, c.rms_eps);
+            const float* cs = cos_sin + t * c.n_rot;
+            rope(qr, 1, nq, c.n_head, (int)hd, c.n_rot, c.rope_neox, cs);
+            rope(kr, 1, nkv, c.n_head_kv, (int)hd, c.n_rot, c.rope_neox, cs);
             (seqs ? seqs[t]->kv_ : kv_).store(kt_, l, pos_[t], kr, vr);
         });
-        AttentionOptions opt;
-        opt.window = L.sliding ? c.n_swa : 0;
-        opt.softcap = c.attn_softcap;
         if (!seqs) {
-            attention(pool_, kt_, q_.data(), nq, kv_.layer(l), att_.data(), nq, nb, pos0, c.n_head, c.n_head_kv, (int)hd, kq_scale,
-                      att_scratch_.data(), opt);
+            attention(pool_, kt_, q_.data(), nq, kv_.layer(l), att_.data(), nq, nb, pos0, c.n_head, c.n_head_kv, (int)hd, scale,
+                      att_scratch_.data(), swa ? c.n_swa : 0, c.attn_softcap);
         } else {
             // Each sequence attends over its own cache: the call its own decode step makes.
             for (int64_t t = 0; t < nb; ++t)
                 attention(pool_, kt_, q_.data() + t * nq, nq, seqs[t]->kv_.layer(l), att_.data() + t * nq, nq, 1, pos_[t],
-                          c.n_head, c.n_head_kv, (int)hd, kq_scale, att_scratch_.data(), opt);
+                          c.n_head, c.n_head_kv, (int)hd, scale, att_scratch_.data(), swa ? c.n_swa : 0, c.attn_softcap);
         }
         capture(l, LinearInput::attn_output, att_.data(), nq);
         {
@@ -527,7 +491,7 @@ void Context::forward_batch(const int32_t* tokens, int64_t nb, float* logits, bo
         for_rows(nb, [&](int64_t t) {
             float* xr = x_.data() + t * d;
             float* tr = tmp_.data() + t * d;
-            if (L.post_attn_norm) rmsnorm(tr, L.post_attn_norm, tr, 1, d, c.rms_eps);
+            if (L.attn_post_norm) rmsnorm(tr, L.attn_post_norm, tr, 1, d, c.rms_eps);
             for (int64_t i = 0; i < d; ++i) xr[i] += tr[i];
             rmsnorm(xr, L.ffn_norm, xb_.data() + t * d, 1, d, c.rms_eps);
         });
@@ -538,14 +502,14 @@ void Context::forward_batch(const int32_t* tokens, int64_t nb, float* logits, bo
             const bool same = type_traits(L.w_up.type).vec_dot_type == type_traits(L.w_gate.type).vec_dot_type;
             const uint8_t* au = same ? ag : quantize_for(L.w_up, xb_.data(), nb, &ru, 1);
             if (same) ru = rg;
-            const MatmulJob jobs[2] = {{&L.w_gate, ag, rg, hb_.data(), c.n_ff}, {&L.w_up, au, ru, hb2_.data(), c.n_ff}};
+            const MatmulJob jobs[2] = {{&L.w_gate, ag, rg, hb_.data(), ff}, {&L.w_up, au, ru, hb2_.data(), ff}};
             matmul(pool_, kt_, jobs, 2, nb);
         }
-        if (a.act == Activation::geglu_tanh)
-            for_rows(nb, [&](int64_t t) { geglu_tanh(hb_.data() + t * c.n_ff, hb2_.data() + t * c.n_ff, c.n_ff); });
+        if (A.ffn_act == Activation::gelu_tanh)
+            for_rows(nb, [&](int64_t t) { geglu_tanh(hb_.data() + t * ff, hb2_.data() + t * ff, ff); });
         else
-            for_rows(nb, [&](int64_t t) { kt_.swiglu(hb_.data() + t * c.n_ff, hb2_.data() + t * c.n_ff, c.n_ff); });
-        capture(l, LinearInput::ffn_down, hb_.data(), c.n_ff);
+            for_rows(nb, [&](int64_t t) { kt_.swiglu(hb_.data() + t * ff, hb2_.data() + t * ff, ff); });
+        capture(l, LinearInput::ffn_down, hb_.data(), ff);
         {
             size_t rd;
             const uint8_t* ad = quantize_for(L.w_down, hb_.data(), nb, &rd, 0);
@@ -555,7 +519,7 @@ void Context::forward_batch(const int32_t* tokens, int64_t nb, float* logits, bo
         for_rows(nb, [&](int64_t t) {
             float* xr = x_.data() + t * d;
             float* tr = tmp_.data() + t * d;
-            if (L.post_ffw_norm) rmsnorm(tr, L.post_ffw_norm, tr, 1, d, c.rms_eps);
+            if (L.ffn_post_norm) rmsnorm(tr, L.ffn_post_norm, tr, 1, d, c.rms_eps);
             for (int64_t i = 0; i < d; ++i) xr[i] += tr[i];
         });
         capture(l, LinearInput::layer_output, x_.data(), d);
@@ -572,13 +536,8 @@ void Context::forward_batch(const int32_t* tokens, int64_t nb, float* logits, bo
     const uint8_t* ao = quantize_for(m.output, xb_.data(), n_out, &ro, 0);
     const MatmulJob job{&m.output, ao, ro, logits, c.n_vocab};
     matmul(pool_, kt_, &job, 1, n_out);
-    if (c.final_softcap > 0.0f) {
-        const float cap = c.final_softcap, inv = 1.0f / cap;
-        for_rows(n_out, [&](int64_t t) {
-            float* lr = logits + t * c.n_vocab;
-            for (int64_t i = 0; i < c.n_vocab; ++i) lr[i] = std::tanh(lr[i] * inv) * cap;
-        });
-    }
+    if (c.final_softcap > 0)
+        for_rows(n_out, [&](int64_t t) { softcap(logits + t * c.n_vocab, c.n_vocab, c.final_softcap); });
 }
 
 } // namespace pyllm

@@ -1,8 +1,9 @@
-// The generic runtime every architecture family runs on: the weights (views into the mapped file,
-// or repacked copies in an owned arena) laid out as the family's spec (model/arch.h) says, and a
-// Context that owns one sequence's KV cache and scratch and runs forward(). A family differs only
-// by its spec; nothing here asks which family it runs. Not the tokenizer or the sampler; not file
-// parsing (weights arrive as TensorViews); not hyper-parameter reading (model/hparams.h).
+// The shared transformer runtime of the dense families: weights as views into the mapped file
+// (checked, then repacked into one x8 arena), and a Context that owns one sequence's KV cache,
+// scratch and thread pool and runs the layers. What differs between families (tensors, norms,
+// activation, attention options, rope) is an ArchSpec (arch.h, archs/*.cpp) plus HParams
+// (hparams.h); this file has no `if (arch == ...)`.
+// Not the tokenizer or the sampler; not file parsing (weights arrive as TensorViews).
 #pragma once
 #include <cstdint>
 #include <cstdlib>
@@ -32,19 +33,20 @@ struct TensorView {
     int64_t n_elements() const { return ne[0] * ne[1] * ne[2] * ne[3]; }
 };
 
+// One layer's weights. A fused file tensor (phi3's attn_qkv, ffn_up holding gate and up) is
+// split into row-range views here, so the compute never knows.
 struct LayerWeights {
-    const float* attn_norm;  // (n_embd)
+    const float* attn_norm = nullptr;  // (n_embd)
     Matrix wq, wk, wv, wo;   // (n_head*hd, n_embd), (n_kv*hd, n_embd) x2, (n_embd, n_head*hd)
-    const float* bq = nullptr;  // qwen2 biases, (n_head*hd) / (n_kv*hd)
+    const float* bq = nullptr;  // optional biases (qwen2), (n_head*hd) / (n_kv*hd)
     const float* bk = nullptr;
     const float* bv = nullptr;
-    const float* q_norm = nullptr;          // (hd) per-head RMSNorm weights (qwen3, gemma3)
+    const float* q_norm = nullptr;  // (hd) per-head RMSNorm before rope (qwen3, gemma3)
     const float* k_norm = nullptr;
-    const float* post_attn_norm = nullptr;  // (n_embd) gemma's norms after each sub-block
-    const float* post_ffw_norm = nullptr;
-    const float* ffn_norm;   // (n_embd)
+    const float* attn_post_norm = nullptr;  // (n_embd) on the attention output (gemma)
+    const float* ffn_norm = nullptr;   // (n_embd)
     Matrix w_gate, w_up, w_down;  // (n_ff, n_embd) x2, (n_embd, n_ff)
-    bool sliding = false;    // attends within the sliding window, with the local rope
+    const float* ffn_post_norm = nullptr;   // (n_embd) on the feed-forward output (gemma)
 };
 
 struct ModelOptions {
@@ -56,28 +58,29 @@ struct ModelOptions {
 class Model {
 public:
     // Checks every tensor the architecture needs: present, F32 where it must be, shapes that
-    // agree with the config. Throws Error(gguf) naming the tensor, or Error(unsupported).
+    // agree with the hyper-parameters. Throws Error(gguf) naming the tensor, or Error(unsupported).
     // Where a repacked tensor's view lies in a read-only file mapping (the GGUF file), its pages
     // are dropped from this process once copied (madvise DONTNEED), so repacking does not hold
     // the weights twice; they fault back in from the file if the mapping's owner reads them.
-    // Throws Error(unsupported) for an architecture with no spec (naming those pyllm runs).
-    Model(const ModelConfig& cfg, const std::unordered_map<std::string, TensorView>& tensors,
+    Model(const HParams& cfg, const std::unordered_map<std::string, TensorView>& tensors,
           const ModelOptions& options = {});
     ~Model();
     Model(const Model&) = delete;
     Model& operator=(const Model&) = delete;
 
-    const ModelConfig& config() const { return cfg_; }
-    const ArchSpec& spec() const { return *spec_; }
+    const HParams& config() const { return cfg_; }
+    const ArchSpec& arch() const { return *arch_; }
     uint64_t weight_bytes() const { return weight_bytes_; }
 
     Matrix tok_embd;           // (n_vocab, n_embd)
     const float* output_norm;  // (n_embd)
     Matrix output;             // (n_vocab, n_embd); tok_embd when tied
     std::vector<LayerWeights> layers;
-    const float* rope_factors = nullptr;  // (n_rot/2) per-pair divisors: rope_freqs (llama3) or LongRoPE's choice
-    const float* rope_factors_long = nullptr;   // phi3 LongRoPE: past the original context
-    const float* rope_factors_short = nullptr;  // within it
+    // Per-dimension divisors of the rope frequencies, (n_rot/2) each, or nullptr: llama3's
+    // rope_freqs.weight; phi3's LongRoPE pair (the Context picks one by its n_ctx).
+    const float* rope_freqs = nullptr;
+    const float* rope_factors_long = nullptr;
+    const float* rope_factors_short = nullptr;
 
     // Bytes of weights held in owned x8 copies (counted in weight_bytes too).
     uint64_t repacked_bytes() const { return repacked_bytes_; }
@@ -90,8 +93,8 @@ private:
     static bool is_float_matrix(const Matrix& m);
     void repack(Matrix& m, uint8_t* dst, bool release);
 
-    ModelConfig cfg_;
-    const ArchSpec* spec_;
+    HParams cfg_;
+    const ArchSpec* arch_;
     uint64_t weight_bytes_ = 0, repacked_bytes_ = 0;
     struct AlignedDeleter { void operator()(void* p) const { aligned_free(p); } };
     std::unique_ptr<uint8_t, AlignedDeleter> x8_arena_;  // the repacked matrices, each 64-byte aligned
@@ -148,16 +151,13 @@ public:
     // on any error no sequence's cache changes.
     void decode_batch(Context* const* seqs, const int32_t* tokens, int64_t n, float* logits, const StopCheck& stop);
 
-    static uint64_t kv_cache_bytes(const ModelConfig& cfg, int n_ctx, Type type_k = TYPE_F16, Type type_v = TYPE_F16);
+    static uint64_t kv_cache_bytes(const HParams& cfg, int n_ctx, Type type_k = TYPE_F16, Type type_v = TYPE_F16);
     const KvCache& kv_cache() const { return kv_; }
 
     // Sends every layer's matmul inputs to `sink` during eval (nullptr: off, the default).
     void set_capture(CaptureSink* sink) { capture_ = sink; }
 
 private:
-    // The rope of global and sliding layers, as llama.cpp derives it from the hyper-parameters
-    // for a context of n_ctx positions (LongRoPE's factors and YaRN depend on it).
-    void set_rope(int n_ctx);
     // seqs (nullable): token t belongs to seqs[t] (decode_batch), else all to this sequence.
     void forward_batch(const int32_t* tokens, int64_t nb, float* logits, bool all_logits, const StopCheck& stop,
                        Context* const* seqs = nullptr);
@@ -181,9 +181,9 @@ private:
     std::vector<float> att_;      // (n_batch, n_head*hd)
     std::vector<float> tmp_;      // (n_batch, n_embd)
     std::vector<float> hb_, hb2_; // (n_batch, n_ff)
-    std::vector<float> cos_sin_;  // (n_batch, n_rot) global layers' rope
-    std::vector<float> cos_sin_local_;  // (n_batch, n_rot) sliding layers' rope (gemma3)
-    RopeParams rope_, rope_local_;
+    std::vector<float> cos_sin_;  // (n_batch, n_rot) for the global layers
+    std::vector<float> cos_sin_swa_;  // (n_batch, n_rot) for the sliding-window layers
+    RopeParams rope_, rope_swa_;  // their rope: the model's, with the factors this n_ctx picks
     std::vector<int32_t> pos_;    // (n_batch)
     std::vector<float> att_scratch_;
     std::vector<uint8_t> act_[3]; // quantized activations, one per concurrently used act type

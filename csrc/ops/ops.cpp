@@ -29,67 +29,81 @@ void rmsnorm(const float* x, const float* w, float* y, int64_t n_tok, int64_t n,
 
 // --- rope ---------------------------------------------------------------------------------------
 
-void rope_yarn_corr_dims(int n_rot, int n_ctx_orig, float freq_base, float beta_fast, float beta_slow, float dims[2]) {
-    auto corr_dim = [&](float n_rotations) {
-        return n_rot * std::log(n_ctx_orig / (n_rotations * 2 * (float)M_PI)) / (2 * std::log(freq_base));
-    };
-    const float start = std::floor(corr_dim(beta_fast)), end = std::ceil(corr_dim(beta_slow));
-    dims[0] = std::max(0.0f, start);
-    dims[1] = std::min((float)(n_rot - 1), end);
+// YaRN's ramp between the correction dims: 1 below `low` (extrapolate), 0 above `high` (interpolate).
+static float rope_yarn_ramp(float low, float high, int i0) {
+    const float y = (i0 / 2 - low) / std::max(0.001f, high - low);
+    return 1 - std::min(1.0f, std::max(0.0f, y));
+}
+
+// The dimension whose rotation completes n_rot turns over n_ctx_orig positions (ggml_rope_yarn_corr_dim).
+static float rope_yarn_corr_dim(int n_dims, int n_ctx_orig, float n_rot, float base) {
+    return n_dims * std::log(n_ctx_orig / (n_rot * 2 * (float)M_PI)) / (2 * std::log(base));
 }
 
 void rope_cache(const int32_t* pos, int64_t n_tok, const RopeParams& p, float* cos_sin) {
-    // theta = pos * base^(-2i/n_rot), built by repeated multiplication as ggml does (a pow per
-    // element would round differently and drift from llama.cpp's logits).
-    const float theta_scale = std::pow(p.freq_base, -2.0f / p.n_rot);
+    // theta built by repeated multiplication as ggml does (a pow per element would round
+    // differently and drift from llama.cpp's logits).
+    const int n_rot = p.n_rot;
+    const float theta_scale = std::pow(p.freq_base, -2.0f / n_rot);
+    float corr[2] = {0, 0};
+    if (p.ext_factor != 0) {
+        corr[0] = std::max(0.0f, std::floor(rope_yarn_corr_dim(n_rot, p.n_ctx_orig, p.beta_fast, p.freq_base)));
+        corr[1] = std::min((float)(n_rot - 1), std::ceil(rope_yarn_corr_dim(n_rot, p.n_ctx_orig, p.beta_slow, p.freq_base)));
+    }
     float mscale = p.attn_factor;
-    if (p.ext_factor != 0.0f) mscale *= 1.0f + 0.1f * std::log(1.0f / p.freq_scale);
+    if (p.ext_factor != 0) mscale *= 1.0f + 0.1f * std::log(1.0f / p.freq_scale);
     for (int64_t t = 0; t < n_tok; ++t) {
-        float theta = (float)pos[t];
-        float* cs = cos_sin + t * p.n_rot;
-        for (int i = 0; i < p.n_rot / 2; ++i) {
-            const float extrap = p.factors ? theta / p.factors[i] : theta;
-            float th = p.freq_scale * extrap;
-            if (p.ext_factor != 0.0f) {
-                const float y = (i - p.corr_dims[0]) / std::max(0.001f, p.corr_dims[1] - p.corr_dims[0]);
-                const float ramp = (1.0f - std::min(1.0f, std::max(0.0f, y))) * p.ext_factor;
-                th = th * (1 - ramp) + extrap * ramp;
+        float theta_base = (float)pos[t];
+        float* cs = cos_sin + t * n_rot;
+        for (int i = 0; i < n_rot / 2; ++i) {
+            const float theta_extrap = p.freq_factors ? theta_base / p.freq_factors[i] : theta_base;
+            float theta = p.freq_scale * theta_extrap;
+            if (p.ext_factor != 0) {
+                const float mix = rope_yarn_ramp(corr[0], corr[1], 2 * i) * p.ext_factor;
+                theta = theta * (1 - mix) + theta_extrap * mix;
             }
-            cs[2 * i] = std::cos(th) * mscale;
-            cs[2 * i + 1] = std::sin(th) * mscale;
-            theta *= theta_scale;
+            cs[2 * i] = std::cos(theta) * mscale;
+            cs[2 * i + 1] = std::sin(theta) * mscale;
+            theta_base *= theta_scale;
         }
     }
 }
 
-namespace {
-// ggml's GELU table: tanh-GELU of every f16 value, rounded to f16.
-const uint16_t* gelu_table() {
-    static const std::vector<uint16_t> table = [] {
-        std::vector<uint16_t> t(1 << 16);
-        for (uint32_t i = 0; i < t.size(); ++i) {
-            const float x = fp16_to_f32((uint16_t)i);
-            const float y = 0.5f * x * (1.0f + std::tanh(0.79788456080286535587989211986876f * x * (1.0f + 0.044715f * x * x)));
-            t[i] = f32_to_fp16(y);
-        }
-        return t;
-    }();
-    return table.data();
+void rope_cache(const int32_t* pos, int64_t n_tok, int n_rot, float freq_base, float freq_scale, float* cos_sin) {
+    RopeParams p;
+    p.n_rot = n_rot;
+    p.freq_base = freq_base;
+    p.freq_scale = freq_scale;
+    rope_cache(pos, n_tok, p, cos_sin);
 }
-} // namespace
+
+// --- activations --------------------------------------------------------------------------------
+
+float gelu_tanh(float x) {
+    constexpr float kA = 0.044715f, kSqrt2OverPi = 0.79788456080286535587989211986876f;
+    return 0.5f * x * (1.0f + std::tanh(kSqrt2OverPi * x * (1.0f + kA * x * x)));
+}
 
 void geglu_tanh(float* gate, const float* up, int64_t n) {
-    const uint16_t* table = gelu_table();
+    // ggml_table_gelu_f16: gelu of every f16 value, stored as f16. Built once (thread-safe static).
+    static const std::vector<uint16_t> table = [] {
+        std::vector<uint16_t> t(1 << 16);
+        for (uint32_t i = 0; i < t.size(); ++i) t[i] = f32_to_fp16(gelu_tanh(fp16_to_f32((uint16_t)i)));
+        return t;
+    }();
     for (int64_t i = 0; i < n; ++i) {
         const float x = gate[i];
-        if (x <= -10.0f) gate[i] = 0.0f;
-        else if (x >= 10.0f) gate[i] = x * up[i];
-        else gate[i] = fp16_to_f32(table[f32_to_fp16(x)]) * up[i];
+        float g;
+        if (x <= -10.0f) g = 0.0f;
+        else if (x >= 10.0f) g = x;
+        else g = fp16_to_f32(table[f32_to_fp16(x)]);
+        gate[i] = g * up[i];
     }
 }
 
-void rmsnorm_rows(float* x, const float* w, int64_t n_rows, int64_t n, float eps) {
-    for (int64_t r = 0; r < n_rows; ++r) rmsnorm(x + r * n, w, x + r * n, 1, n, eps);
+void softcap(float* x, int64_t n, float cap) {
+    const float inv = 1.0f / cap;
+    for (int64_t i = 0; i < n; ++i) x[i] = cap * std::tanh(x[i] * inv);
 }
 
 void rope(float* x, int64_t n_tok, int64_t stride, int n_heads, int head_dim, int n_rot, bool neox,
@@ -262,13 +276,6 @@ struct HeadCache {
     }
 };
 
-// Scaled scores, soft-capped where the model asks (gemma2).
-inline void scale_scores(float* s, int n, float scale, float softcap) {
-    for (int j = 0; j < n; ++j) s[j] *= scale;  // after the dot, in llama.cpp's order
-    if (softcap > 0.0f)
-        for (int j = 0; j < n; ++j) s[j] = softcap * std::tanh(s[j] / softcap);
-}
-
 // One block of the online softmax for one query row: the scaled scores s[0..n) become exp(s - m)
 // for the new running max m; the running sum and the row's accumulator, kept relative to the old
 // max, are rescaled to m.
@@ -290,7 +297,7 @@ void softmax_block(const KernelTable& kt, float* s, int n, float& run_max, float
 // (no score buffer of context length). acc: (n_group, head_dim) unnormalized output; run_max,
 // run_sum: (n_group); scores: (n_group, kScoreBlock) scratch.
 void attend_range(const KernelTable& kt, const float* qg, const KvLayerView& kv, int g, int n_group, int head_dim,
-                  float scale, float softcap, int64_t p0, int64_t p1, float* acc, float* run_max, float* run_sum, float* scores,
+                  float scale, float cap, int64_t p0, int64_t p1, float* acc, float* run_max, float* run_sum, float* scores,
                   float* kv_scratch) {
     std::fill(acc, acc + n_group * head_dim, 0.0f);
     for (int h = 0; h < n_group; ++h) { run_max[h] = -std::numeric_limits<float>::infinity(); run_sum[h] = 0.0f; }
@@ -302,7 +309,8 @@ void attend_range(const KernelTable& kt, const float* qg, const KvLayerView& kv,
         hc.scores(b0, nb, n_group, scores);
         for (int h = 0; h < n_group; ++h) {
             float* sh = scores + h * kScoreBlock;
-            scale_scores(sh, nb, scale, softcap);
+            for (int j = 0; j < nb; ++j) sh[j] *= scale;
+            if (cap > 0) softcap(sh, nb, cap);
             softmax_block(kt, sh, nb, run_max[h], run_sum[h], acc + h * head_dim, head_dim);
         }
         hc.pv(b0, nb, n_group, scores, acc);
@@ -313,7 +321,7 @@ void attend_range(const KernelTable& kt, const float* qg, const KvLayerView& kv,
 // head g: rows r = (t - t0) * n_group + h. Online softmax per row, a block of positions at a time.
 void attend_prefill(const KernelTable& kt, const float* q, int64_t q_stride, const KvLayerView& kv, float* out,
                     int64_t out_stride, int64_t pos0, int64_t t0, int64_t t1, int g, int n_group, int head_dim,
-                    float scale, const AttentionOptions& opt, float* scratch, float* kv_scratch) {
+                    float scale, float cap, int64_t window, float* scratch, float* kv_scratch) {
     const int n_rows = (int)(t1 - t0) * n_group;
     float* qs = scratch;                                 // (n_rows, head_dim)
     float* acc = qs + (size_t)n_rows * head_dim;         // (n_rows, head_dim)
@@ -333,22 +341,23 @@ void attend_prefill(const KernelTable& kt, const float* q, int64_t q_stride, con
     std::fill(run_sum, run_sum + n_rows, 0.0f);
     const int64_t n_pos = pos0 + t1;  // the last token sees positions [0, n_pos)
     // With a window, the first token sees nothing before pos0 + t0 - window + 1.
-    const int64_t lo = opt.window ? std::max<int64_t>(0, pos0 + t0 - opt.window + 1) : 0;
-    for (int64_t b0 = lo; b0 < n_pos; b0 += kScoreBlock) {
+    const int64_t first_pos = window > 0 ? std::max<int64_t>(0, pos0 + t0 - window + 1) : 0;
+    for (int64_t b0 = first_pos; b0 < n_pos; b0 += kScoreBlock) {
         const int nb = (int)std::min<int64_t>(kScoreBlock, n_pos - b0);
         // scores[r][j] = K row (b0 + j) . q row r
         hc.scores(b0, nb, n_rows, sc);
         for (int r = 0; r < n_rows; ++r) {
             float* sr = sc + (size_t)r * kScoreBlock;
-            scale_scores(sr, nb, scale, opt.softcap);
             const int64_t last = pos0 + t0 + r / n_group;  // this row's token sees positions <= last
             const int visible = (int)std::max<int64_t>(0, std::min<int64_t>(nb, last - b0 + 1));
-            const int first = opt.window ? (int)std::min<int64_t>(visible, std::max<int64_t>(0, last - opt.window + 1 - b0)) : 0;
+            // and, in a window, none before last - window + 1
+            const int lo = window > 0 ? (int)std::min<int64_t>(visible, std::max<int64_t>(0, last - window + 1 - b0)) : 0;
+            for (int j = lo; j < visible; ++j) sr[j] *= scale;  // after the dot, in llama.cpp's order
+            if (cap > 0) softcap(sr + lo, visible - lo, cap);
             // Masked positions get probability 0 (P.V reads the row's first nb entries).
-            for (int j = 0; j < first; ++j) sr[j] = 0.0f;
+            if (visible > lo) softmax_block(kt, sr + lo, visible - lo, run_max[r], run_sum[r], acc + (size_t)r * head_dim, head_dim);
+            for (int j = 0; j < lo; ++j) sr[j] = 0.0f;
             for (int j = visible; j < nb; ++j) sr[j] = 0.0f;
-            if (visible > first)
-                softmax_block(kt, sr + first, visible - first, run_max[r], run_sum[r], acc + (size_t)r * head_dim, head_dim);
         }
         hc.pv(b0, nb, n_rows, sc, acc);
     }
@@ -365,7 +374,7 @@ void attend_prefill(const KernelTable& kt, const float* q, int64_t q_stride, con
 
 void attention(ThreadPool& pool, const KernelTable& kt, const float* q, int64_t q_stride, const KvLayerView& kv,
                float* out, int64_t out_stride, int64_t n_tok, int64_t pos0,
-               int n_head, int n_kv_head, int head_dim, float scale, float* scratch, const AttentionOptions& opt) {
+               int n_head, int n_kv_head, int head_dim, float scale, float* scratch, int64_t window, float cap) {
     const int n_group = n_head / n_kv_head;
     const size_t per_thread = per_thread_floats(n_group, head_dim);
     const size_t kv_at = base_thread_floats(n_group, head_dim);  // a thread's quantized-cache space
@@ -378,17 +387,18 @@ void attention(ThreadPool& pool, const KernelTable& kt, const float* q, int64_t 
             const int g = (int)(task % n_kv_head);
             const int64_t t0 = b * per_task, t1 = std::min(n_tok, t0 + per_task);
             float* ts = scratch + thread * per_thread;
-            attend_prefill(kt, q, q_stride, kv, out, out_stride, pos0, t0, t1, g, n_group, head_dim, scale, opt, ts, ts + kv_at);
+            attend_prefill(kt, q, q_stride, kv, out, out_stride, pos0, t0, t1, g, n_group, head_dim, scale, cap, window, ts,
+                           ts + kv_at);
         });
         return;
     }
     // Decode: each KV head's group of query heads walks its positions together (each K and V row
     // read once for all of them), in n_split ranges (one when the context is short or there is one
     // thread) whose partial softmaxes are merged below.
-    const int64_t n_pos = pos0 + 1;
-    const int64_t lo = opt.window ? std::max<int64_t>(0, n_pos - opt.window) : 0;  // the window's first position
-    const int64_t n_seen = n_pos - lo;
-    const int n_split = pool.size() > 1 ? (int)std::min<int64_t>(kMaxSplit, std::max<int64_t>(1, n_seen / kMinSplitPositions)) : 1;
+    // The token at pos0 sees [first, pos0]: all of the cache, or its window.
+    const int64_t first = window > 0 ? std::max<int64_t>(0, pos0 - window + 1) : 0;
+    const int64_t n_pos = pos0 + 1 - first;
+    const int n_split = pool.size() > 1 ? (int)std::min<int64_t>(kMaxSplit, std::max<int64_t>(1, n_pos / kMinSplitPositions)) : 1;
     // (n_kv_head, n_split) partials of (n_group*head_dim acc, n_group max, n_group sum).
     const size_t part = (size_t)n_group * (head_dim + 2);
     float* partials = scratch + (size_t)pool.size() * per_thread;
@@ -396,8 +406,8 @@ void attention(ThreadPool& pool, const KernelTable& kt, const float* q, int64_t 
         const int g = (int)(task / n_split), j = (int)(task % n_split);
         float* acc = partials + task * part;
         float* ts = scratch + thread * per_thread;
-        attend_range(kt, q + (int64_t)g * n_group * head_dim, kv, g, n_group, head_dim, scale, opt.softcap,
-                     lo + n_seen * j / n_split, lo + n_seen * (j + 1) / n_split, acc, acc + n_group * head_dim, acc + n_group * head_dim + n_group, ts,
+        attend_range(kt, q + (int64_t)g * n_group * head_dim, kv, g, n_group, head_dim, scale, cap,
+                     first + n_pos * j / n_split, first + n_pos * (j + 1) / n_split, acc, acc + n_group * head_dim, acc + n_group * head_dim + n_group, ts,
                      ts + kv_at);
     });
     for (int g = 0; g < n_kv_head; ++g)

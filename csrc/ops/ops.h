@@ -48,39 +48,32 @@ void matmul(ThreadPool& pool, const KernelTable& kt, const MatmulJob* jobs, int 
 // instead of (2i, 2i+1). cos_sin holds, per token, n_rot/2 (cos, sin) pairs.
 void rope(float* x, int64_t n_tok, int64_t stride, int n_heads, int head_dim, int n_rot, bool neox,
           const float* cos_sin);
-// How a layer's rotation angles are made (ggml_rope_ext's parameters): theta_i = pos * base^(-2i/n_rot)
-// divided by factors[i] (llama3's rope_freqs, phi3's LongRoPE; nullptr: 1), then scaled: linear
-// (freq_scale), or YaRN's ramp between interpolated and extrapolated angles (ext_factor != 0, over
-// the correction dims of the original context). cos and sin are multiplied by mscale.
+// How rope turns a position into angles: ggml_rope_ext's parameters. theta_i = pos *
+// freq_base^(-2i/n_rot) / freq_factors[i], times freq_scale (linear scaling); YaRN
+// (ext_factor != 0) mixes the scaled and unscaled angle per dimension with a ramp between the
+// correction dims that beta_fast/beta_slow and n_ctx_orig give, and scales cos/sin by
+// attn_factor * (1 + 0.1 ln(1/freq_scale)); without YaRN, by attn_factor.
 struct RopeParams {
     int n_rot = 0;
-    float freq_base = 10000.0f;
-    float freq_scale = 1.0f;
-    const float* factors = nullptr;   // (n_rot/2)
-    float ext_factor = 0.0f;
-    float attn_factor = 1.0f;
-    float corr_dims[2] = {0.0f, 0.0f};
+    float freq_base = 10000.0f, freq_scale = 1.0f;
+    const float* freq_factors = nullptr;  // (n_rot/2) divisors of the frequencies, or nullptr
+    float ext_factor = 0.0f, attn_factor = 1.0f, beta_fast = 32.0f, beta_slow = 1.0f;
+    int n_ctx_orig = 0;
 };
-// YaRN's correction dims (ggml_rope_yarn_corr_dims) for an original context and beta_fast/slow.
-void rope_yarn_corr_dims(int n_rot, int n_ctx_orig, float freq_base, float beta_fast, float beta_slow, float dims[2]);
 // Fills cos_sin (n_tok, n_rot/2, 2) for positions pos[0..n_tok), as ggml computes them.
 void rope_cache(const int32_t* pos, int64_t n_tok, const RopeParams& p, float* cos_sin);
+// Plain or linearly scaled rope (no factors, no YaRN).
+void rope_cache(const int32_t* pos, int64_t n_tok, int n_rot, float freq_base, float freq_scale, float* cos_sin);
 
-// Gated activations over n elements, in place in gate: gate = act(gate) * up.
-// geglu_tanh: tanh-approximated GELU of the input rounded to f16, the result rounded to f16, as
-// ggml's table-driven GELU computes it.
+// gate[i] = gelu_tanh(gate[i]) * up[i] (GeGLU), in place, as ggml's CPU backend computes it:
+// gate rounded to f16 and looked up in a 64K-entry table of f16 GELU values for |x| < 10,
+// (x <= -10: 0; x >= 10: x). Matching that rounding keeps gemma's logits at llama.cpp's.
 void geglu_tanh(float* gate, const float* up, int64_t n);
+// The tanh-approximation GELU of one float, unrounded (the reference for the table).
+float gelu_tanh(float x);
 
-// RMSNorm of each of n_rows rows of n floats in place, with one weight vector w (n) for all rows
-// (qwen3's and gemma3's per-head q/k norm).
-void rmsnorm_rows(float* x, const float* w, int64_t n_rows, int64_t n, float eps);
-
-// A sliding window (a query at p sees keys at p - window + 1 .. p; 0: every earlier key) and a
-// soft-cap of the scaled scores (cap * tanh(s / cap); 0: none), as gemma2/3 and mistral use.
-struct AttentionOptions {
-    int64_t window = 0;
-    float softcap = 0.0f;
-};
+// x[i] = cap * tanh(x[i] / cap) (gemma2's logit soft-capping), in place.
+void softcap(float* x, int64_t n, float cap);
 
 // Causal attention for n_tok new tokens at positions pos0..pos0+n_tok-1 against one layer of the
 // cache holding positions [0, pos0+n_tok).  q: (n_tok, n_head*head_dim) f32 row stride q_stride;
@@ -92,7 +85,10 @@ struct AttentionOptions {
 void attention(ThreadPool& pool, const KernelTable& kt, const float* q, int64_t q_stride, const KvLayerView& kv,
                float* out, int64_t out_stride, int64_t n_tok, int64_t pos0,
                int n_head, int n_kv_head, int head_dim, float scale, float* scratch,
-               const AttentionOptions& opt = {});
+               int64_t window = 0, float softcap = 0.0f);
+// window > 0: a token at position p sees only positions (p - window, p] (sliding-window layers;
+// llama.cpp masks p - j >= window). softcap > 0: each scaled score s becomes softcap *
+// tanh(s / softcap) before the softmax (gemma2).
 size_t attention_scratch_floats(int n_threads, int n_head, int n_kv_head, int head_dim);
 
 } // namespace pyllm
