@@ -74,10 +74,38 @@ MISTRAL = """\
 {% endfor %}
 """
 
-BUILTIN_TEMPLATES = {"chatml": CHATML, "llama3": LLAMA3, "mistral": MISTRAL}
+# Gemma (1-3) instruction format, as llama.cpp's built-in writes it: no system role (system text
+# goes before the first user message's, then a blank line), "model" for the assistant, every
+# content trimmed.
+GEMMA = """\
+{{- bos_token -}}
+{% set ns = namespace(system='') %}
+{% for message in messages %}
+{% if message['role'] == 'system' %}
+{% set ns.system = ns.system + (message['content'] | trim) %}
+{% else %}
+{% set role = 'model' if message['role'] == 'assistant' else message['role'] %}
+<start_of_turn>{{ role }}
+{% if ns.system and role != 'model' %}
+{{ ns.system }}
+
+{% set ns.system = '' %}
+{% endif %}
+{{ message['content'] | trim }}<end_of_turn>
+{% endif %}
+{% endfor %}
+{% if add_generation_prompt %}
+<start_of_turn>model
+{% endif %}
+"""
+
+BUILTIN_TEMPLATES = {"chatml": CHATML, "llama3": LLAMA3, "mistral": MISTRAL, "gemma": GEMMA}
 # End-of-turn text of each built-in, used as a stop string too: with a model whose vocabulary
 # lacks the special token, the marker arrives as plain text and must still end the reply.
-BUILTIN_STOPS = {"chatml": ["<|im_end|>"], "llama3": ["<|eot_id|>"], "mistral": []}
+BUILTIN_STOPS = {"chatml": ["<|im_end|>"], "llama3": ["<|eot_id|>"], "mistral": [], "gemma": ["<end_of_turn>"]}
+# Architectures whose instruction format is fixed by the family: a file of these with no
+# tokenizer.chat_template gets its family's built-in (Gemma 3 270M's GGUF carries none).
+ARCH_TEMPLATES = {"gemma": "gemma", "gemma2": "gemma", "gemma3": "gemma"}
 
 # ---------------------------------------------------------------------------------------------
 # Limits
@@ -388,8 +416,9 @@ def _looks_like_template(text: str) -> bool:
 def load(metadata: dict, override: str | os.PathLike | None = None, bos_token: str = "",
          eos_token: str = "") -> ChatTemplate:
     """The chat template to use: `override` (a built-in name, a file, or template source) if
-    given, else the model's `tokenizer.chat_template`. No template at all is an error that says
-    how to give one, never a silent guess."""
+    given, else the model's `tokenizer.chat_template`, else its family's format where the family
+    fixes one (ARCH_TEMPLATES). No template at all is an error that says how to give one, never
+    a guess."""
     if override is not None:
         text = os.fspath(override)
         if os.path.isfile(text):
@@ -406,6 +435,9 @@ def load(metadata: dict, override: str | os.PathLike | None = None, bos_token: s
         raise ChatTemplateError(f"chat template {text!r} is neither a file nor a built-in name "
                                 f"(built-ins: {', '.join(BUILTIN_TEMPLATES)})")
     source = metadata.get("tokenizer.chat_template")
+    arch = metadata.get("general.architecture")
+    if source is None and arch in ARCH_TEMPLATES:
+        return builtin(ARCH_TEMPLATES[arch], bos_token, eos_token)
     if source is None:
         raise ChatTemplateError(
             "this model has no chat template (no 'tokenizer.chat_template' in its GGUF metadata); "

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 import threading
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, make_dataclass
 from pathlib import Path
 from typing import Iterator, Sequence
 
@@ -19,67 +19,25 @@ from pyllm.errors import ContextOverflowError, GGUFError, ModelFileChangedError,
 from pyllm.gguffile import GGUFFile
 from pyllm.tokenizer import StopMatcher, Tokenizer
 
-SUPPORTED_ARCHITECTURES = ("llama", "mistral", "qwen2")
-# Architectures whose rope rotates (i, i + n_rot/2) pairs rather than adjacent ones.
-NEOX_ROPE_ARCHITECTURES = ("qwen2",)
+# The architecture families pyllm runs (csrc/model/arch.cpp's registry).
+SUPPORTED_ARCHITECTURES = tuple(_core.supported_architectures().split(", "))
 
 
-@dataclass(frozen=True)
-class ModelConfig:
-    arch: str
-    n_vocab: int
-    n_embd: int
-    n_layer: int
-    n_head: int
-    n_head_kv: int
-    n_ff: int
-    head_dim: int
-    n_rot: int
-    rms_eps: float
-    rope_freq_base: float
-    rope_freq_scale: float
-    rope_neox: bool
-    n_ctx_train: int
+def _config_from_metadata(cls, md: dict) -> "ModelConfig":
+    """Reads the hyper-parameters of a GGUF metadata dict through the one key table
+    (csrc/model/hparams.cpp): GGUFError naming a missing or bad key, UnsupportedModelError for an
+    architecture pyllm does not run."""
+    return cls(**_core.read_hparams(dict(md)))
 
-    @classmethod
-    def from_metadata(cls, md: dict) -> "ModelConfig":
-        arch = md.get("general.architecture")
-        if not isinstance(arch, str):
-            raise GGUFError("metadata key 'general.architecture' is missing or not a string")
-        if arch not in SUPPORTED_ARCHITECTURES:
-            raise UnsupportedModelError(
-                f"architecture {arch!r} is not supported; pyllm runs: {', '.join(SUPPORTED_ARCHITECTURES)}")
 
-        def get(key, default=None, kind=int):
-            full = f"{arch}.{key}"
-            value = md.get(full, default)
-            if value is None:
-                raise GGUFError(f"metadata key {full!r} is missing")
-            if isinstance(value, bool) or not isinstance(value, (int, float)):
-                raise GGUFError(f"metadata key {full!r} should be a number, got {value!r}")
-            if kind is int and value != int(value):
-                raise GGUFError(f"metadata key {full!r} should be an integer, got {value!r}")
-            return kind(value)
-
-        n_embd = get("embedding_length")
-        n_head = get("attention.head_count")
-        if n_head <= 0:
-            raise GGUFError(f"metadata key '{arch}.attention.head_count' must be positive, got {n_head}")
-        head_dim = get("attention.key_length", n_embd // n_head)
-        tokens = md.get("tokenizer.ggml.tokens")
-        n_vocab = get("vocab_size", len(tokens) if isinstance(tokens, list) else None)
-        scale = 1.0
-        if md.get(f"{arch}.rope.scaling.type", "none") == "linear":
-            scale = 1.0 / get("rope.scaling.factor", 1.0, float)
-        elif f"{arch}.rope.scale_linear" in md:
-            scale = 1.0 / get("rope.scale_linear", 1.0, float)
-        return cls(
-            arch=arch, n_vocab=n_vocab, n_embd=n_embd, n_layer=get("block_count"), n_head=n_head,
-            n_head_kv=get("attention.head_count_kv", n_head), n_ff=get("feed_forward_length"),
-            head_dim=head_dim, n_rot=get("rope.dimension_count", head_dim),
-            rms_eps=get("attention.layer_norm_rms_epsilon", 1e-5, float),
-            rope_freq_base=get("rope.freq_base", 10000.0, float), rope_freq_scale=scale,
-            rope_neox=arch in NEOX_ROPE_ARCHITECTURES, n_ctx_train=get("context_length", 2048))
+# The model's hyper-parameters: one field per row of the C++ key table (names, types), so the
+# table is written once. Frozen; dataclasses.asdict(config) is what the C++ side takes back.
+ModelConfig = make_dataclass(
+    "ModelConfig", [(name, {"int": int, "float": float, "bool": bool, "str": str}[kind])
+                    for name, kind in _core.hparam_fields()],
+    frozen=True, namespace={"from_metadata": classmethod(_config_from_metadata)})
+ModelConfig.__module__ = __name__
+ModelConfig.__doc__ = "Hyper-parameters of a GGUF model (fields: csrc/model/hparams.h)."
 
 
 @dataclass
@@ -168,7 +126,7 @@ class Model:
 
         def load_weights():
             try:
-                loaded["model"] = _core.LlamaModel(cfg, tensors, keep_alive=self._file, repack=repack)
+                loaded["model"] = _core.Model(cfg, tensors, keep_alive=self._file, repack=repack)
             except BaseException as e:  # re-raised below, on the caller's thread
                 loaded["error"] = e
 
@@ -188,7 +146,7 @@ class Model:
         self.n_ctx = int(n_ctx) if n_ctx is not None else min(self.config.n_ctx_train, 4096)
         if self.n_ctx < 1:
             raise ValueError(f"n_ctx must be at least 1, got {self.n_ctx}")
-        kv_bytes = _core.LlamaModel.kv_cache_bytes(cfg, self.n_ctx, self.cache_type_k, self.cache_type_v)
+        kv_bytes = _core.Model.kv_cache_bytes(cfg, self.n_ctx, self.cache_type_k, self.cache_type_v)
         mem = _physical_memory()
         if mem is not None and kv_bytes > mem // 2:
             raise ValueError(f"n_ctx={self.n_ctx} needs {kv_bytes / 2**30:.1f} GiB of KV cache; this machine "

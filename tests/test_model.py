@@ -228,7 +228,7 @@ def test_load_errors_come_out_in_the_sequential_order(smollm2_path, monkeypatch)
         def __getattr__(self, name):
             return getattr(_core, name)
 
-        def LlamaModel(self, *args, **kwargs):
+        def Model(self, *args, **kwargs):
             raise pyllm.GGUFError("tensor 'blk.0.attn_q.weight' has a bad shape")
 
     monkeypatch.setattr(pm, "_core", BadWeights())

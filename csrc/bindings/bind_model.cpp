@@ -11,7 +11,7 @@
 #include "bindings/bindings.h"
 #include "bindings/shared.h"
 #include "core/common.h"
-#include "model/llama.h"
+#include "model/model.h"
 #include "sampling/sampler.h"
 
 namespace py = pybind11;
@@ -22,7 +22,7 @@ namespace {
 
 // Owns the Python objects whose buffers the model's weights point into (the mapped file).
 struct PyModel {
-    std::shared_ptr<const LlamaModel> model;
+    std::shared_ptr<const Model> model;
     py::object keep_alive;
 };
 
@@ -36,13 +36,13 @@ struct PyContext {
 std::unique_ptr<PyModel> make_model(const py::dict& cfg, const py::dict& tensors, py::object keep_alive, bool repack) {
     const auto views = tensor_views(tensors);
     auto m = std::make_unique<PyModel>();
-    const LlamaConfig c = config_from_dict(cfg);
+    const HParams c = config_from_dict(cfg);
     ModelOptions opts;
     opts.repack = repack;
     {
         // Repacking takes most of a load: without the GIL, Python builds the tokenizer meanwhile.
         py::gil_scoped_release nogil;
-        m->model = std::make_shared<LlamaModel>(c, views, opts);
+        m->model = std::make_shared<Model>(c, views, opts);
     }
     m->keep_alive = std::move(keep_alive);
     return m;
@@ -68,7 +68,20 @@ mask_array as_mask(py::handle h, int64_t n_vocab) {
 } // namespace
 
 void register_model(py::module_& m) {
-    py::class_<PyModel>(m, "LlamaModel")
+    // The hyper-parameter key table (model/hparams.h), for pyllm.model.ModelConfig.
+    m.def("read_hparams", [](const py::dict& metadata) { return dict_from_hparams(read_hparams(metadata_for_hparams(metadata))); },
+          py::arg("metadata"),
+          "The model config dict of a GGUF metadata dict: GGUFError naming a bad key, UnsupportedModelError for an unknown architecture");
+    m.def("hparam_fields", [] {
+        py::list out;
+        for (const HParamField& f : hparam_fields()) {
+            static const char* kinds[] = {"int", "float", "bool", "str"};
+            out.append(py::make_tuple(f.name, kinds[f.kind]));
+        }
+        return out;
+    });
+    m.def("supported_architectures", [] { return supported_archs(); });
+    py::class_<PyModel>(m, "Model")
         .def(py::init(&make_model), py::arg("config"), py::arg("tensors"), py::arg("keep_alive") = py::none(),
              py::arg("repack") = true)
         .def_property_readonly("repacked_bytes", [](const PyModel& pm) { return pm.model->repacked_bytes(); })

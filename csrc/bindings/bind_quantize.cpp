@@ -19,7 +19,7 @@
 #include "core/threadpool.h"
 #include "kernels/kernels.h"
 #include "model/calibrate.h"
-#include "model/llama.h"
+#include "model/model.h"
 #include "quant/gptq.h"
 #include "quant/types.h"
 #include "quant/weighted.h"
@@ -133,7 +133,7 @@ const char* const kSiteNames[4] = {"attn_qkv", "attn_output", "ffn_gate_up", "ff
 // layer, {site: XᵀX (k, k) float64, or its diagonal (k,) when capture == "diag"}, tokens seen).
 py::tuple calibrate_layer(const py::dict& cfg_dict, const py::dict& layer, f32_array hidden, int seq_len, int n_threads,
                           const std::string& capture) {
-    const LlamaConfig cfg = config_from_dict(cfg_dict);
+    const HParams cfg = config_from_dict(cfg_dict);
     if (capture != "none" && capture != "diag" && capture != "full")
         fail(ErrorKind::invalid_argument, "capture must be 'none', 'diag' or 'full'");
     if (hidden.ndim() != 2 || hidden.shape(1) != cfg.n_embd || seq_len < 1 || hidden.shape(0) % seq_len)

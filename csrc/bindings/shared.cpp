@@ -3,6 +3,7 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <cmath>
 #include <string>
 #include <vector>
 
@@ -22,23 +23,80 @@ bool python_interrupted() {
     return false;
 }
 
-LlamaConfig config_from_dict(const py::dict& d) {
-    LlamaConfig c;
-    c.arch = d["arch"].cast<std::string>();
-    c.n_vocab = d["n_vocab"].cast<int>();
-    c.n_embd = d["n_embd"].cast<int>();
-    c.n_layer = d["n_layer"].cast<int>();
-    c.n_head = d["n_head"].cast<int>();
-    c.n_head_kv = d["n_head_kv"].cast<int>();
-    c.n_ff = d["n_ff"].cast<int>();
-    c.head_dim = d["head_dim"].cast<int>();
-    c.n_rot = d["n_rot"].cast<int>();
-    c.rms_eps = d["rms_eps"].cast<float>();
-    c.rope_freq_base = d["rope_freq_base"].cast<float>();
-    c.rope_freq_scale = d["rope_freq_scale"].cast<float>();
-    c.rope_neox = d["rope_neox"].cast<bool>();
-    c.n_ctx_train = d["n_ctx_train"].cast<int>();
+HParams config_from_dict(const py::dict& d) {
+    // Field by field from the one table (model/hparams.h); a key the dict lacks keeps its default.
+    HParams c;
+    for (const HParamField& f : hparam_fields()) {
+        if (!d.contains(f.name)) continue;
+        py::handle v = d[f.name];
+        try {
+            switch (f.kind) {
+            case HParamField::i32: c.*f.i = v.cast<int>(); break;
+            case HParamField::f32: c.*f.f = v.cast<float>(); break;
+            case HParamField::boolean: c.*f.b = v.cast<bool>(); break;
+            case HParamField::string: c.*f.s = v.cast<std::string>(); break;
+            }
+        } catch (const py::cast_error&) {
+            fail(ErrorKind::invalid_argument, std::string("model config field '") + f.name + "' has a value of the wrong type or range");
+        }
+    }
     return c;
+}
+
+py::dict dict_from_hparams(const HParams& c) {
+    py::dict d;
+    for (const HParamField& f : hparam_fields()) {
+        switch (f.kind) {
+        case HParamField::i32: d[f.name] = c.*f.i; break;
+        case HParamField::f32: d[f.name] = c.*f.f; break;
+        case HParamField::boolean: d[f.name] = c.*f.b; break;
+        case HParamField::string: d[f.name] = c.*f.s; break;
+        }
+    }
+    return d;
+}
+
+Metadata metadata_for_hparams(const py::dict& md) {
+    // Only what the key table can ask for: general.architecture, the "{arch}." keys, and the
+    // token list's length (not its 262k strings).
+    Metadata out;
+    std::string prefix;
+    if (md.contains("general.architecture") && py::isinstance<py::str>(md["general.architecture"]))
+        prefix = md["general.architecture"].cast<std::string>() + ".";
+    for (auto item : md) {
+        if (!py::isinstance<py::str>(item.first)) continue;
+        const std::string key = item.first.cast<std::string>();
+        const bool wanted = key == "general.architecture" || key == "tokenizer.ggml.tokens" ||
+                            (!prefix.empty() && key.compare(0, prefix.size(), prefix) == 0);
+        if (!wanted) continue;
+        py::handle v = item.second;
+        MetaValue mv;
+        if (PyBool_Check(v.ptr())) {
+            mv.kind = MetaValue::boolean;
+            mv.num = v.ptr() == Py_True;
+        } else if (PyLong_Check(v.ptr())) {
+            mv.kind = MetaValue::number;
+            mv.integral = true;
+            mv.num = PyLong_AsDouble(v.ptr());
+            if (mv.num == -1.0 && PyErr_Occurred()) {  // beyond a double: as good as infinite
+                PyErr_Clear();
+                mv.num = PyObject_RichCompareBool(v.ptr(), py::int_(0).ptr(), Py_LT) == 1 ? -HUGE_VAL : HUGE_VAL;
+            }
+        } else if (PyFloat_Check(v.ptr())) {
+            mv.kind = MetaValue::number;
+            mv.num = PyFloat_AsDouble(v.ptr());
+        } else if (py::isinstance<py::str>(v)) {
+            mv.kind = MetaValue::string;
+            mv.str = v.cast<std::string>();
+        } else if (py::isinstance<py::list>(v) || py::isinstance<py::tuple>(v)) {
+            mv.kind = MetaValue::array;
+            mv.len = (int64_t)py::len(v);
+        } else {
+            mv.kind = MetaValue::other;
+        }
+        out[key] = std::move(mv);
+    }
+    return out;
 }
 
 std::unordered_map<std::string, TensorView> tensor_views(const py::dict& tensors) {

@@ -23,15 +23,18 @@ struct OutputSink : CaptureSink {
 
 } // namespace
 
-void run_layer(const LlamaConfig& cfg, const std::unordered_map<std::string, TensorView>& layer,
+void run_layer(const HParams& cfg, const std::unordered_map<std::string, TensorView>& layer,
                const float* hidden_in, float* hidden_out, int64_t n_seq, int seq_len, int n_threads,
                CaptureSink* sink, const StopCheck& stop) {
     if (n_seq < 1 || seq_len < 1) fail(ErrorKind::invalid_argument, "run_layer needs at least one sequence of one token");
     const int64_t n_rows = n_seq * seq_len;
     if (n_rows > (1 << 24)) fail(ErrorKind::invalid_argument, "run_layer: at most 2^24 calibration tokens");
-    LlamaConfig c = cfg;
+    HParams c = cfg;
     c.n_layer = 1;
     c.n_vocab = (int)n_rows;
+    c.embd_scale = 1.0f;   // the stream is the residual itself
+    c.final_softcap = 0.0f;
+    c.n_swa = 0;
     const int64_t d = c.n_embd;
 
     std::unordered_map<std::string, TensorView> tensors = layer;
@@ -41,7 +44,7 @@ void run_layer(const LlamaConfig& cfg, const std::unordered_map<std::string, Ten
     std::vector<float> ones(d, 1.0f);  // output_norm: required by the model, never used (no logits)
     tensors["output_norm.weight"] = TensorView{TYPE_F32, 1, {d, 1, 1, 1}, reinterpret_cast<const uint8_t*>(ones.data()),
                                                (uint64_t)(d * sizeof(float))};
-    auto model = std::make_shared<LlamaModel>(c, tensors);
+    auto model = std::make_shared<Model>(c, tensors);
     Context ctx(model, seq_len, seq_len, n_threads);
     OutputSink out_sink;
     out_sink.user = sink;

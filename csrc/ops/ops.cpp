@@ -5,8 +5,10 @@
 #include <cmath>
 #include <cstring>
 #include <limits>
+#include <vector>
 
 #include "core/common.h"
+#include "core/fp16.h"
 
 namespace pyllm {
 
@@ -27,19 +29,81 @@ void rmsnorm(const float* x, const float* w, float* y, int64_t n_tok, int64_t n,
 
 // --- rope ---------------------------------------------------------------------------------------
 
-void rope_cache(const int32_t* pos, int64_t n_tok, int n_rot, float freq_base, float freq_scale, float* cos_sin) {
-    // theta_i = pos * freq_scale * base^(-2i/n_rot), built by repeated multiplication as ggml does
-    // (a pow per element would round differently and drift from llama.cpp's logits).
-    const float theta_scale = std::pow(freq_base, -2.0f / n_rot);
+// YaRN's ramp between the correction dims: 1 below `low` (extrapolate), 0 above `high` (interpolate).
+static float rope_yarn_ramp(float low, float high, int i0) {
+    const float y = (i0 / 2 - low) / std::max(0.001f, high - low);
+    return 1 - std::min(1.0f, std::max(0.0f, y));
+}
+
+// The dimension whose rotation completes n_rot turns over n_ctx_orig positions (ggml_rope_yarn_corr_dim).
+static float rope_yarn_corr_dim(int n_dims, int n_ctx_orig, float n_rot, float base) {
+    return n_dims * std::log(n_ctx_orig / (n_rot * 2 * (float)M_PI)) / (2 * std::log(base));
+}
+
+void rope_cache(const int32_t* pos, int64_t n_tok, const RopeParams& p, float* cos_sin) {
+    // theta built by repeated multiplication as ggml does (a pow per element would round
+    // differently and drift from llama.cpp's logits).
+    const int n_rot = p.n_rot;
+    const float theta_scale = std::pow(p.freq_base, -2.0f / n_rot);
+    float corr[2] = {0, 0};
+    if (p.ext_factor != 0) {
+        corr[0] = std::max(0.0f, std::floor(rope_yarn_corr_dim(n_rot, p.n_ctx_orig, p.beta_fast, p.freq_base)));
+        corr[1] = std::min((float)(n_rot - 1), std::ceil(rope_yarn_corr_dim(n_rot, p.n_ctx_orig, p.beta_slow, p.freq_base)));
+    }
+    float mscale = p.attn_factor;
+    if (p.ext_factor != 0) mscale *= 1.0f + 0.1f * std::log(1.0f / p.freq_scale);
     for (int64_t t = 0; t < n_tok; ++t) {
-        float theta = (float)pos[t] * freq_scale;
+        float theta_base = (float)pos[t];
         float* cs = cos_sin + t * n_rot;
         for (int i = 0; i < n_rot / 2; ++i) {
-            cs[2 * i] = std::cos(theta);
-            cs[2 * i + 1] = std::sin(theta);
-            theta *= theta_scale;
+            const float theta_extrap = p.freq_factors ? theta_base / p.freq_factors[i] : theta_base;
+            float theta = p.freq_scale * theta_extrap;
+            if (p.ext_factor != 0) {
+                const float mix = rope_yarn_ramp(corr[0], corr[1], 2 * i) * p.ext_factor;
+                theta = theta * (1 - mix) + theta_extrap * mix;
+            }
+            cs[2 * i] = std::cos(theta) * mscale;
+            cs[2 * i + 1] = std::sin(theta) * mscale;
+            theta_base *= theta_scale;
         }
     }
+}
+
+void rope_cache(const int32_t* pos, int64_t n_tok, int n_rot, float freq_base, float freq_scale, float* cos_sin) {
+    RopeParams p;
+    p.n_rot = n_rot;
+    p.freq_base = freq_base;
+    p.freq_scale = freq_scale;
+    rope_cache(pos, n_tok, p, cos_sin);
+}
+
+// --- activations --------------------------------------------------------------------------------
+
+float gelu_tanh(float x) {
+    constexpr float kA = 0.044715f, kSqrt2OverPi = 0.79788456080286535587989211986876f;
+    return 0.5f * x * (1.0f + std::tanh(kSqrt2OverPi * x * (1.0f + kA * x * x)));
+}
+
+void geglu_tanh(float* gate, const float* up, int64_t n) {
+    // ggml_table_gelu_f16: gelu of every f16 value, stored as f16. Built once (thread-safe static).
+    static const std::vector<uint16_t> table = [] {
+        std::vector<uint16_t> t(1 << 16);
+        for (uint32_t i = 0; i < t.size(); ++i) t[i] = f32_to_fp16(gelu_tanh(fp16_to_f32((uint16_t)i)));
+        return t;
+    }();
+    for (int64_t i = 0; i < n; ++i) {
+        const float x = gate[i];
+        float g;
+        if (x <= -10.0f) g = 0.0f;
+        else if (x >= 10.0f) g = x;
+        else g = fp16_to_f32(table[f32_to_fp16(x)]);
+        gate[i] = g * up[i];
+    }
+}
+
+void softcap(float* x, int64_t n, float cap) {
+    const float inv = 1.0f / cap;
+    for (int64_t i = 0; i < n; ++i) x[i] = cap * std::tanh(x[i] * inv);
 }
 
 void rope(float* x, int64_t n_tok, int64_t stride, int n_heads, int head_dim, int n_rot, bool neox,
@@ -233,7 +297,7 @@ void softmax_block(const KernelTable& kt, float* s, int n, float& run_max, float
 // (no score buffer of context length). acc: (n_group, head_dim) unnormalized output; run_max,
 // run_sum: (n_group); scores: (n_group, kScoreBlock) scratch.
 void attend_range(const KernelTable& kt, const float* qg, const KvLayerView& kv, int g, int n_group, int head_dim,
-                  float scale, int64_t p0, int64_t p1, float* acc, float* run_max, float* run_sum, float* scores,
+                  float scale, float cap, int64_t p0, int64_t p1, float* acc, float* run_max, float* run_sum, float* scores,
                   float* kv_scratch) {
     std::fill(acc, acc + n_group * head_dim, 0.0f);
     for (int h = 0; h < n_group; ++h) { run_max[h] = -std::numeric_limits<float>::infinity(); run_sum[h] = 0.0f; }
@@ -246,6 +310,7 @@ void attend_range(const KernelTable& kt, const float* qg, const KvLayerView& kv,
         for (int h = 0; h < n_group; ++h) {
             float* sh = scores + h * kScoreBlock;
             for (int j = 0; j < nb; ++j) sh[j] *= scale;
+            if (cap > 0) softcap(sh, nb, cap);
             softmax_block(kt, sh, nb, run_max[h], run_sum[h], acc + h * head_dim, head_dim);
         }
         hc.pv(b0, nb, n_group, scores, acc);
@@ -256,7 +321,7 @@ void attend_range(const KernelTable& kt, const float* qg, const KvLayerView& kv,
 // head g: rows r = (t - t0) * n_group + h. Online softmax per row, a block of positions at a time.
 void attend_prefill(const KernelTable& kt, const float* q, int64_t q_stride, const KvLayerView& kv, float* out,
                     int64_t out_stride, int64_t pos0, int64_t t0, int64_t t1, int g, int n_group, int head_dim,
-                    float scale, float* scratch, float* kv_scratch) {
+                    float scale, float cap, int64_t window, float* scratch, float* kv_scratch) {
     const int n_rows = (int)(t1 - t0) * n_group;
     float* qs = scratch;                                 // (n_rows, head_dim)
     float* acc = qs + (size_t)n_rows * head_dim;         // (n_rows, head_dim)
@@ -275,18 +340,24 @@ void attend_prefill(const KernelTable& kt, const float* q, int64_t q_stride, con
     std::fill(run_max, run_max + n_rows, -std::numeric_limits<float>::infinity());
     std::fill(run_sum, run_sum + n_rows, 0.0f);
     const int64_t n_pos = pos0 + t1;  // the last token sees positions [0, n_pos)
-    for (int64_t b0 = 0; b0 < n_pos; b0 += kScoreBlock) {
+    // With a window, the first token sees nothing before pos0 + t0 - window + 1.
+    const int64_t first_pos = window > 0 ? std::max<int64_t>(0, pos0 + t0 - window + 1) : 0;
+    for (int64_t b0 = first_pos; b0 < n_pos; b0 += kScoreBlock) {
         const int nb = (int)std::min<int64_t>(kScoreBlock, n_pos - b0);
         // scores[r][j] = K row (b0 + j) . q row r
         hc.scores(b0, nb, n_rows, sc);
         for (int r = 0; r < n_rows; ++r) {
             float* sr = sc + (size_t)r * kScoreBlock;
-            for (int j = 0; j < nb; ++j) sr[j] *= scale;  // after the dot, in llama.cpp's order
             const int64_t last = pos0 + t0 + r / n_group;  // this row's token sees positions <= last
             const int visible = (int)std::max<int64_t>(0, std::min<int64_t>(nb, last - b0 + 1));
+            // and, in a window, none before last - window + 1
+            const int lo = window > 0 ? (int)std::min<int64_t>(visible, std::max<int64_t>(0, last - window + 1 - b0)) : 0;
+            for (int j = lo; j < visible; ++j) sr[j] *= scale;  // after the dot, in llama.cpp's order
+            if (cap > 0) softcap(sr + lo, visible - lo, cap);
             // Masked positions get probability 0 (P.V reads the row's first nb entries).
+            if (visible > lo) softmax_block(kt, sr + lo, visible - lo, run_max[r], run_sum[r], acc + (size_t)r * head_dim, head_dim);
+            for (int j = 0; j < lo; ++j) sr[j] = 0.0f;
             for (int j = visible; j < nb; ++j) sr[j] = 0.0f;
-            if (visible) softmax_block(kt, sr, visible, run_max[r], run_sum[r], acc + (size_t)r * head_dim, head_dim);
         }
         hc.pv(b0, nb, n_rows, sc, acc);
     }
@@ -303,7 +374,7 @@ void attend_prefill(const KernelTable& kt, const float* q, int64_t q_stride, con
 
 void attention(ThreadPool& pool, const KernelTable& kt, const float* q, int64_t q_stride, const KvLayerView& kv,
                float* out, int64_t out_stride, int64_t n_tok, int64_t pos0,
-               int n_head, int n_kv_head, int head_dim, float scale, float* scratch) {
+               int n_head, int n_kv_head, int head_dim, float scale, float* scratch, int64_t window, float cap) {
     const int n_group = n_head / n_kv_head;
     const size_t per_thread = per_thread_floats(n_group, head_dim);
     const size_t kv_at = base_thread_floats(n_group, head_dim);  // a thread's quantized-cache space
@@ -316,14 +387,17 @@ void attention(ThreadPool& pool, const KernelTable& kt, const float* q, int64_t 
             const int g = (int)(task % n_kv_head);
             const int64_t t0 = b * per_task, t1 = std::min(n_tok, t0 + per_task);
             float* ts = scratch + thread * per_thread;
-            attend_prefill(kt, q, q_stride, kv, out, out_stride, pos0, t0, t1, g, n_group, head_dim, scale, ts, ts + kv_at);
+            attend_prefill(kt, q, q_stride, kv, out, out_stride, pos0, t0, t1, g, n_group, head_dim, scale, cap, window, ts,
+                           ts + kv_at);
         });
         return;
     }
     // Decode: each KV head's group of query heads walks its positions together (each K and V row
     // read once for all of them), in n_split ranges (one when the context is short or there is one
     // thread) whose partial softmaxes are merged below.
-    const int64_t n_pos = pos0 + 1;
+    // The token at pos0 sees [first, pos0]: all of the cache, or its window.
+    const int64_t first = window > 0 ? std::max<int64_t>(0, pos0 - window + 1) : 0;
+    const int64_t n_pos = pos0 + 1 - first;
     const int n_split = pool.size() > 1 ? (int)std::min<int64_t>(kMaxSplit, std::max<int64_t>(1, n_pos / kMinSplitPositions)) : 1;
     // (n_kv_head, n_split) partials of (n_group*head_dim acc, n_group max, n_group sum).
     const size_t part = (size_t)n_group * (head_dim + 2);
@@ -332,8 +406,8 @@ void attention(ThreadPool& pool, const KernelTable& kt, const float* q, int64_t 
         const int g = (int)(task / n_split), j = (int)(task % n_split);
         float* acc = partials + task * part;
         float* ts = scratch + thread * per_thread;
-        attend_range(kt, q + (int64_t)g * n_group * head_dim, kv, g, n_group, head_dim, scale, n_pos * j / n_split,
-                     n_pos * (j + 1) / n_split, acc, acc + n_group * head_dim, acc + n_group * head_dim + n_group, ts,
+        attend_range(kt, q + (int64_t)g * n_group * head_dim, kv, g, n_group, head_dim, scale, cap,
+                     first + n_pos * j / n_split, first + n_pos * (j + 1) / n_split, acc, acc + n_group * head_dim, acc + n_group * head_dim + n_group, ts,
                      ts + kv_at);
     });
     for (int g = 0; g < n_kv_head; ++g)

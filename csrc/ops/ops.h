@@ -48,8 +48,32 @@ void matmul(ThreadPool& pool, const KernelTable& kt, const MatmulJob* jobs, int 
 // instead of (2i, 2i+1). cos_sin holds, per token, n_rot/2 (cos, sin) pairs.
 void rope(float* x, int64_t n_tok, int64_t stride, int n_heads, int head_dim, int n_rot, bool neox,
           const float* cos_sin);
-// Fills cos_sin (n_tok, n_rot/2, 2) for positions pos[0..n_tok), as ggml computes theta.
+// How rope turns a position into angles: ggml_rope_ext's parameters. theta_i = pos *
+// freq_base^(-2i/n_rot) / freq_factors[i], times freq_scale (linear scaling); YaRN
+// (ext_factor != 0) mixes the scaled and unscaled angle per dimension with a ramp between the
+// correction dims that beta_fast/beta_slow and n_ctx_orig give, and scales cos/sin by
+// attn_factor * (1 + 0.1 ln(1/freq_scale)); without YaRN, by attn_factor.
+struct RopeParams {
+    int n_rot = 0;
+    float freq_base = 10000.0f, freq_scale = 1.0f;
+    const float* freq_factors = nullptr;  // (n_rot/2) divisors of the frequencies, or nullptr
+    float ext_factor = 0.0f, attn_factor = 1.0f, beta_fast = 32.0f, beta_slow = 1.0f;
+    int n_ctx_orig = 0;
+};
+// Fills cos_sin (n_tok, n_rot/2, 2) for positions pos[0..n_tok), as ggml computes them.
+void rope_cache(const int32_t* pos, int64_t n_tok, const RopeParams& p, float* cos_sin);
+// Plain or linearly scaled rope (no factors, no YaRN).
 void rope_cache(const int32_t* pos, int64_t n_tok, int n_rot, float freq_base, float freq_scale, float* cos_sin);
+
+// gate[i] = gelu_tanh(gate[i]) * up[i] (GeGLU), in place, as ggml's CPU backend computes it:
+// gate rounded to f16 and looked up in a 64K-entry table of f16 GELU values for |x| < 10,
+// (x <= -10: 0; x >= 10: x). Matching that rounding keeps gemma's logits at llama.cpp's.
+void geglu_tanh(float* gate, const float* up, int64_t n);
+// The tanh-approximation GELU of one float, unrounded (the reference for the table).
+float gelu_tanh(float x);
+
+// x[i] = cap * tanh(x[i] / cap) (gemma2's logit soft-capping), in place.
+void softcap(float* x, int64_t n, float cap);
 
 // Causal attention for n_tok new tokens at positions pos0..pos0+n_tok-1 against one layer of the
 // cache holding positions [0, pos0+n_tok).  q: (n_tok, n_head*head_dim) f32 row stride q_stride;
@@ -60,7 +84,11 @@ void rope_cache(const int32_t* pos, int64_t n_tok, int n_rot, float freq_base, f
 // accumulators, and the partial softmaxes of a decode step whose positions are split across threads).
 void attention(ThreadPool& pool, const KernelTable& kt, const float* q, int64_t q_stride, const KvLayerView& kv,
                float* out, int64_t out_stride, int64_t n_tok, int64_t pos0,
-               int n_head, int n_kv_head, int head_dim, float scale, float* scratch);
+               int n_head, int n_kv_head, int head_dim, float scale, float* scratch,
+               int64_t window = 0, float softcap = 0.0f);
+// window > 0: a token at position p sees only positions (p - window, p] (sliding-window layers;
+// llama.cpp masks p - j >= window). softcap > 0: each scaled score s becomes softcap *
+// tanh(s / softcap) before the softmax (gemma2).
 size_t attention_scratch_floats(int n_threads, int n_head, int n_kv_head, int head_dim);
 
 } // namespace pyllm

@@ -1,4 +1,4 @@
-#include "model/llama.h"
+#include "model/model.h"
 
 #include <algorithm>
 #include <cmath>
@@ -72,6 +72,14 @@ struct TensorFinder {
     }
 };
 
+// Rows [r0, r0 + n) of m: one part of a fused tensor (phi3's attn_qkv, ffn_up).
+Matrix rows_of(const Matrix& m, int64_t r0, int64_t n) {
+    Matrix v = m;
+    v.rows = n;
+    v.data = m.data + r0 * m.row_bytes;
+    return v;
+}
+
 // The read-only, file-backed mappings of this process (/proc/self/maps: perms "r-..", inode != 0),
 // read once per model load. Only their pages may be dropped: they come back from the file
 // unchanged. Anonymous memory (numpy arrays, quantized layers in calibration) would come back as zeros.
@@ -121,7 +129,7 @@ const uint8_t* release_pages(const uint8_t* begin, const uint8_t* end) {
 
 } // namespace
 
-bool LlamaModel::repackable(const Matrix& m) {
+bool Model::repackable(const Matrix& m) {
     const KernelTable& kt = kernels();
     if (m && !m.x8 && is_float_matrix(m)) return true;  // copied as it is (below)
     return m && !m.x8 && kt.repack_x8[m.type] && kt.gemm_x8[m.type] && m.rows >= kX8Rows;
@@ -132,7 +140,7 @@ bool LlamaModel::repackable(const Matrix& m) {
 // file), their decode ran at 30-50% of the read bandwidth and swung by +-20% from run to run with
 // the page cache's state; from the arena (owned, collapsed to 2 MiB pages) they stream like the
 // repacked types. The file's pages are dropped as they are copied, so memory is not doubled.
-bool LlamaModel::is_float_matrix(const Matrix& m) {
+bool Model::is_float_matrix(const Matrix& m) {
     return m.type == TYPE_F32 || m.type == TYPE_F16 || m.type == TYPE_BF16;
 }
 
@@ -140,7 +148,7 @@ bool LlamaModel::is_float_matrix(const Matrix& m) {
 // file mapping, whose pages are dropped once copied. The copy is made in slices of whole groups
 // (~1 MiB), each slice's source pages released as soon as it is copied, so the resident peak
 // holds one slice twice, not the whole tensor.
-void LlamaModel::repack(Matrix& m, uint8_t* dst, bool release) {
+void Model::repack(Matrix& m, uint8_t* dst, bool release) {
     const KernelTable& kt = kernels();
     const int64_t slice = std::max<int64_t>(kX8Rows, (int64_t)((1u << 20) / (m.row_bytes * kX8Rows)) * kX8Rows);
     const uint8_t* released = m.data;  // pages before this are dropped
@@ -156,52 +164,64 @@ void LlamaModel::repack(Matrix& m, uint8_t* dst, bool release) {
     m.x8 = !is_float_matrix(m);
 }
 
-LlamaModel::LlamaModel(const LlamaConfig& cfg, const std::unordered_map<std::string, TensorView>& tensors,
-                       const ModelOptions& options)
-    : cfg_(cfg) {
-    auto positive = [](const char* what, int64_t v, int64_t limit) {
-        if (v <= 0 || v > limit)
-            fail(ErrorKind::gguf, std::string("hyper-parameter ") + what + " = " + std::to_string(v) +
-                 " is out of range (1.." + std::to_string(limit) + ")");
-    };
-    positive("vocab_size", cfg.n_vocab, 1 << 24);
-    positive("embedding_length", cfg.n_embd, 1 << 16);
-    positive("block_count", cfg.n_layer, 4096);
-    positive("attention.head_count", cfg.n_head, 4096);
-    positive("attention.head_count_kv", cfg.n_head_kv, cfg.n_head);
-    positive("feed_forward_length", cfg.n_ff, 1 << 20);
-    positive("head_dim", cfg.head_dim, 4096);
-    if (cfg.n_head % cfg.n_head_kv)
-        fail(ErrorKind::gguf, "attention.head_count (" + std::to_string(cfg.n_head) + ") is not a multiple of head_count_kv (" +
-             std::to_string(cfg.n_head_kv) + ")");
-    if (cfg.n_rot <= 0 || cfg.n_rot > cfg.head_dim || cfg.n_rot % 2)
-        fail(ErrorKind::gguf, "rope.dimension_count = " + std::to_string(cfg.n_rot) + " must be even and at most the head size " + std::to_string(cfg.head_dim));
-    if (!(cfg.rms_eps > 0) || !(cfg.rope_freq_base > 0) || !(cfg.rope_freq_scale > 0))
-        fail(ErrorKind::gguf, "layer_norm_rms_epsilon, rope.freq_base and rope scaling must be positive");
+Model::Model(const HParams& cfg, const std::unordered_map<std::string, TensorView>& tensors, const ModelOptions& options)
+    : cfg_(cfg), arch_(nullptr) {
+    validate_hparams(cfg);
+    arch_ = find_arch(cfg.arch);
+    const ArchSpec& A = *arch_;
+    if (cfg.rope_neox != A.rope_neox)
+        fail(ErrorKind::invalid_argument, "rope_neox disagrees with the " + cfg.arch + " family");
 
     const TensorFinder f{tensors, &weight_bytes_};
-    const int64_t d = cfg.n_embd, hd = cfg.head_dim;
+    const int64_t d = cfg.n_embd, hd = cfg.head_dim, ff = cfg.n_ff;
     const int64_t nq = (int64_t)cfg.n_head * hd, nkv = (int64_t)cfg.n_head_kv * hd;
     tok_embd = f.matrix("token_embd.weight", cfg.n_vocab, d);
     output_norm = f.vector("output_norm.weight", d);
     output = f.matrix("output.weight", cfg.n_vocab, d, /*required=*/false);
     if (!output) output = tok_embd;  // tied embeddings
+    // Rope frequency divisors: llama3's one vector, or phi3's LongRoPE pair.
+    rope_freqs = f.vector("rope_freqs.weight", cfg.n_rot / 2, false);
+    rope_factors_long = f.vector("rope_factors_long.weight", cfg.n_rot / 2, false);
+    rope_factors_short = f.vector("rope_factors_short.weight", cfg.n_rot / 2, false);
     layers.resize(cfg.n_layer);
     for (int l = 0; l < cfg.n_layer; ++l) {
         const std::string p = "blk." + std::to_string(l) + ".";
         LayerWeights& L = layers[l];
         L.attn_norm = f.vector(p + "attn_norm.weight", d);
-        L.wq = f.matrix(p + "attn_q.weight", nq, d);
-        L.wk = f.matrix(p + "attn_k.weight", nkv, d);
-        L.wv = f.matrix(p + "attn_v.weight", nkv, d);
+        // q, k and v: three tensors, or (phi3) one of nq + 2 nkv rows split into views.
+        if (A.fused_qkv && (f.find(p + "attn_qkv.weight") || !f.find(p + "attn_q.weight"))) {
+            const Matrix qkv = f.matrix(p + "attn_qkv.weight", nq + 2 * nkv, d);
+            L.wq = rows_of(qkv, 0, nq);
+            L.wk = rows_of(qkv, nq, nkv);
+            L.wv = rows_of(qkv, nq + nkv, nkv);
+        } else {
+            L.wq = f.matrix(p + "attn_q.weight", nq, d);
+            L.wk = f.matrix(p + "attn_k.weight", nkv, d);
+            L.wv = f.matrix(p + "attn_v.weight", nkv, d);
+        }
+        if (A.qkv_bias) {
+            L.bq = f.vector(p + "attn_q.bias", nq, false);
+            L.bk = f.vector(p + "attn_k.bias", nkv, false);
+            L.bv = f.vector(p + "attn_v.bias", nkv, false);
+        }
+        if (A.qk_norm) {
+            L.q_norm = f.vector(p + "attn_q_norm.weight", hd);
+            L.k_norm = f.vector(p + "attn_k_norm.weight", hd);
+        }
         L.wo = f.matrix(p + "attn_output.weight", d, nq);
-        L.bq = f.vector(p + "attn_q.bias", nq, false);
-        L.bk = f.vector(p + "attn_k.bias", nkv, false);
-        L.bv = f.vector(p + "attn_v.bias", nkv, false);
+        if (A.post_norms) L.attn_post_norm = f.vector(p + "post_attention_norm.weight", d);
         L.ffn_norm = f.vector(p + "ffn_norm.weight", d);
-        L.w_gate = f.matrix(p + "ffn_gate.weight", cfg.n_ff, d);
-        L.w_up = f.matrix(p + "ffn_up.weight", cfg.n_ff, d);
-        L.w_down = f.matrix(p + "ffn_down.weight", d, cfg.n_ff);
+        // gate and up: two tensors, or (phi3) ffn_up of 2 n_ff rows, the gate's first.
+        if (A.fused_gate_up && !f.find(p + "ffn_gate.weight")) {
+            const Matrix gate_up = f.matrix(p + "ffn_up.weight", 2 * ff, d);
+            L.w_gate = rows_of(gate_up, 0, ff);
+            L.w_up = rows_of(gate_up, ff, ff);
+        } else {
+            L.w_gate = f.matrix(p + "ffn_gate.weight", ff, d);
+            L.w_up = f.matrix(p + "ffn_up.weight", ff, d);
+        }
+        L.w_down = f.matrix(p + "ffn_down.weight", d, ff);
+        if (A.post_norms) L.ffn_post_norm = f.vector(p + "post_ffw_norm.weight", d);
     }
     if (options.repack) {
         // A separate token_embd is only looked up, a row per token: it stays as it is. Tied, it
@@ -251,7 +271,7 @@ LlamaModel::LlamaModel(const LlamaConfig& cfg, const std::unordered_map<std::str
 // written in 4 KiB pages and collapsed by a background thread once the first evaluation is done,
 // off the path to the first token. Advice only: an older kernel, or one that declines, leaves the
 // small pages.
-void LlamaModel::collapse_to_huge_pages() const {
+void Model::collapse_to_huge_pages() const {
 #if defined(__linux__)
     if (!huge_bytes_) return;
     std::call_once(huge_once_, [this] {
@@ -260,13 +280,13 @@ void LlamaModel::collapse_to_huge_pages() const {
 #endif
 }
 
-LlamaModel::~LlamaModel() {
+Model::~Model() {
     if (huge_pages_.joinable()) huge_pages_.join();
 }
 
 // --- context ------------------------------------------------------------------------------------
 
-uint64_t Context::kv_cache_bytes(const LlamaConfig& cfg, int n_ctx, Type type_k, Type type_v) {
+uint64_t Context::kv_cache_bytes(const HParams& cfg, int n_ctx, Type type_k, Type type_v) {
     return KvCache::bytes_for(type_k, type_v, cfg.n_layer, n_ctx, cfg.n_head_kv, cfg.head_dim);
 }
 
@@ -275,10 +295,10 @@ static int checked_n_ctx(int n_ctx) {
     return n_ctx;
 }
 
-Context::Context(std::shared_ptr<const LlamaModel> model, int n_ctx, int n_batch, int n_threads, Type type_k, Type type_v)
+Context::Context(std::shared_ptr<const Model> model, int n_ctx, int n_batch, int n_threads, Type type_k, Type type_v)
     : model_(std::move(model)), kt_(kernels()), pool_(n_threads), n_ctx_(n_ctx), n_batch_(n_batch),
       kv_(type_k, type_v, model_->config().n_layer, checked_n_ctx(n_ctx), model_->config().n_head_kv, model_->config().head_dim) {
-    const LlamaConfig& c = model_->config();
+    const HParams& c = model_->config();
     if (n_batch < 1) fail(ErrorKind::invalid_argument, "n_batch must be at least 1");
     const int64_t kv = (int64_t)c.n_head_kv * c.head_dim, nq = (int64_t)c.n_head * c.head_dim;
     x_.resize((size_t)n_batch * c.n_embd);
@@ -291,6 +311,24 @@ Context::Context(std::shared_ptr<const LlamaModel> model, int n_ctx, int n_batch
     hb_.resize((size_t)n_batch * c.n_ff);
     hb2_.resize(hb_.size());
     cos_sin_.resize((size_t)n_batch * c.n_rot);
+    // The rope of the global layers and of the sliding-window ones (gemma3: base 10000, no
+    // scaling). LongRoPE's long factors apply when this context is longer than the original.
+    const Model& m = *model_;
+    rope_.n_rot = c.n_rot;
+    rope_.freq_base = c.rope_freq_base;
+    rope_.freq_scale = c.rope_freq_scale;
+    rope_.freq_factors = m.rope_freqs ? m.rope_freqs : (n_ctx > c.rope_n_ctx_orig ? m.rope_factors_long : m.rope_factors_short);
+    rope_.ext_factor = c.yarn_ext_factor;
+    rope_.attn_factor = c.yarn_attn_factor;
+    rope_.beta_fast = c.yarn_beta_fast;
+    rope_.beta_slow = c.yarn_beta_slow;
+    rope_.n_ctx_orig = c.rope_n_ctx_orig;
+    rope_swa_ = rope_;
+    rope_swa_.freq_base = c.rope_freq_base_swa;
+    rope_swa_.freq_scale = c.rope_freq_scale_swa;
+    bool any_swa = false;
+    for (int l = 0; l < c.n_layer; ++l) any_swa |= c.is_swa(l);
+    if (any_swa) cos_sin_swa_.resize(cos_sin_.size());
     pos_.resize(n_batch);
     att_scratch_.resize(attention_scratch_floats(pool_.size(), c.n_head, c.n_head_kv, c.head_dim));
     // Largest quantized row: F32 activations (float weights) of the widest input.
@@ -311,7 +349,7 @@ const uint8_t* Context::quantize_for(const Matrix& w, const float* x, int64_t nb
 }
 
 void Context::eval(const int32_t* tokens, int64_t n, float* logits, bool all_logits, const StopCheck& stop) {
-    const LlamaConfig& c = model_->config();
+    const HParams& c = model_->config();
     if (n <= 0) fail(ErrorKind::invalid_argument, "eval needs at least one token");
     if (n_past_ + n > n_ctx_)
         fail(ErrorKind::context_overflow, std::to_string(n_past_ + n) + " tokens do not fit in the context of " +
@@ -337,9 +375,10 @@ void Context::eval(const int32_t* tokens, int64_t n, float* logits, bool all_log
 }
 
 void Context::forward_batch(const int32_t* tokens, int64_t nb, float* logits, bool all_logits, const StopCheck& stop) {
-    const LlamaModel& m = *model_;
-    const LlamaConfig& c = m.config();
-    const int64_t d = c.n_embd, hd = c.head_dim;
+    const Model& m = *model_;
+    const HParams& c = m.config();
+    const ArchSpec& A = m.arch();
+    const int64_t d = c.n_embd, hd = c.head_dim, ff = c.n_ff;
     const int64_t nq = (int64_t)c.n_head * hd, nkv = (int64_t)c.n_head_kv * hd;
     const int64_t pos0 = n_past_;
 
@@ -350,14 +389,18 @@ void Context::forward_batch(const int32_t* tokens, int64_t nb, float* logits, bo
     };
 
     for (int64_t t = 0; t < nb; ++t) {
+        float* xr = x_.data() + t * d;
         if (m.tok_embd.x8)
-            x8_row_to_float(m.tok_embd.type, m.tok_embd.data, m.tok_embd.row_bytes, m.tok_embd.rows, tokens[t], d, x_.data() + t * d);
+            x8_row_to_float(m.tok_embd.type, m.tok_embd.data, m.tok_embd.row_bytes, m.tok_embd.rows, tokens[t], d, xr);
         else
-            kt_.to_float[m.tok_embd.type](m.tok_embd.data + (int64_t)tokens[t] * m.tok_embd.row_bytes, x_.data() + t * d, d);
+            kt_.to_float[m.tok_embd.type](m.tok_embd.data + (int64_t)tokens[t] * m.tok_embd.row_bytes, xr, d);
+        if (c.embd_scale != 1.0f)
+            for (int64_t i = 0; i < d; ++i) xr[i] *= c.embd_scale;
         pos_[t] = (int32_t)(pos0 + t);
     }
-    rope_cache(pos_.data(), nb, c.n_rot, c.rope_freq_base, c.rope_freq_scale, cos_sin_.data());
-    const float scale = 1.0f / std::sqrt((float)hd);
+    rope_cache(pos_.data(), nb, rope_, cos_sin_.data());
+    if (!cos_sin_swa_.empty()) rope_cache(pos_.data(), nb, rope_swa_, cos_sin_swa_.data());
+    const float scale = c.attn_scale > 0 ? c.attn_scale : 1.0f / std::sqrt((float)hd);
     auto capture = [&](int l, LinearInput which, const float* x, int64_t k) {
         if (capture_) capture_->on_input(l, which, x, nb, k, pool_);
     };
@@ -365,6 +408,7 @@ void Context::forward_batch(const int32_t* tokens, int64_t nb, float* logits, bo
     for (int l = 0; l < c.n_layer; ++l) {
         if (stop && stop()) fail(ErrorKind::interrupted, "interrupted");
         const LayerWeights& L = m.layers[l];
+        const bool swa = c.is_swa(l);
 
         // --- attention block
         for_rows(nb, [&](int64_t t) { rmsnorm(x_.data() + t * d, L.attn_norm, xb_.data() + t * d, 1, d, c.rms_eps); });
@@ -382,6 +426,7 @@ void Context::forward_batch(const int32_t* tokens, int64_t nb, float* logits, bo
             const MatmulJob jobs[3] = {{&L.wq, aq, rq, q_.data(), nq}, {&L.wk, ak, rk, k_.data(), nkv}, {&L.wv, av, rv, v_.data(), nkv}};
             matmul(pool_, kt_, jobs, 3, nb);
         }
+        const float* cos_sin = swa ? cos_sin_swa_.data() : cos_sin_.data();
         for_rows(nb, [&](int64_t t) {
             float* qr = q_.data() + t * nq;
             float* kr = k_.data() + t * nkv;
@@ -389,12 +434,15 @@ void Context::forward_batch(const int32_t* tokens, int64_t nb, float* logits, bo
             if (L.bq) for (int64_t i = 0; i < nq; ++i) qr[i] += L.bq[i];
             if (L.bk) for (int64_t i = 0; i < nkv; ++i) kr[i] += L.bk[i];
             if (L.bv) for (int64_t i = 0; i < nkv; ++i) vr[i] += L.bv[i];
-            const float* cs = cos_sin_.data() + t * c.n_rot;
+            if (L.q_norm) rmsnorm(qr, L.q_norm, qr, c.n_head, hd, c.rms_eps);  // each head its own row
+            if (L.k_norm) rmsnorm(kr, L.k_norm, kr, c.n_head_kv, hd, c.rms_eps);
+            const float* cs = cos_sin + t * c.n_rot;
             rope(qr, 1, nq, c.n_head, (int)hd, c.n_rot, c.rope_neox, cs);
             rope(kr, 1, nkv, c.n_head_kv, (int)hd, c.n_rot, c.rope_neox, cs);
             kv_.store(kt_, l, pos0 + t, kr, vr);
         });
-        attention(pool_, kt_, q_.data(), nq, kv_.layer(l), att_.data(), nq, nb, pos0, c.n_head, c.n_head_kv, (int)hd, scale, att_scratch_.data());
+        attention(pool_, kt_, q_.data(), nq, kv_.layer(l), att_.data(), nq, nb, pos0, c.n_head, c.n_head_kv, (int)hd, scale,
+                  att_scratch_.data(), swa ? c.n_swa : 0, c.attn_softcap);
         capture(l, LinearInput::attn_output, att_.data(), nq);
         {
             size_t ro;
@@ -405,7 +453,8 @@ void Context::forward_batch(const int32_t* tokens, int64_t nb, float* logits, bo
         // --- feed-forward block
         for_rows(nb, [&](int64_t t) {
             float* xr = x_.data() + t * d;
-            const float* tr = tmp_.data() + t * d;
+            float* tr = tmp_.data() + t * d;
+            if (L.attn_post_norm) rmsnorm(tr, L.attn_post_norm, tr, 1, d, c.rms_eps);
             for (int64_t i = 0; i < d; ++i) xr[i] += tr[i];
             rmsnorm(xr, L.ffn_norm, xb_.data() + t * d, 1, d, c.rms_eps);
         });
@@ -416,11 +465,14 @@ void Context::forward_batch(const int32_t* tokens, int64_t nb, float* logits, bo
             const bool same = type_traits(L.w_up.type).vec_dot_type == type_traits(L.w_gate.type).vec_dot_type;
             const uint8_t* au = same ? ag : quantize_for(L.w_up, xb_.data(), nb, &ru, 1);
             if (same) ru = rg;
-            const MatmulJob jobs[2] = {{&L.w_gate, ag, rg, hb_.data(), c.n_ff}, {&L.w_up, au, ru, hb2_.data(), c.n_ff}};
+            const MatmulJob jobs[2] = {{&L.w_gate, ag, rg, hb_.data(), ff}, {&L.w_up, au, ru, hb2_.data(), ff}};
             matmul(pool_, kt_, jobs, 2, nb);
         }
-        for_rows(nb, [&](int64_t t) { kt_.swiglu(hb_.data() + t * c.n_ff, hb2_.data() + t * c.n_ff, c.n_ff); });
-        capture(l, LinearInput::ffn_down, hb_.data(), c.n_ff);
+        if (A.ffn_act == Activation::gelu_tanh)
+            for_rows(nb, [&](int64_t t) { geglu_tanh(hb_.data() + t * ff, hb2_.data() + t * ff, ff); });
+        else
+            for_rows(nb, [&](int64_t t) { kt_.swiglu(hb_.data() + t * ff, hb2_.data() + t * ff, ff); });
+        capture(l, LinearInput::ffn_down, hb_.data(), ff);
         {
             size_t rd;
             const uint8_t* ad = quantize_for(L.w_down, hb_.data(), nb, &rd, 0);
@@ -429,7 +481,8 @@ void Context::forward_batch(const int32_t* tokens, int64_t nb, float* logits, bo
         }
         for_rows(nb, [&](int64_t t) {
             float* xr = x_.data() + t * d;
-            const float* tr = tmp_.data() + t * d;
+            float* tr = tmp_.data() + t * d;
+            if (L.ffn_post_norm) rmsnorm(tr, L.ffn_post_norm, tr, 1, d, c.rms_eps);
             for (int64_t i = 0; i < d; ++i) xr[i] += tr[i];
         });
         capture(l, LinearInput::layer_output, x_.data(), d);
@@ -446,6 +499,8 @@ void Context::forward_batch(const int32_t* tokens, int64_t nb, float* logits, bo
     const uint8_t* ao = quantize_for(m.output, xb_.data(), n_out, &ro, 0);
     const MatmulJob job{&m.output, ao, ro, logits, c.n_vocab};
     matmul(pool_, kt_, &job, 1, n_out);
+    if (c.final_softcap > 0)
+        for_rows(n_out, [&](int64_t t) { softcap(logits + t * c.n_vocab, c.n_vocab, c.final_softcap); });
 }
 
 } // namespace pyllm

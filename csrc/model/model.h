@@ -1,5 +1,8 @@
-// The llama family (llama, mistral, smollm, qwen2): hyper-parameters, weights as views into the
-// mapped file, and a Context that owns one sequence's KV cache and scratch and runs forward().
+// The shared transformer runtime of the dense families: weights as views into the mapped file
+// (checked, then repacked into one x8 arena), and a Context that owns one sequence's KV cache,
+// scratch and thread pool and runs the layers. What differs between families (tensors, norms,
+// activation, attention options, rope) is an ArchSpec (arch.h, archs/*.cpp) plus HParams
+// (hparams.h); this file has no `if (arch == ...)`.
 // Not the tokenizer or the sampler; not file parsing (weights arrive as TensorViews).
 #pragma once
 #include <cstdint>
@@ -15,22 +18,11 @@
 #include "core/common.h"
 #include "core/threadpool.h"
 #include "kernels/kernels.h"
+#include "model/arch.h"
+#include "model/hparams.h"
 #include "ops/ops.h"
 
 namespace pyllm {
-
-// Built in Python from GGUF metadata (pyllm/model.py), validated here.
-struct LlamaConfig {
-    std::string arch;
-    int n_vocab = 0, n_embd = 0, n_layer = 0, n_head = 0, n_head_kv = 0, n_ff = 0;
-    int head_dim = 0;          // per-head size of q/k/v
-    int n_rot = 0;             // rotated dims per head (<= head_dim)
-    float rms_eps = 1e-5f;
-    float rope_freq_base = 10000.0f;
-    float rope_freq_scale = 1.0f;  // 1/factor for linear scaling
-    bool rope_neox = false;        // qwen2 and friends rotate (i, i+n_rot/2)
-    int n_ctx_train = 0;
-};
 
 struct TensorView {
     Type type;
@@ -41,14 +33,20 @@ struct TensorView {
     int64_t n_elements() const { return ne[0] * ne[1] * ne[2] * ne[3]; }
 };
 
+// One layer's weights. A fused file tensor (phi3's attn_qkv, ffn_up holding gate and up) is
+// split into row-range views here, so the compute never knows.
 struct LayerWeights {
-    const float* attn_norm;  // (n_embd)
+    const float* attn_norm = nullptr;  // (n_embd)
     Matrix wq, wk, wv, wo;   // (n_head*hd, n_embd), (n_kv*hd, n_embd) x2, (n_embd, n_head*hd)
-    const float* bq = nullptr;  // qwen2 biases, (n_head*hd) / (n_kv*hd)
+    const float* bq = nullptr;  // optional biases (qwen2), (n_head*hd) / (n_kv*hd)
     const float* bk = nullptr;
     const float* bv = nullptr;
-    const float* ffn_norm;   // (n_embd)
+    const float* q_norm = nullptr;  // (hd) per-head RMSNorm before rope (qwen3, gemma3)
+    const float* k_norm = nullptr;
+    const float* attn_post_norm = nullptr;  // (n_embd) on the attention output (gemma)
+    const float* ffn_norm = nullptr;   // (n_embd)
     Matrix w_gate, w_up, w_down;  // (n_ff, n_embd) x2, (n_embd, n_ff)
+    const float* ffn_post_norm = nullptr;   // (n_embd) on the feed-forward output (gemma)
 };
 
 struct ModelOptions {
@@ -57,26 +55,32 @@ struct ModelOptions {
     bool repack = true;
 };
 
-class LlamaModel {
+class Model {
 public:
     // Checks every tensor the architecture needs: present, F32 where it must be, shapes that
-    // agree with the config. Throws Error(gguf) naming the tensor, or Error(unsupported).
+    // agree with the hyper-parameters. Throws Error(gguf) naming the tensor, or Error(unsupported).
     // Where a repacked tensor's view lies in a read-only file mapping (the GGUF file), its pages
     // are dropped from this process once copied (madvise DONTNEED), so repacking does not hold
     // the weights twice; they fault back in from the file if the mapping's owner reads them.
-    LlamaModel(const LlamaConfig& cfg, const std::unordered_map<std::string, TensorView>& tensors,
-               const ModelOptions& options = {});
-    ~LlamaModel();
-    LlamaModel(const LlamaModel&) = delete;
-    LlamaModel& operator=(const LlamaModel&) = delete;
+    Model(const HParams& cfg, const std::unordered_map<std::string, TensorView>& tensors,
+          const ModelOptions& options = {});
+    ~Model();
+    Model(const Model&) = delete;
+    Model& operator=(const Model&) = delete;
 
-    const LlamaConfig& config() const { return cfg_; }
+    const HParams& config() const { return cfg_; }
+    const ArchSpec& arch() const { return *arch_; }
     uint64_t weight_bytes() const { return weight_bytes_; }
 
     Matrix tok_embd;           // (n_vocab, n_embd)
     const float* output_norm;  // (n_embd)
     Matrix output;             // (n_vocab, n_embd); tok_embd when tied
     std::vector<LayerWeights> layers;
+    // Per-dimension divisors of the rope frequencies, (n_rot/2) each, or nullptr: llama3's
+    // rope_freqs.weight; phi3's LongRoPE pair (the Context picks one by its n_ctx).
+    const float* rope_freqs = nullptr;
+    const float* rope_factors_long = nullptr;
+    const float* rope_factors_short = nullptr;
 
     // Bytes of weights held in owned x8 copies (counted in weight_bytes too).
     uint64_t repacked_bytes() const { return repacked_bytes_; }
@@ -89,7 +93,8 @@ private:
     static bool is_float_matrix(const Matrix& m);
     void repack(Matrix& m, uint8_t* dst, bool release);
 
-    LlamaConfig cfg_;
+    HParams cfg_;
+    const ArchSpec* arch_;
     uint64_t weight_bytes_ = 0, repacked_bytes_ = 0;
     struct AlignedDeleter { void operator()(void* p) const { aligned_free(p); } };
     std::unique_ptr<uint8_t, AlignedDeleter> x8_arena_;  // the repacked matrices, each 64-byte aligned
@@ -117,7 +122,7 @@ class Context {
 public:
     // Sizes the KV cache for n_ctx positions (K and V rows of type_k / type_v, kv_cache.h) and the
     // scratch for n_batch tokens per forward.
-    Context(std::shared_ptr<const LlamaModel> model, int n_ctx, int n_batch, int n_threads,
+    Context(std::shared_ptr<const Model> model, int n_ctx, int n_batch, int n_threads,
             Type type_k = TYPE_F16, Type type_v = TYPE_F16);
 
     int n_ctx() const { return n_ctx_; }
@@ -132,7 +137,7 @@ public:
     // for an id outside the vocabulary, Error(interrupted) if stop() says so (cache unchanged).
     void eval(const int32_t* tokens, int64_t n, float* logits, bool all_logits, const StopCheck& stop);
 
-    static uint64_t kv_cache_bytes(const LlamaConfig& cfg, int n_ctx, Type type_k = TYPE_F16, Type type_v = TYPE_F16);
+    static uint64_t kv_cache_bytes(const HParams& cfg, int n_ctx, Type type_k = TYPE_F16, Type type_v = TYPE_F16);
     const KvCache& kv_cache() const { return kv_; }
 
     // Sends every layer's matmul inputs to `sink` during eval (nullptr: off, the default).
@@ -144,7 +149,7 @@ private:
     // A row buffer for activations quantized to one vec_dot_type.
     const uint8_t* quantize_for(const Matrix& w, const float* x, int64_t nb, size_t* row_bytes, int slot);
 
-    std::shared_ptr<const LlamaModel> model_;
+    std::shared_ptr<const Model> model_;
     const KernelTable& kt_;
     ThreadPool pool_;
     int n_ctx_, n_batch_;
@@ -159,7 +164,9 @@ private:
     std::vector<float> att_;      // (n_batch, n_head*hd)
     std::vector<float> tmp_;      // (n_batch, n_embd)
     std::vector<float> hb_, hb2_; // (n_batch, n_ff)
-    std::vector<float> cos_sin_;  // (n_batch, n_rot)
+    std::vector<float> cos_sin_;  // (n_batch, n_rot) for the global layers
+    std::vector<float> cos_sin_swa_;  // (n_batch, n_rot) for the sliding-window layers
+    RopeParams rope_, rope_swa_;  // their rope: the model's, with the factors this n_ctx picks
     std::vector<int32_t> pos_;    // (n_batch)
     std::vector<float> att_scratch_;
     std::vector<uint8_t> act_[3]; // quantized activations, one per concurrently used act type
