@@ -41,3 +41,32 @@ def fixture_json():
     def load(name):
         return json.loads((DATA / name).read_text())
     return load
+
+
+@pytest.fixture(scope="session")
+def arch_fixture(tmp_path_factory):
+    """arch_fixture(name) -> (path of the tiny GGUF, dict with ids, positions, logits, tolerance).
+    The GGUFs of tests/data/arch are regenerated from their seed by tools/make_arch_fixtures.py
+    (not committed: 0.5-1.5 MB each) and must have the bytes llama.cpp's logits were made from."""
+    import hashlib
+    import importlib.util
+    import numpy as np
+    root = Path(__file__).parent.parent
+    spec = importlib.util.spec_from_file_location("make_arch_fixtures", root / "tools" / "make_arch_fixtures.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    arch_dir = DATA / "arch"
+    sums = json.loads((arch_dir / "gguf_sha256.json").read_text())
+    tol = json.loads((arch_dir / "tolerance.json").read_text())
+    out = tmp_path_factory.mktemp("arch")
+
+    def get(name):
+        path = out / f"{name}.gguf"
+        if not path.exists():
+            mod.write(name, str(path))
+        digest = hashlib.sha256(path.read_bytes()).hexdigest()
+        assert digest == sums[name], f"{name}.gguf regenerated with other bytes than llama.cpp's logits were made from"
+        z = np.load(arch_dir / f"{name}.npz")
+        return path, dict(ids=[int(i) for i in z["ids"]], positions=z["positions"], logits=z["logits"],
+                          tolerance=tol[name])
+    return get
