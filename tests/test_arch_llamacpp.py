@@ -15,6 +15,10 @@ DENSE = ["llama3_ropefreqs", "llama_yarn", "qwen2_yarn", "qwen3", "gemma3", "phi
 # dense ffn_gate; the others UnsupportedModelError). strict xfail: when MoE lands they pass, the
 # run reports XPASS as a failure, and the mark must go.
 MOE = ["mixtral", "qwen2moe", "qwen3moe", "olmoe"]
+# gemma3_q8_0 (the gemma3 file in Q8_0) is not checked here yet: pyllm differs from llama.cpp by
+# 0.265 on logits of ~81 (0.3%), 3x what the formula below allows, and llama.cpp's own spread on
+# it is 0 (Q8_0 dot products are exact integers), so the formula gives no basis for its bound.
+# Whether the gap is activation-rounding flips or a real difference is open (see the report).
 
 
 @pytest.mark.parametrize("name", DENSE)
