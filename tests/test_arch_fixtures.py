@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import gguf
 
-NAMES = ["llama3_ropefreqs", "llama_yarn", "qwen2_yarn", "qwen3", "gemma3", "phi3",
+NAMES = ["llama3_ropefreqs", "llama_yarn", "qwen2_yarn", "qwen3", "gemma3", "gemma3_q8_0", "phi3",
          "mixtral", "qwen2moe", "qwen3moe", "olmoe"]
 
 

@@ -11,10 +11,13 @@ import pytest
 import pyllm
 
 DENSE = ["llama3_ropefreqs", "llama_yarn", "qwen2_yarn", "qwen3", "gemma3", "phi3"]
-# Mixture of experts is not in pyllm yet: these fail today (llama-MoE: GGUFError for the missing
-# dense ffn_gate; the others UnsupportedModelError). strict xfail: when MoE lands they pass, the
-# run reports XPASS as a failure, and the mark must go.
+# Mixture of experts (8 experts, top-2; qwen2moe 4 and a shared expert): failed before MoE landed
+# (llama-MoE: GGUFError for the missing dense ffn_gate; the others UnsupportedModelError).
 MOE = ["mixtral", "qwen2moe", "qwen3moe", "olmoe"]
+# gemma3_q8_0 (the gemma3 file in Q8_0) is not checked here yet: pyllm differs from llama.cpp by
+# 0.265 on logits of ~81 (0.3%), 3x what the formula below allows, and llama.cpp's own spread on
+# it is 0 (Q8_0 dot products are exact integers), so the formula gives no basis for its bound.
+# Whether the gap is activation-rounding flips or a real difference is open (see the report).
 
 
 @pytest.mark.parametrize("name", DENSE)
@@ -22,8 +25,6 @@ def test_logits_match_llamacpp(arch_fixture, name):
     _check(arch_fixture, name)
 
 
-@pytest.mark.xfail(strict=True, raises=(pyllm.UnsupportedModelError, pyllm.GGUFError),
-                   reason="mixture of experts not implemented yet (issue 11)")
 @pytest.mark.parametrize("name", MOE)
 def test_moe_logits_match_llamacpp(arch_fixture, name):
     _check(arch_fixture, name)

@@ -54,6 +54,9 @@ SPECS = {
     # layer; sliding window 16 < the 80-token prompt.
     "gemma3": dict(arch="gemma3", n_layer=6, n_embd=64, n_head=4, n_head_kv=1, n_ff=128, head_dim=32,
                    ctx=512, rope_base=1000000.0, swa=16, n_prompt=80, tied=True),
+    # the same shape with every matrix in Q8_0 (norms F32), as llama-quantize writes a Q8_0 file
+    "gemma3_q8_0": dict(arch="gemma3", n_layer=6, n_embd=64, n_head=4, n_head_kv=1, n_ff=128, head_dim=32,
+                        ctx=512, rope_base=1000000.0, swa=16, n_prompt=80, tied=True, qtype="Q8_0"),
     "phi3": dict(arch="phi3", n_layer=2, n_embd=64, n_head=4, n_head_kv=4, n_ff=128, ctx=512,
                  rope_base=10000.0, n_prompt=48),
     "mixtral": dict(arch="llama", n_layer=2, n_embd=64, n_head=4, n_head_kv=2, n_ff=96, ctx=512,
@@ -134,6 +137,10 @@ def write(name: str, path: str) -> None:
 
     def mat(nm, *shape, scale=None):  # numpy shape (.., rows, cols); GGUF shape is reversed
         x = rng.standard_normal(shape) * (scale or 1.0 / np.sqrt(shape[-1]))
+        if s.get("qtype"):
+            qt = gguf.GGMLQuantizationType[s["qtype"]]
+            w.add_tensor(nm, gguf.quants.quantize(x.astype(np.float32), qt), raw_dtype=qt)
+            return
         w.add_tensor(nm, x.astype(np.float16 if f16 else np.float32))
 
     def vec(nm, n, base=1.0, spread=0.1):

@@ -1,5 +1,5 @@
-// The registry: GGUF architecture name -> family. Adding a dense family is a file in archs/ and
-// a row here.
+// The registry: GGUF architecture name -> family. Adding a family is a file in archs/ and a row
+// here.
 #include "model/arch.h"
 
 namespace pyllm {
@@ -17,6 +17,9 @@ const Row kArchitectures[] = {
     {"gemma2", arch_gemma2},
     {"gemma3", arch_gemma3},
     {"phi3", arch_phi3},
+    {"qwen2moe", arch_qwen2moe},
+    {"qwen3moe", arch_qwen3moe},
+    {"olmoe", arch_olmoe},
 };
 } // namespace
 

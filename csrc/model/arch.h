@@ -21,6 +21,12 @@ struct ArchSpec {
     bool qk_norm = false;           // attn_q_norm / attn_k_norm: RMSNorm of each head before rope
     bool post_norms = false;        // post_attention_norm and post_ffw_norm on each block's output
     bool qkv_bias = true;           // optional attn_q/k/v.bias tensors are read
+    bool qk_norm_full = false;      // attn_q_norm / attn_k_norm over the whole q and k rows (olmoe)
+    // Mixture of experts, when the file has expert_count > 0: ffn_gate_inp (the router) and
+    // ffn_{gate,up,down}_exps (3-D: one matrix per expert) instead of the dense FFN.
+    bool moe = false;
+    bool expert_weights_norm = false;  // renormalize the top-k gate weights (Mixtral, qwen3moe)
+    bool shared_expert = false;        // *_shexp and its sigmoid gate ffn_gate_inp_shexp (qwen2moe)
     // Before the key table is read: defaults for keys the file may omit.
     void (*defaults)(HParams&) = nullptr;
     // After: values the family derives from the others (scales, window layout).
@@ -39,5 +45,8 @@ const ArchSpec& arch_qwen3();
 const ArchSpec& arch_gemma2();
 const ArchSpec& arch_gemma3();
 const ArchSpec& arch_phi3();
+const ArchSpec& arch_qwen2moe();
+const ArchSpec& arch_qwen3moe();
+const ArchSpec& arch_olmoe();
 
 } // namespace pyllm

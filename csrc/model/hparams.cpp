@@ -66,6 +66,11 @@ const Row kTable[] = {
     {F(attn_softcap, f32), "attn_logit_softcapping", false, 0, 1e6, Need::finite},
     {F(final_softcap, f32), "final_logit_softcapping", false, 0, 1e6, Need::finite},
     {F(attn_scale, f32), nullptr, false, 0, 0, Need::any},
+    {F(n_expert, i32), "expert_count", false, 0, 4096, Need::any},
+    {F(n_expert_used, i32), "expert_used_count", false, 0, 4096, Need::any},
+    {F(n_ff_exp, i32), "expert_feed_forward_length", false, 1, 1 << 20, Need::any},
+    {F(n_ff_shexp, i32), "expert_shared_feed_forward_length", false, 1, 1 << 20, Need::any},
+    {F(expert_weights_norm, boolean), nullptr, false, 0, 0, Need::any},
     {F(embd_scale, f32), nullptr, false, 0, 0, Need::any},
 };
 #undef F
@@ -120,6 +125,7 @@ HParams read_hparams(const Metadata& md) {
     HParams h;
     h.arch = arch;
     h.rope_neox = spec->rope_neox;
+    h.expert_weights_norm = spec->expert_weights_norm;
     if (spec->defaults) spec->defaults(h);
     for (const Row& r : kTable) {
         if (!r.key) continue;
@@ -167,6 +173,8 @@ HParams read_hparams(const Metadata& md) {
     if (!h.n_rot) h.n_rot = h.head_dim;
     if (!h.n_ctx_train) h.n_ctx_train = 2048;
     if (!h.rope_n_ctx_orig) h.rope_n_ctx_orig = h.n_ctx_train;
+    if (!h.n_ff_exp) h.n_ff_exp = h.n_ff;
+    if (!h.n_ff_shexp) h.n_ff_shexp = h.n_ff_exp;
     double v;
     if (read_number(md, arch + ".attention.value_length", true, 1, 4096, Need::any, &v) && (int)v != h.head_dim)
         fail(ErrorKind::unsupported, arch + ".attention.value_length (" + show(v) + ") differs from the key length (" +
@@ -215,6 +223,15 @@ void validate_hparams(const HParams& h) {
     range("head_dim", h.head_dim, 1, 4096);
     range("attention.sliding_window", h.n_swa, 0, (int64_t)kInt32Max);
     range("attention.sliding_window_pattern", h.swa_pattern, 0, 4096);
+    range("expert_count", h.n_expert, 0, 4096);
+    if (h.n_expert > 0) {
+        range("expert_used_count", h.n_expert_used, 1, h.n_expert);
+        range("expert_feed_forward_length", h.n_ff_exp, 1, 1 << 20);
+        range("expert_shared_feed_forward_length", h.n_ff_shexp, 1, 1 << 20);
+        if (!spec->moe)
+            fail(ErrorKind::unsupported, h.arch + " with expert_count = " + std::to_string(h.n_expert) +
+                 ": pyllm runs mixture-of-experts files of llama (Mixtral), qwen2moe, qwen3moe and olmoe");
+    }
     if (h.n_head % h.n_head_kv)
         fail(ErrorKind::gguf, "attention.head_count (" + std::to_string(h.n_head) + ") is not a multiple of head_count_kv (" +
              std::to_string(h.n_head_kv) + ")");

@@ -53,6 +53,13 @@ struct HParams {
     float attn_scale = 0;     // scores scale; 0 means 1/sqrt(head_dim)
     float embd_scale = 1;     // token embeddings are multiplied by this (gemma: sqrt(n_embd))
 
+    // Mixture of experts (expert_count > 0): a token's feed-forward output is the weighted sum of
+    // its top n_expert_used experts' (softmax over ffn_gate_inp's logits).
+    int n_expert = 0, n_expert_used = 0;
+    int n_ff_exp = 0;     // expert_feed_forward_length (n_ff when absent)
+    int n_ff_shexp = 0;   // expert_shared_feed_forward_length (qwen2moe's shared expert; n_ff_exp)
+    bool expert_weights_norm = false;  // the family: renormalize the top-k weights to sum to 1
+
     bool is_swa(int layer) const {
         return n_swa > 0 && (swa_pattern == 0 || layer % swa_pattern < swa_pattern - 1);
     }

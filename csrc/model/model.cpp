@@ -52,11 +52,29 @@ struct TensorFinder {
         *bytes += t->nbytes;
         return reinterpret_cast<const float*>(t->data);
     }
+    // n matrices of `rows` x `cols` stacked in one 3-D tensor (ggml shape [cols, rows, n]), as
+    // one matrix of n * rows rows (experts are split from it by row ranges).
+    Matrix stacked(const std::string& name, int64_t n, int64_t rows, int64_t cols) const {
+        const TensorView* t = &need(name);
+        if (t->n_dims != 3 || t->ne[0] != cols || t->ne[1] != rows || t->ne[2] != n)
+            fail(ErrorKind::gguf, "tensor '" + name + "' has shape " + shape_str(*t) + " but the hyper-parameters say [" +
+                 std::to_string(cols) + ", " + std::to_string(rows) + ", " + std::to_string(n) + "]");
+        TensorView flat = *t;
+        flat.n_dims = 2;
+        flat.ne[1] = rows * n;
+        flat.ne[2] = 1;
+        return matrix_of(name, flat, rows * n, cols);
+    }
     // A matrix of `rows` outputs by `cols` inputs (ggml shape [cols, rows]).
     Matrix matrix(const std::string& name, int64_t rows, int64_t cols, bool required = true) const {
         const TensorView* t = required ? &need(name) : find(name);
         if (!t) return Matrix{};
-        if (t->n_dims != 2 || t->ne[0] != cols || t->ne[1] != rows)
+        return matrix_of(name, *t, rows, cols);
+    }
+    Matrix matrix_of(const std::string& name, const TensorView& tv, int64_t rows, int64_t cols) const {
+        const TensorView* t = &tv;
+        const bool one_row = rows == 1 && t->n_dims == 1;  // a 1-D tensor read as one row (a gate vector)
+        if ((t->n_dims != 2 && !one_row) || t->ne[0] != cols || t->ne[1] != rows)
             fail(ErrorKind::gguf, "tensor '" + name + "' has shape " + shape_str(*t) + " but the hyper-parameters say [" +
                  std::to_string(cols) + ", " + std::to_string(rows) + "]");
         if (!kernels().gemm[t->type] || !type_traits(t->type).to_float)
@@ -72,7 +90,8 @@ struct TensorFinder {
     }
 };
 
-// Rows [r0, r0 + n) of m: one part of a fused tensor (phi3's attn_qkv, ffn_up).
+// Rows [r0, r0 + n) of m: one part of a fused tensor (phi3's attn_qkv, ffn_up), or one expert of
+// a 3-D *_exps tensor.
 Matrix rows_of(const Matrix& m, int64_t r0, int64_t n) {
     Matrix v = m;
     v.rows = n;
@@ -208,11 +227,33 @@ Model::Model(const HParams& cfg, const std::unordered_map<std::string, TensorVie
             L.q_norm = f.vector(p + "attn_q_norm.weight", hd);
             L.k_norm = f.vector(p + "attn_k_norm.weight", hd);
         }
+        if (A.qk_norm_full) {
+            L.q_norm = f.vector(p + "attn_q_norm.weight", nq);
+            L.k_norm = f.vector(p + "attn_k_norm.weight", nkv);
+        }
         L.wo = f.matrix(p + "attn_output.weight", d, nq);
         if (A.post_norms) L.attn_post_norm = f.vector(p + "post_attention_norm.weight", d);
         L.ffn_norm = f.vector(p + "ffn_norm.weight", d);
+        if (cfg.n_expert > 0) {
+            const int64_t ne = cfg.n_expert, fe = cfg.n_ff_exp;
+            L.router = f.matrix(p + "ffn_gate_inp.weight", ne, d);
+            const Matrix g = f.stacked(p + "ffn_gate_exps.weight", ne, fe, d);
+            const Matrix u = f.stacked(p + "ffn_up_exps.weight", ne, fe, d);
+            const Matrix dn = f.stacked(p + "ffn_down_exps.weight", ne, d, fe);
+            for (int64_t e = 0; e < ne; ++e) {
+                L.exp_gate.push_back(rows_of(g, e * fe, fe));
+                L.exp_up.push_back(rows_of(u, e * fe, fe));
+                L.exp_down.push_back(rows_of(dn, e * d, d));
+            }
+            if (A.shared_expert) {
+                const int64_t fs = cfg.n_ff_shexp;
+                L.shexp_router = f.matrix(p + "ffn_gate_inp_shexp.weight", 1, d);
+                L.shexp_gate = f.matrix(p + "ffn_gate_shexp.weight", fs, d);
+                L.shexp_up = f.matrix(p + "ffn_up_shexp.weight", fs, d);
+                L.shexp_down = f.matrix(p + "ffn_down_shexp.weight", d, fs);
+            }
+        } else if (A.fused_gate_up && !f.find(p + "ffn_gate.weight")) {
         // gate and up: two tensors, or (phi3) ffn_up of 2 n_ff rows, the gate's first.
-        if (A.fused_gate_up && !f.find(p + "ffn_gate.weight")) {
             const Matrix gate_up = f.matrix(p + "ffn_up.weight", 2 * ff, d);
             L.w_gate = rows_of(gate_up, 0, ff);
             L.w_up = rows_of(gate_up, ff, ff);
@@ -220,7 +261,7 @@ Model::Model(const HParams& cfg, const std::unordered_map<std::string, TensorVie
             L.w_gate = f.matrix(p + "ffn_gate.weight", ff, d);
             L.w_up = f.matrix(p + "ffn_up.weight", ff, d);
         }
-        L.w_down = f.matrix(p + "ffn_down.weight", d, ff);
+        if (cfg.n_expert == 0) L.w_down = f.matrix(p + "ffn_down.weight", d, ff);
         if (A.post_norms) L.ffn_post_norm = f.vector(p + "post_ffw_norm.weight", d);
     }
     if (options.repack) {
@@ -230,9 +271,14 @@ Model::Model(const HParams& cfg, const std::unordered_map<std::string, TensorVie
         const bool tied = output.data == tok_embd.data;
         std::vector<Matrix*> todo;
         if (repackable(output)) todo.push_back(&output);
-        for (LayerWeights& L : layers)
-            for (Matrix* w : {&L.wq, &L.wk, &L.wv, &L.wo, &L.w_gate, &L.w_up, &L.w_down})
+        for (LayerWeights& L : layers) {
+            for (Matrix* w : {&L.wq, &L.wk, &L.wv, &L.wo, &L.w_gate, &L.w_up, &L.w_down, &L.router, &L.shexp_gate,
+                              &L.shexp_up, &L.shexp_down})
                 if (repackable(*w)) todo.push_back(w);
+            for (auto* experts : {&L.exp_gate, &L.exp_up, &L.exp_down})
+                for (Matrix& w : *experts)
+                    if (repackable(w)) todo.push_back(&w);
+        }
         // One arena for all copies, 2 MiB aligned so that it can later be backed by transparent
         // huge pages (below).
         constexpr size_t kHuge = 2u << 20;
@@ -312,8 +358,17 @@ Context::Context(std::shared_ptr<const Model> model, int n_ctx, int n_batch, std
     att_.resize(q_.size());
     k_.resize((size_t)n_batch * kv);
     v_.resize(k_.size());
-    hb_.resize((size_t)n_batch * c.n_ff);
+    const int64_t max_ff = std::max<int64_t>({c.n_ff, c.n_expert ? c.n_ff_exp : 0, c.n_expert ? c.n_ff_shexp : 0});
+    hb_.resize((size_t)n_batch * max_ff);
     hb2_.resize(hb_.size());
+    if (c.n_expert) {
+        router_.resize((size_t)n_batch * c.n_expert);
+        sel_.resize((size_t)n_batch * c.n_expert_used);
+        sel_w_.resize(sel_.size());
+        routed_.resize(sel_.size());
+        xg_.resize((size_t)n_batch * c.n_embd);
+        moe_y_.resize((size_t)n_batch * c.n_expert_used * c.n_embd);
+    }
     cos_sin_.resize((size_t)n_batch * c.n_rot);
     // The rope of the global layers and of the sliding-window ones (gemma3: base 10000, no
     // scaling). LongRoPE's long factors apply when this context is longer than the original.
@@ -336,7 +391,7 @@ Context::Context(std::shared_ptr<const Model> model, int n_ctx, int n_batch, std
     pos_.resize(n_batch);
     att_scratch_.resize(attention_scratch_floats(pool_.size(), c.n_head, c.n_head_kv, c.head_dim));
     // Largest quantized row: F32 activations (float weights) of the widest input.
-    const int64_t max_k = std::max<int64_t>({c.n_embd, c.n_ff, nq});
+    const int64_t max_k = std::max<int64_t>({c.n_embd, max_ff, nq});
     for (auto& a : act_) a.resize((size_t)n_batch * max_k * sizeof(float) + 64);
 }
 
@@ -375,6 +430,102 @@ void Context::eval(const int32_t* tokens, int64_t n, float* logits, bool all_log
     } catch (...) {
         n_past_ = start_past;  // an interrupted eval leaves the cache as it was
         throw;
+    }
+}
+
+// The mixture-of-experts feed-forward of nb tokens (normed rows in xb_) into tmp_, as llama.cpp's
+// build_moe_ffn computes it: softmax over the router's logits, the top n_expert_used experts,
+// their probabilities as weights (renormalized where the family says), each expert's SwiGLU FFN
+// over the rows routed to it (so a decode step reads only the chosen experts' weights), and the
+// weighted outputs summed in rank order; qwen2moe adds its shared expert times a sigmoid gate.
+void Context::moe_ffn(const LayerWeights& L, int64_t nb) {
+    const HParams& c = model_->config();
+    const int64_t d = c.n_embd, ne = c.n_expert, k = c.n_expert_used, fe = c.n_ff_exp;
+    {
+        size_t rr;
+        const uint8_t* ar = quantize_for(L.router, xb_.data(), nb, &rr, 0);
+        const MatmulJob job{&L.router, ar, rr, router_.data(), ne};
+        matmul(pool_, kt_, &job, 1, nb);
+    }
+    for (int64_t t = 0; t < nb; ++t) {
+        float* p = router_.data() + t * ne;
+        float mx = p[0];
+        for (int64_t e = 1; e < ne; ++e) mx = std::max(mx, p[e]);
+        double sum = 0.0;
+        for (int64_t e = 0; e < ne; ++e) sum += (p[e] = std::exp(p[e] - mx));
+        const float inv = (float)(1.0 / sum);
+        for (int64_t e = 0; e < ne; ++e) p[e] *= inv;
+        int32_t* sel = sel_.data() + t * k;
+        float* w = sel_w_.data() + t * k;
+        float wsum = 0.0f;
+        for (int64_t r = 0; r < k; ++r) {  // the r-th largest (k is small: a selection, not a sort)
+            int32_t best = -1;
+            for (int64_t e = 0; e < ne; ++e) {
+                bool taken = false;
+                for (int64_t q = 0; q < r; ++q) taken |= sel[q] == e;
+                if (!taken && (best < 0 || p[e] > p[best])) best = (int32_t)e;
+            }
+            sel[r] = best;
+            w[r] = p[best];
+            wsum += w[r];
+        }
+        if (c.expert_weights_norm) {
+            const float s = std::max(wsum, 6.103515625e-5f);
+            for (int64_t r = 0; r < k; ++r) w[r] /= s;
+        }
+    }
+    for (int64_t e = 0; e < ne; ++e) {
+        int64_t n = 0;
+        for (int64_t i = 0; i < nb * k; ++i)
+            if (sel_[i] == e) routed_[n++] = (int32_t)i;
+        if (!n) continue;  // this expert's weights are not read
+        for (int64_t j = 0; j < n; ++j)
+            std::memcpy(xg_.data() + j * d, xb_.data() + (routed_[j] / k) * d, d * sizeof(float));
+        size_t rg, ru, rd;
+        const uint8_t* ag = quantize_for(L.exp_gate[e], xg_.data(), n, &rg, 0);
+        const bool same = type_traits(L.exp_up[e].type).vec_dot_type == type_traits(L.exp_gate[e].type).vec_dot_type;
+        const uint8_t* au = same ? ag : quantize_for(L.exp_up[e], xg_.data(), n, &ru, 1);
+        if (same) ru = rg;
+        const MatmulJob jobs[2] = {{&L.exp_gate[e], ag, rg, hb_.data(), fe}, {&L.exp_up[e], au, ru, hb2_.data(), fe}};
+        matmul(pool_, kt_, jobs, 2, n);
+        for (int64_t j = 0; j < n; ++j) kt_.swiglu(hb_.data() + j * fe, hb2_.data() + j * fe, fe);
+        const uint8_t* ad = quantize_for(L.exp_down[e], hb_.data(), n, &rd, 0);
+        const MatmulJob job{&L.exp_down[e], ad, rd, xg_.data(), d};
+        matmul(pool_, kt_, &job, 1, n);
+        for (int64_t j = 0; j < n; ++j) std::memcpy(moe_y_.data() + (int64_t)routed_[j] * d, xg_.data() + j * d, d * sizeof(float));
+    }
+    for (int64_t t = 0; t < nb; ++t) {
+        float* o = tmp_.data() + t * d;
+        for (int64_t r = 0; r < k; ++r) {
+            const float* y = moe_y_.data() + (t * k + r) * d;
+            const float w = sel_w_[t * k + r];
+            if (r == 0) for (int64_t i = 0; i < d; ++i) o[i] = y[i] * w;
+            else for (int64_t i = 0; i < d; ++i) o[i] += y[i] * w;
+        }
+    }
+    if (L.shexp_router) {
+        const int64_t fs = c.n_ff_shexp;
+        size_t rg, ru, rd, rs;
+        const uint8_t* ag = quantize_for(L.shexp_gate, xb_.data(), nb, &rg, 0);
+        const bool same = type_traits(L.shexp_up.type).vec_dot_type == type_traits(L.shexp_gate.type).vec_dot_type;
+        const uint8_t* au = same ? ag : quantize_for(L.shexp_up, xb_.data(), nb, &ru, 1);
+        if (same) ru = rg;
+        const MatmulJob jobs[2] = {{&L.shexp_gate, ag, rg, hb_.data(), fs}, {&L.shexp_up, au, ru, hb2_.data(), fs}};
+        matmul(pool_, kt_, jobs, 2, nb);
+        for (int64_t t = 0; t < nb; ++t) kt_.swiglu(hb_.data() + t * fs, hb2_.data() + t * fs, fs);
+        const uint8_t* ad = quantize_for(L.shexp_down, hb_.data(), nb, &rd, 0);
+        const MatmulJob job{&L.shexp_down, ad, rd, xg_.data(), d};
+        matmul(pool_, kt_, &job, 1, nb);
+        const uint8_t* as = quantize_for(L.shexp_router, xb_.data(), nb, &rs, 2);
+        const MatmulJob gate{&L.shexp_router, as, rs, router_.data(), 1};
+        matmul(pool_, kt_, &gate, 1, nb);
+        for (int64_t t = 0; t < nb; ++t) {
+            const float g = router_[t];
+            const float sg = 1.0f / (1.0f + std::exp(-g));
+            float* o = tmp_.data() + t * d;
+            const float* y = xg_.data() + t * d;
+            for (int64_t i = 0; i < d; ++i) o[i] += y[i] * sg;
+        }
     }
 }
 
@@ -464,8 +615,15 @@ void Context::forward_batch(const int32_t* tokens, int64_t nb, float* logits, bo
             if (L.bq) for (int64_t i = 0; i < nq; ++i) qr[i] += L.bq[i];
             if (L.bk) for (int64_t i = 0; i < nkv; ++i) kr[i] += L.bk[i];
             if (L.bv) for (int64_t i = 0; i < nkv; ++i) vr[i] += L.bv[i];
-            if (L.q_norm) rmsnorm(qr, L.q_norm, qr, c.n_head, hd, c.rms_eps);  // each head its own row
-            if (L.k_norm) rmsnorm(kr, L.k_norm, kr, c.n_head_kv, hd, c.rms_eps);
+            if (L.q_norm) {  // each head its own row, or (olmoe) the whole q and k rows
+                if (A.qk_norm_full) {
+                    rmsnorm(qr, L.q_norm, qr, 1, nq, c.rms_eps);
+                    rmsnorm(kr, L.k_norm, kr, 1, nkv, c.rms_eps);
+                } else {
+                    rmsnorm(qr, L.q_norm, qr, c.n_head, hd, c.rms_eps);
+                    rmsnorm(kr, L.k_norm, kr, c.n_head_kv, hd, c.rms_eps);
+                }
+            }
             const float* cs = cos_sin + t * c.n_rot;
             rope(qr, 1, nq, c.n_head, (int)hd, c.n_rot, c.rope_neox, cs);
             rope(kr, 1, nkv, c.n_head_kv, (int)hd, c.n_rot, c.rope_neox, cs);
@@ -496,6 +654,9 @@ void Context::forward_batch(const int32_t* tokens, int64_t nb, float* logits, bo
             rmsnorm(xr, L.ffn_norm, xb_.data() + t * d, 1, d, c.rms_eps);
         });
         capture(l, LinearInput::ffn_gate_up, xb_.data(), d);
+        if (L.router) {
+            moe_ffn(L, nb);  // into tmp_
+        } else {
         {
             size_t rg, ru;
             const uint8_t* ag = quantize_for(L.w_gate, xb_.data(), nb, &rg, 0);
@@ -515,6 +676,7 @@ void Context::forward_batch(const int32_t* tokens, int64_t nb, float* logits, bo
             const uint8_t* ad = quantize_for(L.w_down, hb_.data(), nb, &rd, 0);
             const MatmulJob job{&L.w_down, ad, rd, tmp_.data(), d};
             matmul(pool_, kt_, &job, 1, nb);
+        }
         }
         for_rows(nb, [&](int64_t t) {
             float* xr = x_.data() + t * d;

@@ -47,6 +47,12 @@ struct LayerWeights {
     const float* ffn_norm = nullptr;   // (n_embd)
     Matrix w_gate, w_up, w_down;  // (n_ff, n_embd) x2, (n_embd, n_ff)
     const float* ffn_post_norm = nullptr;   // (n_embd) on the feed-forward output (gemma)
+    // Mixture of experts (n_expert > 0; then w_gate/w_up/w_down are empty): the router
+    // (n_expert, n_embd), each expert's matrices (row ranges of the 3-D *_exps tensors), and
+    // qwen2moe's shared expert with its one-row sigmoid gate.
+    Matrix router;
+    std::vector<Matrix> exp_gate, exp_up, exp_down;  // (n_ff_exp, n_embd) x2, (n_embd, n_ff_exp)
+    Matrix shexp_gate, shexp_up, shexp_down, shexp_router;
 };
 
 struct ModelOptions {
@@ -180,7 +186,16 @@ private:
     std::vector<float> k_, v_;    // (n_batch, n_kv*hd)
     std::vector<float> att_;      // (n_batch, n_head*hd)
     std::vector<float> tmp_;      // (n_batch, n_embd)
-    std::vector<float> hb_, hb2_; // (n_batch, n_ff)
+    std::vector<float> hb_, hb2_; // (n_batch, max(n_ff, n_ff_exp, n_ff_shexp))
+    // Mixture of experts: router probabilities, each token's top-k experts and weights, the rows
+    // routed to one expert, and each (token, rank)'s expert output, summed in rank order.
+    std::vector<float> router_;   // (n_batch, n_expert)
+    std::vector<int32_t> sel_;    // (n_batch, n_expert_used)
+    std::vector<float> sel_w_;    // (n_batch, n_expert_used)
+    std::vector<int32_t> routed_; // (n_batch * n_expert_used) (token * k + rank) of one expert
+    std::vector<float> xg_;       // (n_batch, n_embd) gathered rows
+    std::vector<float> moe_y_;    // (n_batch, n_expert_used, n_embd)
+    void moe_ffn(const LayerWeights& L, int64_t nb);
     std::vector<float> cos_sin_;  // (n_batch, n_rot) for the global layers
     std::vector<float> cos_sin_swa_;  // (n_batch, n_rot) for the sliding-window layers
     RopeParams rope_, rope_swa_;  // their rope: the model's, with the factors this n_ctx picks
