@@ -433,6 +433,22 @@ void Context::eval(const int32_t* tokens, int64_t n, float* logits, bool all_log
     }
 }
 
+// down(silu(gate x) * up x) for n rows of x into out (may be x: x is quantized before out is written).
+void Context::swiglu_ffn(const Matrix& gate, const Matrix& up, const Matrix& down, const float* x, int64_t n, int64_t ff,
+                         float* out) {
+    size_t rg, ru, rd;
+    const uint8_t* ag = quantize_for(gate, x, n, &rg, 0);
+    const bool same = type_traits(up.type).vec_dot_type == type_traits(gate.type).vec_dot_type;
+    const uint8_t* au = same ? ag : quantize_for(up, x, n, &ru, 1);
+    if (same) ru = rg;
+    const MatmulJob jobs[2] = {{&gate, ag, rg, hb_.data(), ff}, {&up, au, ru, hb2_.data(), ff}};
+    matmul(pool_, kt_, jobs, 2, n);
+    for (int64_t j = 0; j < n; ++j) kt_.swiglu(hb_.data() + j * ff, hb2_.data() + j * ff, ff);
+    const uint8_t* ad = quantize_for(down, hb_.data(), n, &rd, 0);
+    const MatmulJob job{&down, ad, rd, out, down.rows};
+    matmul(pool_, kt_, &job, 1, n);
+}
+
 // The mixture-of-experts feed-forward of nb tokens (normed rows in xb_) into tmp_, as llama.cpp's
 // build_moe_ffn computes it: softmax over the router's logits, the top n_expert_used experts,
 // their probabilities as weights (renormalized where the family says), each expert's SwiGLU FFN
@@ -481,17 +497,7 @@ void Context::moe_ffn(const LayerWeights& L, int64_t nb) {
         if (!n) continue;  // this expert's weights are not read
         for (int64_t j = 0; j < n; ++j)
             std::memcpy(xg_.data() + j * d, xb_.data() + (routed_[j] / k) * d, d * sizeof(float));
-        size_t rg, ru, rd;
-        const uint8_t* ag = quantize_for(L.exp_gate[e], xg_.data(), n, &rg, 0);
-        const bool same = type_traits(L.exp_up[e].type).vec_dot_type == type_traits(L.exp_gate[e].type).vec_dot_type;
-        const uint8_t* au = same ? ag : quantize_for(L.exp_up[e], xg_.data(), n, &ru, 1);
-        if (same) ru = rg;
-        const MatmulJob jobs[2] = {{&L.exp_gate[e], ag, rg, hb_.data(), fe}, {&L.exp_up[e], au, ru, hb2_.data(), fe}};
-        matmul(pool_, kt_, jobs, 2, n);
-        for (int64_t j = 0; j < n; ++j) kt_.swiglu(hb_.data() + j * fe, hb2_.data() + j * fe, fe);
-        const uint8_t* ad = quantize_for(L.exp_down[e], hb_.data(), n, &rd, 0);
-        const MatmulJob job{&L.exp_down[e], ad, rd, xg_.data(), d};
-        matmul(pool_, kt_, &job, 1, n);
+        swiglu_ffn(L.exp_gate[e], L.exp_up[e], L.exp_down[e], xg_.data(), n, fe, xg_.data());
         for (int64_t j = 0; j < n; ++j) std::memcpy(moe_y_.data() + (int64_t)routed_[j] * d, xg_.data() + j * d, d * sizeof(float));
     }
     for (int64_t t = 0; t < nb; ++t) {
@@ -504,18 +510,8 @@ void Context::moe_ffn(const LayerWeights& L, int64_t nb) {
         }
     }
     if (L.shexp_router) {
-        const int64_t fs = c.n_ff_shexp;
-        size_t rg, ru, rd, rs;
-        const uint8_t* ag = quantize_for(L.shexp_gate, xb_.data(), nb, &rg, 0);
-        const bool same = type_traits(L.shexp_up.type).vec_dot_type == type_traits(L.shexp_gate.type).vec_dot_type;
-        const uint8_t* au = same ? ag : quantize_for(L.shexp_up, xb_.data(), nb, &ru, 1);
-        if (same) ru = rg;
-        const MatmulJob jobs[2] = {{&L.shexp_gate, ag, rg, hb_.data(), fs}, {&L.shexp_up, au, ru, hb2_.data(), fs}};
-        matmul(pool_, kt_, jobs, 2, nb);
-        for (int64_t t = 0; t < nb; ++t) kt_.swiglu(hb_.data() + t * fs, hb2_.data() + t * fs, fs);
-        const uint8_t* ad = quantize_for(L.shexp_down, hb_.data(), nb, &rd, 0);
-        const MatmulJob job{&L.shexp_down, ad, rd, xg_.data(), d};
-        matmul(pool_, kt_, &job, 1, nb);
+        swiglu_ffn(L.shexp_gate, L.shexp_up, L.shexp_down, xb_.data(), nb, c.n_ff_shexp, xg_.data());
+        size_t rs;
         const uint8_t* as = quantize_for(L.shexp_router, xb_.data(), nb, &rs, 2);
         const MatmulJob gate{&L.shexp_router, as, rs, router_.data(), 1};
         matmul(pool_, kt_, &gate, 1, nb);

@@ -196,6 +196,8 @@ private:
     std::vector<float> xg_;       // (n_batch, n_embd) gathered rows
     std::vector<float> moe_y_;    // (n_batch, n_expert_used, n_embd)
     void moe_ffn(const LayerWeights& L, int64_t nb);
+    void swiglu_ffn(const Matrix& gate, const Matrix& up, const Matrix& down, const float* x, int64_t n, int64_t ff,
+                    float* out);
     std::vector<float> cos_sin_;  // (n_batch, n_rot) for the global layers
     std::vector<float> cos_sin_swa_;  // (n_batch, n_rot) for the sliding-window layers
     RopeParams rope_, rope_swa_;  // their rope: the model's, with the factors this n_ctx picks
