@@ -210,6 +210,13 @@ class Model:
     def _ctx(self):
         return self._engine.slot0().ctx
 
+    def _context(self):
+        """Slot 0's Context, after the model-file check (as before the engine; for tools and tests)."""
+        if self._model is None:
+            raise ValueError("the model is closed")
+        self._check_file()
+        return self._engine.slot0().ctx
+
     @property
     def _cached(self) -> list[int]:
         return self._engine.slot0().cached
