@@ -469,6 +469,10 @@ class Engine:
     # --- the scheduler
 
     def _run(self) -> None:
+        # Ctrl-C is for the main thread: a SIGINT taken by this thread only sets Python's flag,
+        # and a main thread asleep in readline's select() would never raise KeyboardInterrupt.
+        if hasattr(signal, "pthread_sigmask"):
+            signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
         while True:
             with self._lock:
                 while True:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import os
+import signal
 import threading
 import warnings
 import weakref
@@ -126,6 +127,8 @@ class Model:
         loaded: dict = {}
 
         def load_weights():
+            if hasattr(signal, "pthread_sigmask"):  # Ctrl-C belongs to the main thread (engine.py)
+                signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
             try:
                 loaded["model"] = _core.Model(cfg, tensors, keep_alive=self._file, repack=repack)
             except BaseException as e:  # re-raised below, on the caller's thread
