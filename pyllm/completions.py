@@ -22,7 +22,6 @@ import regex
 from pyllm import chat_template as templates
 from pyllm.engine import DEFAULT_SAMPLING as _D
 from pyllm.engine import Completion, SamplingParams
-from pyllm.errors import ContextOverflowError
 from pyllm.tokenizer import StopMatcher
 
 if TYPE_CHECKING:   # model.py imports this module; this one never imports model.py
@@ -185,13 +184,8 @@ def stream_text(model: Model, ids: list[int], max_tokens: int | None, params: Sa
                 logprobs: int | None = None) -> Iterator[str]:
     """Text pieces generated after `ids`, stopped at the model's end-of-generation tokens and at
     `stop` strings (never shown). Checks the prompt now, not at the first next(): the request is
-    submitted to the model's engine before this returns."""
-    if not ids:
-        raise ValueError("the prompt is empty: give at least one token")
-    if len(ids) > model.n_ctx:
-        raise ContextOverflowError(
-            f"the prompt has {len(ids)} tokens but the context holds {model.n_ctx} (n_ctx); "
-            f"shorten the conversation or load the model with a larger n_ctx")
+    submitted to the model's engine before this returns, and the engine refuses an empty prompt
+    (ValueError) or one over the context (ContextOverflowError) there."""
     if max_tokens is not None and (isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < -1):
         raise ValueError(f"max_tokens must be a non-negative integer, -1 (until the end of the turn or "
                          f"context) or None, got {max_tokens!r}")

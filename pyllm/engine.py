@@ -365,7 +365,7 @@ class Engine:
         if len(ids) > self.n_ctx:
             raise ContextOverflowError(
                 f"the prompt has {len(ids)} tokens but the context holds {self.n_ctx} (n_ctx); "
-                f"shorten the prompt or load the model with a larger n_ctx")
+                f"shorten the prompt (or conversation) or load the model with a larger n_ctx")
         limit = self.n_ctx - len(ids) + 1   # tokens that can be sampled before the cache is full
         if max_tokens is not None and max_tokens >= 0:
             limit = min(limit, _validate.integer("max_tokens", max_tokens, 0, _validate.INT32_MAX))

@@ -266,6 +266,14 @@ def create_app(llm, config: ServerConfig | None = None):
             raise APIError(400, "tools / functions are not supported; use response_format with a JSON schema",
                            param="tools")
 
+    async def completion_body(request: Request) -> dict:
+        """The preamble both completion endpoints share: the API key, the JSON body (size
+        limit, known model), one choice and no tools."""
+        authorize(request)
+        body = await read_json(request)
+        check_n(body)
+        return body
+
     def start(ids, params, stops, hooks, max_tokens, k) -> _Generation:
         try:
             return _Generation(llm, ids, params, stops, hooks, max_tokens, k)
@@ -330,9 +338,7 @@ def create_app(llm, config: ServerConfig | None = None):
 
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request):
-        authorize(request)
-        body = await read_json(request)
-        check_n(body)
+        body = await completion_body(request)
         messages = body.get("messages")
         if not isinstance(messages, list) or not messages:
             raise APIError(400, "'messages' must be a non-empty list of {role, content} objects", param="messages")
@@ -403,9 +409,7 @@ def create_app(llm, config: ServerConfig | None = None):
 
     @app.post("/v1/completions")
     async def text_completions(request: Request):
-        authorize(request)
-        body = await read_json(request)
-        check_n(body)
+        body = await completion_body(request)
         prompt = body.get("prompt")
         if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str):
             prompt = prompt[0]

@@ -169,6 +169,11 @@ def test_bad_requests_fail_at_the_call(model):
         model.create_chat_completion(long, stream=True)   # raised at the call, not at the first chunk
     with pytest.raises(ChatTemplateError, match="sandbox"):
         model.create_chat_completion(SHORT, chat_template="{{ cycler.__init__.__globals__.os }}")
+    # completions.stream_text leaves these checks to the engine: still raised before any stream.
+    with pytest.raises(ValueError, match="prompt is empty"):
+        model.create_completion([], stream=True)
+    with pytest.raises(ContextOverflowError, match="context holds 512"):
+        model.create_completion(list(range(600)), stream=True)
 
 
 def test_content_parts_are_joined(model):

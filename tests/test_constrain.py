@@ -172,6 +172,29 @@ def test_invalid_constraint_in_chat_api(model):
                                      response_format={"type": "json_schema", "json_schema": {"schema": {"type": 3}}})
 
 
+def test_greedy_sampling_is_the_first_allowed_maximum():
+    """Greedy without penalties takes a one-pass path (no candidate array): it must pick what the
+    general path picks, the first maximum over allowed, non-NaN logits; ties, NaN and masked ids
+    included. The reference is numpy's argmax (first maximum) over the same masked logits."""
+    rng = np.random.default_rng(3)
+    n = 1000
+    greedy = _core.Sampler(n, temperature=0.0)
+    for trial in range(50):
+        logits = rng.integers(-5, 5, size=n).astype(np.float32)   # many ties
+        logits[rng.integers(0, n, size=20)] = np.nan
+        allowed = rng.random(n) < 0.5
+        mask = np.zeros((n + 31) // 32, np.uint32)
+        for t in np.flatnonzero(allowed):
+            mask[t >> 5] |= np.uint32(1 << (t & 31))
+        ref = np.where(allowed & ~np.isnan(logits), logits, -np.inf)
+        assert greedy.sample(logits, mask) == int(np.argmax(ref))
+        clean = np.where(np.isnan(logits), -np.inf, logits)
+        assert greedy.sample(logits) == int(np.argmax(clean))
+    with pytest.raises(ValueError, match="no allowed token"):
+        greedy.sample(np.where(np.arange(n) == 5, np.nan, 1.0).astype(np.float32),
+                      np.asarray([1 << 5] + [0] * ((n + 31) // 32 - 1), np.uint32))
+
+
 def test_sampler_mask_is_obeyed():
     # A flat distribution over 100 ids and a mask allowing 3: only those may come out, greedy or
     # sampled, and an all-zero mask is an error, not a crash.

@@ -300,6 +300,30 @@ def test_decode_batch_gives_each_sequence_its_own_logits_exactly(model):
         assert tok == int(np.argmax(exp))
 
 
+def test_decode_batch_is_exact_where_a_step_splits_its_positions_across_threads(model):
+    """The batched attention runs every (sequence, KV head, position range) in one job: at depths
+    where a decode step on 2 threads splits its positions into ranges (>= 128 positions: 2..4
+    ranges here) and merges their partial softmaxes, each sequence still gets exactly the logits
+    of its own decode step (same ranges, same merge order)."""
+    w = model._model
+    lead = _core.Context(w, 512, 64, 2)
+    ctxs = [lead] + [_core.Context(w, 512, 64, 0, share_pool_with=lead) for _ in range(3)]
+    rng = np.random.default_rng(7)
+    prompts = [rng.integers(100, 20000, size=n).astype(np.int32) for n in (300, 20, 140, 200)]
+    refs = [_core.Context(w, 512, 64, 2) for _ in ctxs]
+    next_tokens = np.asarray([11, 905, 28, 42], np.int32)
+    expected = []
+    for ref, ids, t in zip(refs, prompts, next_tokens):
+        ref.eval(ids, False)
+        expected.append(ref.eval(np.asarray([t], np.int32), False))
+    for c, ids in zip(ctxs, prompts):
+        c.eval(ids, False)
+    greedy = [_core.Sampler(model.n_vocab, temperature=0.0) for _ in ctxs]
+    lead.decode_batch(ctxs, next_tokens, greedy, [None] * 4)
+    for c, exp in zip(ctxs, expected):
+        np.testing.assert_array_equal(c.last_logits(), exp)
+
+
 def test_decode_batch_refuses_bad_batches_before_any_compute(model, smollm2_path):
     w = model._model
     a = _core.Context(w, 8, 4, 1)

@@ -561,6 +561,10 @@ void Context::decode_batch(Context* const* seqs, const int32_t* tokens, int64_t 
             fail(ErrorKind::invalid_token, "token id " + std::to_string(tokens[i]) + " at index " + std::to_string(i) +
                  " is outside the vocabulary (0.." + std::to_string(c.n_vocab - 1) + ")");
     }
+    // The batched attention's partials: kMaxSplit ranges per sequence and KV head (ops.h).
+    const size_t att = attention_batch_scratch_floats(pool_.size(), c.n_head, c.n_head_kv, (int)c.head_dim, n);
+    if (att_scratch_.size() < att) att_scratch_.resize(att);
+    if ((int64_t)kv_views_.size() < n) kv_views_.resize(n);
     // Rows past a sequence's n_past are written, but n_past moves only on success.
     forward_batch(tokens, n, logits, true, stop, seqs);
     for (int64_t i = 0; i < n; ++i) seqs[i]->n_past_ += 1;
@@ -647,10 +651,11 @@ void Context::forward_batch(const int32_t* tokens, int64_t nb, float* logits, bo
             attention(pool_, kt_, q_.data(), nq, kv_.layer(l), att_.data(), nq, nb, pos0, c.n_head, c.n_head_kv, (int)hd, scale,
                       att_scratch_.data(), swa ? c.n_swa : 0, c.attn_softcap);
         } else {
-            // Each sequence attends over its own cache: the call its own decode step makes.
-            for (int64_t t = 0; t < nb; ++t)
-                attention(pool_, kt_, q_.data() + t * nq, nq, seqs[t]->kv_.layer(l), att_.data() + t * nq, nq, 1, pos_[t],
-                          c.n_head, c.n_head_kv, (int)hd, scale, att_scratch_.data(), swa ? c.n_swa : 0, c.attn_softcap);
+            // Each sequence attends over its own cache, all in one parallel job, with the result
+            // its own decode step gets (ops.h).
+            for (int64_t t = 0; t < nb; ++t) kv_views_[t] = seqs[t]->kv_.layer(l);
+            attention_decode_batch(pool_, kt_, q_.data(), nq, kv_views_.data(), pos_.data(), nb, att_.data(), nq, c.n_head,
+                                   c.n_head_kv, (int)hd, scale, att_scratch_.data(), swa ? c.n_swa : 0, c.attn_softcap);
         }
         capture(l, LinearInput::attn_output, att_.data(), nq);
         {

@@ -212,7 +212,8 @@ private:
     std::vector<float> cos_sin_swa_;  // (n_batch, n_rot) for the sliding-window layers
     RopeParams rope_, rope_swa_;  // their rope: the model's, with the factors this n_ctx picks
     std::vector<int32_t> pos_;    // (n_batch)
-    std::vector<float> att_scratch_;
+    std::vector<float> att_scratch_;  // grown by decode_batch to the batched attention's size
+    std::vector<KvLayerView> kv_views_;  // (n_batch) a decode_batch's sequences' caches at one layer
     std::vector<uint8_t> act_[3]; // quantized activations, one per concurrently used act type
     CaptureSink* capture_ = nullptr;
 };

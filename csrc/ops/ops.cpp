@@ -371,6 +371,47 @@ void attend_prefill(const KernelTable& kt, const float* q, int64_t q_stride, con
     }
 }
 
+// How a decode step's positions split across threads: the token at pos0 sees [first, pos0] (all
+// of the cache, or its window), in n_split ranges (one when the context is short or there is
+// one thread).
+struct DecodeSplit {
+    int64_t first, n_pos;
+    int n_split;
+    DecodeSplit(const ThreadPool& pool, int64_t pos0, int64_t window)
+        : first(window > 0 ? std::max<int64_t>(0, pos0 - window + 1) : 0), n_pos(pos0 + 1 - first),
+          n_split(pool.size() > 1 ? (int)std::min<int64_t>(kMaxSplit, std::max<int64_t>(1, n_pos / kMinSplitPositions)) : 1) {}
+};
+
+// Range j of KV head g's group for the query row q (n_head*head_dim floats): its partial
+// (n_group*head_dim acc, n_group max, n_group sum) into acc.
+void decode_range(const KernelTable& kt, const float* q, const KvLayerView& kv, int g, int j, const DecodeSplit& sp,
+                  int n_group, int head_dim, float scale, float cap, float* acc, float* ts, float* kv_scratch) {
+    attend_range(kt, q + (int64_t)g * n_group * head_dim, kv, g, n_group, head_dim, scale, cap,
+                 sp.first + sp.n_pos * j / sp.n_split, sp.first + sp.n_pos * (j + 1) / sp.n_split, acc,
+                 acc + n_group * head_dim, acc + n_group * head_dim + n_group, ts, kv_scratch);
+}
+
+// The (n_kv_head, n_split) partials of one token merged into its output row.
+void merge_decode_partials(const float* partials, int n_split, int n_kv_head, int n_group, int head_dim, float* out) {
+    const size_t part = (size_t)n_group * (head_dim + 2);
+    for (int g = 0; g < n_kv_head; ++g)
+        for (int h = 0; h < n_group; ++h) {
+            float m = -std::numeric_limits<float>::infinity();
+            for (int j = 0; j < n_split; ++j) m = std::max(m, partials[(g * n_split + j) * part + n_group * head_dim + h]);
+            float* o = out + (int64_t)(g * n_group + h) * head_dim;
+            std::fill(o, o + head_dim, 0.0f);
+            float sum = 0.0f;
+            for (int j = 0; j < n_split; ++j) {
+                const float* pj = partials + (g * n_split + j) * part;
+                const float w = std::exp(pj[n_group * head_dim + h] - m);  // every range is non-empty
+                sum += pj[n_group * head_dim + n_group + h] * w;
+                for (int i = 0; i < head_dim; ++i) o[i] += pj[h * head_dim + i] * w;
+            }
+            const float inv = 1.0f / sum;
+            for (int i = 0; i < head_dim; ++i) o[i] *= inv;
+        }
+}
+
 } // namespace
 
 void attention(ThreadPool& pool, const KernelTable& kt, const float* q, int64_t q_stride, const KvLayerView& kv,
@@ -396,37 +437,49 @@ void attention(ThreadPool& pool, const KernelTable& kt, const float* q, int64_t 
     // Decode: each KV head's group of query heads walks its positions together (each K and V row
     // read once for all of them), in n_split ranges (one when the context is short or there is one
     // thread) whose partial softmaxes are merged below.
-    // The token at pos0 sees [first, pos0]: all of the cache, or its window.
-    const int64_t first = window > 0 ? std::max<int64_t>(0, pos0 - window + 1) : 0;
-    const int64_t n_pos = pos0 + 1 - first;
-    const int n_split = pool.size() > 1 ? (int)std::min<int64_t>(kMaxSplit, std::max<int64_t>(1, n_pos / kMinSplitPositions)) : 1;
+    const DecodeSplit sp(pool, pos0, window);
     // (n_kv_head, n_split) partials of (n_group*head_dim acc, n_group max, n_group sum).
     const size_t part = (size_t)n_group * (head_dim + 2);
     float* partials = scratch + (size_t)pool.size() * per_thread;
-    pool.parallel_for((int64_t)n_kv_head * n_split, [&](int64_t task, int thread) {
-        const int g = (int)(task / n_split), j = (int)(task % n_split);
-        float* acc = partials + task * part;
+    pool.parallel_for((int64_t)n_kv_head * sp.n_split, [&](int64_t task, int thread) {
+        const int g = (int)(task / sp.n_split), j = (int)(task % sp.n_split);
         float* ts = scratch + thread * per_thread;
-        attend_range(kt, q + (int64_t)g * n_group * head_dim, kv, g, n_group, head_dim, scale, cap,
-                     first + n_pos * j / n_split, first + n_pos * (j + 1) / n_split, acc, acc + n_group * head_dim, acc + n_group * head_dim + n_group, ts,
-                     ts + kv_at);
+        decode_range(kt, q, kv, g, j, sp, n_group, head_dim, scale, cap, partials + task * part, ts, ts + kv_at);
     });
-    for (int g = 0; g < n_kv_head; ++g)
-        for (int h = 0; h < n_group; ++h) {
-            float m = -std::numeric_limits<float>::infinity();
-            for (int j = 0; j < n_split; ++j) m = std::max(m, partials[(g * n_split + j) * part + n_group * head_dim + h]);
-            float* o = out + (int64_t)(g * n_group + h) * head_dim;
-            std::fill(o, o + head_dim, 0.0f);
-            float sum = 0.0f;
-            for (int j = 0; j < n_split; ++j) {
-                const float* pj = partials + (g * n_split + j) * part;
-                const float w = std::exp(pj[n_group * head_dim + h] - m);  // every range is non-empty
-                sum += pj[n_group * head_dim + n_group + h] * w;
-                for (int i = 0; i < head_dim; ++i) o[i] += pj[h * head_dim + i] * w;
-            }
-            const float inv = 1.0f / sum;
-            for (int i = 0; i < head_dim; ++i) o[i] *= inv;
-        }
+    merge_decode_partials(partials, sp.n_split, n_kv_head, n_group, head_dim, out);
+}
+
+void attention_decode_batch(ThreadPool& pool, const KernelTable& kt, const float* q, int64_t q_stride,
+                            const KvLayerView* kvs, const int32_t* pos, int64_t n_seq, float* out, int64_t out_stride,
+                            int n_head, int n_kv_head, int head_dim, float scale, float* scratch, int64_t window, float cap) {
+    const int n_group = n_head / n_kv_head;
+    const size_t per_thread = per_thread_floats(n_group, head_dim);
+    const size_t kv_at = base_thread_floats(n_group, head_dim);
+    const size_t part = (size_t)n_group * (head_dim + 2);
+    // Every sequence owns kMaxSplit ranges per KV head in the task space (and the partials); the
+    // ranges past its own n_split are empty tasks, cheaper than a per-sequence offset table.
+    const int64_t per_seq = (int64_t)n_kv_head * kMaxSplit;
+    float* partials = scratch + (size_t)pool.size() * per_thread;
+    pool.parallel_for(n_seq * per_seq, [&](int64_t task, int thread) {
+        const int64_t s = task / per_seq;
+        const int g = (int)(task % per_seq / kMaxSplit), j = (int)(task % kMaxSplit);
+        const DecodeSplit sp(pool, pos[s], window);
+        if (j >= sp.n_split) return;
+        float* ts = scratch + thread * per_thread;
+        // The partial at the index attention() uses, within this sequence's region.
+        float* acc = partials + (s * per_seq + (int64_t)g * sp.n_split + j) * part;
+        decode_range(kt, q + s * q_stride, kvs[s], g, j, sp, n_group, head_dim, scale, cap, acc, ts, ts + kv_at);
+    });
+    for (int64_t s = 0; s < n_seq; ++s) {
+        const DecodeSplit sp(pool, pos[s], window);
+        merge_decode_partials(partials + s * per_seq * part, sp.n_split, n_kv_head, n_group, head_dim, out + s * out_stride);
+    }
+}
+
+size_t attention_batch_scratch_floats(int n_threads, int n_head, int n_kv_head, int head_dim, int64_t n_seq) {
+    const int n_group = n_head / n_kv_head;
+    const size_t partials = (size_t)n_seq * kMaxSplit * n_kv_head * n_group * (head_dim + 2);
+    return (size_t)n_threads * per_thread_floats(n_group, head_dim) + partials;
 }
 
 } // namespace pyllm

@@ -91,4 +91,17 @@ void attention(ThreadPool& pool, const KernelTable& kt, const float* q, int64_t 
 // tanh(s / softcap) before the softmax (gemma2).
 size_t attention_scratch_floats(int n_threads, int n_head, int n_kv_head, int head_dim);
 
+// Decode attention of n_seq sequences, one new token each (continuous batching): sequence s's
+// query row q + s*q_stride, at position pos[s], attends over its own cache kvs[s] (holding
+// positions [0, pos[s]]) into out + s*out_stride. One parallel job over every (sequence, KV head,
+// range) task instead of one small job per sequence: the threads stay balanced (SmolLM2's 3 KV
+// heads are 3 tasks for 2 threads) and a layer pays one barrier, not n_seq. Each sequence's
+// output is bitwise what attention() gives it alone on this pool: the same ranges, kernels and
+// merge. scratch: attention_batch_scratch_floats(...) floats.
+void attention_decode_batch(ThreadPool& pool, const KernelTable& kt, const float* q, int64_t q_stride,
+                            const KvLayerView* kvs, const int32_t* pos, int64_t n_seq, float* out, int64_t out_stride,
+                            int n_head, int n_kv_head, int head_dim, float scale, float* scratch,
+                            int64_t window = 0, float softcap = 0.0f);
+size_t attention_batch_scratch_floats(int n_threads, int n_head, int n_kv_head, int head_dim, int64_t n_seq);
+
 } // namespace pyllm

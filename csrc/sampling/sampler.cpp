@@ -40,6 +40,26 @@ int Sampler::candidates(const float* logits, const uint32_t* allowed) {
     const float neg_inf = -std::numeric_limits<float>::infinity();
     int n = n_vocab_;
     bool any_finite = false;
+    const bool penalize = p_.repeat_penalty != 1.0f || p_.presence_penalty != 0.0f || p_.frequency_penalty != 0.0f;
+    if (p_.temperature <= 0.0f && !penalize) {
+        // Greedy without penalties: one pass for the first maximum (the general path below gives
+        // the same id), without filling the n_vocab candidates. This runs once per sequence per
+        // batched decode step, on the step's critical path.
+        int best = 0;
+        float best_v = neg_inf;
+        for (int i = 0; i < n; ++i) {
+            float v = logits[i];
+            if (std::isnan(v) || (allowed && !((allowed[i >> 5] >> (i & 31)) & 1u))) v = neg_inf;
+            any_finite |= std::isfinite(v);
+            if (i == 0 || v > best_v) { best = i; best_v = v; }
+        }
+        if (!any_finite) {
+            if (allowed) fail(ErrorKind::invalid_argument, "no allowed token has a finite logit: the constraint admits nothing the model can produce");
+            fail(ErrorKind::numeric, "all logits are NaN or infinite: the model produced no usable distribution (NaN/Inf weights, or an overflow in the forward pass)");
+        }
+        cand_[0] = {best_v, best};
+        return 1;
+    }
     for (int i = 0; i < n; ++i) {
         float v = logits[i];
         if (std::isnan(v) || (allowed && !((allowed[i >> 5] >> (i & 31)) & 1u))) v = neg_inf;  // never chosen
@@ -53,7 +73,6 @@ int Sampler::candidates(const float* logits, const uint32_t* allowed) {
 
     // Penalties, once per distinct recent token: a visited id's count is negated as a marker,
     // then restored, so repeats in the window are skipped without any extra storage.
-    const bool penalize = p_.repeat_penalty != 1.0f || p_.presence_penalty != 0.0f || p_.frequency_penalty != 0.0f;
     if (penalize) {
         for (size_t k = 0; k < window_fill_; ++k) {
             const int32_t id = window_[k];
