@@ -130,7 +130,7 @@ def make_speculator(model, speculative=None, draft_model=None, n_draft: int | No
     if mode == "draft" and draft_model is None:
         raise DraftModelError("speculative='draft' needs draft_model=PATH_OR_NAME")
     if n_draft is None:
-        n_draft = 8 if mode == "ngram" else 5
+        n_draft = 8   # the most; DraftLength proposes fewer while proposals miss
     if isinstance(n_draft, bool) or not isinstance(n_draft, int) or n_draft < 1:
         raise ValueError(f"n_draft must be a positive integer, got {n_draft!r}")
     draft = None
@@ -168,6 +168,14 @@ class _DraftRunner:
         self.sampler = make_sampler(draft.n_vocab, sampling, (seed ^ 0x5DEECE66D) & (2**64 - 1))
         self.rng = np.random.default_rng(seed ^ 0x9E3779B9)
         self.slot = Slot(-1, draft.engine.new_context())
+
+    def prefill(self, ids: list[int]) -> None:
+        """Evaluates the prompt in the draft's cache now, with the target's prompt: it is prompt
+        work, and left to the first proposal it would be counted (and felt) as decode time."""
+        self.model._check_file()
+        pending = ids[self.slot.reuse(ids):]
+        self.slot.ctx.eval(np.asarray(pending, np.int32), False)
+        self.slot.cached.extend(pending)
 
     def propose(self, history: list[int], k: int):
         self.model._check_file()
@@ -232,6 +240,8 @@ def _speculate(eog: set, slot, request, sampling, sampler, seed: int, constraint
     if limit <= 0:
         info.finish_reason = "length"
         return
+    if drafter is not None:
+        drafter.prefill(ids)
     allowed = constraint.mask() if constraint is not None else None
     token = ctx.eval_sample(np.asarray(pending, np.int32), sampler, allowed)
     slot.cached.extend(pending)
