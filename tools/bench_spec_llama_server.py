@@ -21,6 +21,7 @@ import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from pathlib import Path
@@ -40,11 +41,14 @@ def start_server(bin_dir: Path, model: str, extra: list[str], threads: int):
     env = dict(os.environ, LD_LIBRARY_PATH=str(bin_dir))
     cmd = [str(bin_dir / "llama-server"), "-m", model, "--port", str(port), "-t", str(threads), "-tb", str(threads),
            "-c", "2048", "-np", "1", "--no-warmup", *extra]
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    # The log goes to a file: an unread pipe fills up and stalls the server mid-generation.
+    log = tempfile.TemporaryFile("w+")
+    proc = subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     for _ in range(600):
         if proc.poll() is not None:
-            raise SystemExit(f"llama-server exited: {' '.join(cmd)}\n{proc.stderr.read()[-3000:]}")
+            log.seek(0)
+            raise SystemExit(f"llama-server exited: {' '.join(cmd)}\n{log.read()[-3000:]}")
         try:
             with urllib.request.urlopen(url + "/health", timeout=1) as r:
                 if r.status == 200:
