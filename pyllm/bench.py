@@ -224,56 +224,68 @@ def run_bench(model_path: str | os.PathLike, n_prompt: int = 512, n_gen: int = 1
 
 def run_spec_bench(model_path, speculative: str | None = None, draft_model: str | None = None,
                    n_draft: int | None = None, n_gen: int = 128, n_threads: int | None = None, reps: int = 3,
-                   text: str | None = None) -> dict:
+                   text: str | None = None, adaptive: bool = True) -> dict:
     """Greedy decode speed of a summarize-this-text chat prompt, plain and speculative, alternated
-    (plain, speculative, plain, ...) so machine noise hits both alike; the outputs must agree."""
-    from pyllm.model import Completion, Model
+    (plain, speculative, plain, ...) so machine noise hits both alike; the outputs must agree.
+    Reports medians (a shared machine's slow runs are outliers, not spread) and the speedup as
+    the median of each round's speculative/plain ratio (a round's two runs see the same load)."""
+    from pyllm.model import Model
     from pyllm import speculative as spec_mod
+    from pyllm import completions
+    from pyllm.completions import GenerationStats
     model = Model(hub.resolve(model_path), n_ctx=2048, n_threads=n_threads)
     spec = spec_mod.make_speculator(model, speculative, draft_model, n_draft)
+    spec.adaptive = adaptive
     source = _prompt_text(model, 300, text)
     messages = [{"role": "user", "content": "Summarize this text, quoting its key sentences.\n\n" + source}]
     rates: dict[str, list[float]] = {"plain": [], "spec": []}
-    outputs: dict[str, list[int]] = {}
+    outputs: dict[str, str] = {}
+    counted = spec_mod.SpecStats()
     for rep in range(reps + 1):  # the first round warms up
         for kind in ("plain", "spec"):
             _reset(model)
-            info = Completion()
-            first = None
             kw = {"speculative": spec} if kind == "spec" else {}
-            if kind == "spec" and rep:
-                before = (spec.stats.proposed, spec.stats.accepted)
-            from pyllm import completions
-            from pyllm.completions import GenerationStats
+            before = (spec.stats.steps, spec.stats.proposed, spec.stats.accepted)
             stats = GenerationStats()
-            for _ in completions.create_chat_completion(model, messages, max_tokens=n_gen, temperature=0, stream=True,
-                                                        stats=stats, **kw):
-                pass
+            text_out = []
+            for chunk in completions.create_chat_completion(model, messages, max_tokens=n_gen, temperature=0,
+                                                            stream=True, stats=stats, **kw):
+                text_out.append(chunk["choices"][0]["delta"].get("content") or "")
             n_out = stats.n_generated
             if rep and n_out > 1 and stats.generation_seconds > 0:
                 rates[kind].append((n_out - 1) / stats.generation_seconds)
-            outputs[kind] = n_out
-    result = {"model": Path(model.path).stem, "mode": spec.mode, "n_draft": spec.n_draft,
+                if kind == "spec":
+                    counted.steps += spec.stats.steps - before[0]
+                    counted.proposed += spec.stats.proposed - before[1]
+                    counted.accepted += spec.stats.accepted - before[2]
+            outputs[kind] = "".join(text_out)
+    result = {"model": Path(model.path).stem, "mode": spec.mode, "n_draft": spec.n_draft, "adaptive": adaptive,
               "draft": str(draft_model) if draft_model else None, "threads": model.n_threads,
               "n_gen": n_gen, "reps": reps, "prompt": "summarize ~300 tokens of prose (chat template)",
-              "acceptance_rate": spec.stats.acceptance_rate,
-              "tokens_per_verification": (spec.stats.accepted + spec.stats.steps) / spec.stats.steps if spec.stats.steps else None}
-    result["plain_tok_s"], result["plain_sd"] = _mean_sd(rates["plain"]) if rates["plain"] else (float("nan"), 0.0)
-    result["spec_tok_s"], result["spec_sd"] = _mean_sd(rates["spec"]) if rates["spec"] else (float("nan"), 0.0)
-    result["speedup"] = result["spec_tok_s"] / result["plain_tok_s"]
-    result["same_length"] = outputs.get("plain") == outputs.get("spec")
+              "acceptance_rate": counted.acceptance_rate,
+              "tokens_per_verification": (counted.accepted + counted.steps) / counted.steps if counted.steps else None,
+              "plain_runs": rates["plain"], "spec_runs": rates["spec"]}
+    nan = float("nan")
+    result["plain_tok_s"] = statistics.median(rates["plain"]) if rates["plain"] else nan
+    result["spec_tok_s"] = statistics.median(rates["spec"]) if rates["spec"] else nan
+    ratios = [s / p for p, s in zip(rates["plain"], rates["spec"])]
+    result["speedup"] = statistics.median(ratios) if ratios else nan
+    result["identical"] = outputs.get("plain") == outputs.get("spec")
     model.close()
     return result
 
 
 def format_spec_markdown(r: dict) -> str:
     what = "prompt lookup (n-gram)" if r["mode"] == "ngram" else f"draft model {Path(r['draft']).name}"
+    length = f"n_draft<={r['n_draft']} (adaptive)" if r.get("adaptive") else f"n_draft={r['n_draft']}"
     return "\n".join([
-        f"speculative decoding: {what}, n_draft={r['n_draft']}, {r['threads']} threads, greedy, {r['prompt']}",
-        "| model | plain decode t/s | speculative t/s | speedup | acceptance | tokens/verification |",
-        "|---|---:|---:|---:|---:|---:|",
-        f"| {r['model']} | {r['plain_tok_s']:.1f} ± {r['plain_sd']:.1f} | {r['spec_tok_s']:.1f} ± {r['spec_sd']:.1f} | "
-        f"{r['speedup']:.2f}x | {100 * (r['acceptance_rate'] or 0):.0f}% | {r['tokens_per_verification'] or 0:.2f} |"])
+        f"speculative decoding: {what}, {length}, {r['threads']} threads, greedy, {r['prompt']}, "
+        f"medians of {r['reps']} alternated rounds",
+        "| model | plain decode t/s | speculative t/s | speedup | acceptance | tokens/verification | same text |",
+        "|---|---:|---:|---:|---:|---:|---|",
+        f"| {r['model']} | {r['plain_tok_s']:.1f} | {r['spec_tok_s']:.1f} | "
+        f"{r['speedup']:.2f}x | {100 * (r['acceptance_rate'] or 0):.0f}% | {r['tokens_per_verification'] or 0:.2f} | "
+        f"{'yes' if r['identical'] else 'NO'} |"])
 
 
 # --- output
@@ -333,7 +345,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="buffer size for the read-bandwidth measurement (default 512)")
     p.add_argument("--speculative", choices=("ngram",), help="measure speculative decoding by prompt lookup")
     p.add_argument("--draft-model", metavar="MODEL", help="measure speculative decoding with this draft model")
-    p.add_argument("--n-draft", type=int, help="tokens proposed per step")
+    p.add_argument("--n-draft", type=int, help="most tokens proposed per step")
+    p.add_argument("--fixed-draft", action="store_true",
+                   help="always propose --n-draft tokens (default: adapt to the last proposal's acceptance)")
     p.add_argument("--synthetic", metavar="SHAPE",
                    help="bench a random-weight model of a real shape instead (llama-1b, llama-3b, llama-8b; "
                         "written once into the cache, see pyllm/synthetic.py)")
@@ -347,7 +361,8 @@ def run(args) -> int:
         args.model = synthetic.ensure(args.synthetic, args.type, log=lambda s: print(s, file=sys.stderr))
     if args.speculative or args.draft_model:
         r = run_spec_bench(args.model, args.speculative, args.draft_model, args.n_draft, args.n_gen, args.threads,
-                           min(args.repetitions, 3) if args.repetitions == 5 else args.repetitions, text)
+                           min(args.repetitions, 3) if args.repetitions == 5 else args.repetitions, text,
+                           adaptive=not args.fixed_draft)
         print(json.dumps(r) if args.output == "json" else format_spec_markdown(r))
         return 0
     result = run_bench(args.model, args.n_prompt, args.n_gen, args.threads, args.repetitions,

@@ -218,7 +218,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--regex", help="constrain the output to a regular expression")
     p.add_argument("--speculative", choices=("ngram",), help="speculative decoding by prompt lookup")
     p.add_argument("--draft-model", metavar="MODEL", help="speculative decoding with this draft model")
-    p.add_argument("--n-draft", type=int, help="tokens proposed per step (default: 8 n-gram, 5 draft)")
+    p.add_argument("--n-draft", type=int, help="most tokens proposed per step (default 8; fewer while proposals miss)")
     add_cache_type_arguments(p)
     p.set_defaults(func=cmd_run)
 

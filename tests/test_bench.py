@@ -79,3 +79,22 @@ def test_bench_shows_a_mixture_of_experts_reads_only_its_routed_experts(arch_fix
     assert unread > 0.4 * touched  # experts are most of this model's weights: a real difference
     assert touched - unread - vectors <= read <= touched - unread - vectors + embd_row, (read, touched, unread)
     assert "weights read per decoded token" in bench.format_markdown(r)
+
+
+@pytest.mark.parametrize("mode", ["ngram", "draft"])
+def test_spec_bench_reports_acceptance_and_speedup(smollm2_path, mode):
+    # Both modes: acceptance rate, tokens per verification and a speedup, with the speculative
+    # text equal to the plain text (greedy). The draft here is the model itself (every proposal
+    # lands, so acceptance is 1: a real check that the counts are wired, not only present).
+    kw = {"speculative": "ngram"} if mode == "ngram" else {"draft_model": str(smollm2_path), "n_draft": 3}
+    r = bench.run_spec_bench(smollm2_path, n_gen=12, n_threads=1, reps=1, **kw)
+    assert r["identical"] and r["mode"] == mode
+    assert _positive_finite(r["speedup"]) and _positive_finite(r["plain_tok_s"]) and _positive_finite(r["spec_tok_s"])
+    assert len(r["plain_runs"]) == len(r["spec_runs"]) == 1
+    assert r["tokens_per_verification"] is not None and r["tokens_per_verification"] >= 1
+    if mode == "draft":
+        assert r["acceptance_rate"] == 1.0
+    else:
+        assert 0 <= r["acceptance_rate"] <= 1
+    table = bench.format_spec_markdown(r)
+    assert "speedup" in table and "| yes |" in table

@@ -139,6 +139,31 @@ def test_residual_draw_is_exact():
     assert all(abs(total[t] - p[t]) < 1e-12 for t in p)
 
 
+def test_draft_length_adapts():
+    # All accepted doubles the length (capped at n_draft), a miss at the first token drops it to
+    # 2, a partial run of a to a + 1; fixed (adaptive=False) never moves.
+    n = spec_mod.DraftLength(8)
+    assert n.current == 8
+    n.update(8, 0)
+    assert n.current == 2
+    n.update(2, 2)
+    assert n.current == 4
+    n.update(4, 4)
+    n.update(8, 8)
+    assert n.current == 8
+    n.update(8, 3)
+    assert n.current == 4
+    n.update(0, 0)   # nothing proposed: no evidence
+    assert n.current == 4
+    fixed = spec_mod.DraftLength(5, adaptive=False)
+    fixed.update(5, 0)
+    assert fixed.current == 5
+    assert spec_mod.DraftLength(1).current == 1
+    one = spec_mod.DraftLength(1)
+    one.update(1, 0)
+    assert one.current == 1
+
+
 def test_ngram_proposer():
     prop = spec_mod.NgramProposer(3)
     h = [1, 2, 3, 4, 5, 1, 2, 3]

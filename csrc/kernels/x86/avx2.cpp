@@ -316,12 +316,16 @@ struct FloatMK {
         for (int r = 0; r < R; ++r)
             for (int t = 0; t < T; ++t) acc[r][t] = _mm256_setzero_ps();
         int64_t i = 0;
+        // One weight vector live at a time (converted right before its T uses): 12 accumulators
+        // + 3 activations + 1 weight = 16 ymm registers. Converting all R first needs 4 weight
+        // registers, and the accumulator the compiler then spills to the stack put a store-load
+        // round trip into every iteration (the 4x3 tile ran at half speed).
         for (; i + 8 <= g.k; i += 8) {
-            __m256 wv[R];
-            for (int r = 0; r < R; ++r) wv[r] = WT::load8(w[r] + i);
-            for (int t = 0; t < T; ++t) {
-                const __m256 av = _mm256_loadu_ps(a[t] + i);
-                for (int r = 0; r < R; ++r) acc[r][t] = _mm256_fmadd_ps(wv[r], av, acc[r][t]);
+            __m256 av[T];
+            for (int t = 0; t < T; ++t) av[t] = _mm256_loadu_ps(a[t] + i);
+            for (int r = 0; r < R; ++r) {
+                const __m256 wv = WT::load8(w[r] + i);
+                for (int t = 0; t < T; ++t) acc[r][t] = _mm256_fmadd_ps(wv, av[t], acc[r][t]);
             }
         }
         for (int r = 0; r < R; ++r)
