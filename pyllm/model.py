@@ -24,7 +24,7 @@ from pyllm import _core, _validate, completions, hub
 from pyllm.engine import DEFAULT_SAMPLING as _D
 from pyllm.engine import Completion, Engine, SamplingParams, Slot, TokenStream  # noqa: F401 (re-exported)
 from pyllm.errors import ContextOverflowError, GGUFError, ModelFileChangedError, UnsupportedModelError
-from pyllm.gguffile import GGUFFile
+from pyllm.gguf import GGUFFile
 from pyllm.tokenizer import Tokenizer
 
 # The architecture families pyllm runs (csrc/model/arch.cpp's registry).

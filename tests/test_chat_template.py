@@ -8,7 +8,7 @@ import pytest
 
 from pyllm import ChatTemplateError
 from pyllm import chat_template as ct
-from pyllm.gguffile import GGUFFile
+from pyllm.gguf import GGUFFile
 
 CONVERSATION = [
     {"role": "system", "content": "Be brief."},

@@ -9,7 +9,7 @@ import pytest
 import pyllm
 from pyllm import synthetic
 from pyllm.errors import QuantizeError
-from pyllm.gguffile import GGUFFile
+from pyllm.gguf import GGUFFile
 
 TINY = synthetic.Shape(n_embd=256, n_layer=2, n_ff=512, n_head=4, n_head_kv=2, tied=True)
 

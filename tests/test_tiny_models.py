@@ -112,7 +112,7 @@ def test_nan_weight_warns_at_load(tmp_path, tensor, row):
     same model loads without a warning)."""
     import warnings
 
-    from pyllm.gguffile import GGUFFile
+    from pyllm.gguf import GGUFFile
     path = tmp_path / "nan.gguf"
     make_tiny_model(path, "F32", "llama")
     with warnings.catch_warnings():
@@ -132,7 +132,7 @@ def test_nan_weight_warns_at_load(tmp_path, tensor, row):
 def test_nan_sample_checks_chosen_rows_of_big_tensors(tmp_path):
     """The sampled path (tensors of at least full_below elements): a NaN in a sampled row is seen,
     one between sampled rows is not (the documented limit; generation then reports NaN logits)."""
-    from pyllm.gguffile import GGUFFile
+    from pyllm.gguf import GGUFFile
     path = tmp_path / "nan.gguf"
     make_tiny_model(path, "F32", "llama")
     with GGUFFile(path) as f:
