@@ -23,7 +23,7 @@ from pyllm import chat_template as templates
 from pyllm.engine import DEFAULT_SAMPLING as _D
 from pyllm.engine import Completion, SamplingParams
 from pyllm.errors import ContextOverflowError
-from pyllm.tokenizer import StopMatcher
+from pyllm.generate.stop import StopMatcher
 
 if TYPE_CHECKING:   # model.py imports this module; this one never imports model.py
     from pyllm.model import Model
