@@ -11,7 +11,7 @@ from pyllm.errors import PyllmError
 
 # Subcommands that live in their own modules, each with add_arguments(parser) and run(args).
 EXTERNAL_COMMANDS = {
-    "chat": ("pyllm.chat", "add_chat_arguments", "run_chat", "talk to a model in the terminal"),
+    "chat": ("pyllm.chat.repl", "add_chat_arguments", "run_chat", "talk to a model in the terminal"),
     "quantize": ("pyllm.quantize.cli", "add_arguments", "run", "quantize a GGUF model (RTN, imatrix, GPTQ)"),
     "perplexity": ("pyllm.perplexity", "add_arguments", "run", "perplexity / KL-divergence on a text file"),
     "bench": ("pyllm.bench", "add_arguments", "run", "prefill and decode speed, like llama-bench"),

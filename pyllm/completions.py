@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Iterator, Sequence
 import numpy as np
 import regex
 
-from pyllm import chat_template as templates
+from pyllm.chat import template as templates
 from pyllm.engine import DEFAULT_SAMPLING as _D
 from pyllm.engine import Completion, SamplingParams
 from pyllm.errors import ContextOverflowError

@@ -7,7 +7,7 @@ import jinja2
 import pytest
 
 from pyllm import ChatTemplateError
-from pyllm import chat_template as ct
+from pyllm.chat import template as ct
 from pyllm.gguf import GGUFFile
 
 CONVERSATION = [

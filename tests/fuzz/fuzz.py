@@ -15,7 +15,8 @@ import atheris
 
 with atheris.instrument_imports():
     import pyllm
-    from pyllm import chat_template, errors
+    from pyllm import errors
+    from pyllm.chat import template as chat_template
     from pyllm.gguf import GGUFFile
     from pyllm.tokenizer import Tokenizer
 
