@@ -75,14 +75,13 @@ def _prompt_text(model, n_tokens: int, text: str | None) -> str:
 
 def _reset(model) -> None:
     # Start every measured run from an empty cache, so no prompt prefix is reused.
-    model._ctx.truncate(0)
-    model._cached = []
+    model.reset()
 
 
 def _engine_runs(model, n_prompt: int, n_gen: int, reps: int, depth: int = 0) -> tuple[list[float], list[float]]:
     # depth: tokens already cached before each measured run (llama-bench's -d), filled once (not
     # timed) and kept; each run truncates the cache back to them.
-    ctx = model._ctx
+    ctx = model.context()
     ids = _synthetic_ids(max(n_prompt, n_gen + 1), model.n_vocab)
     if depth:
         _reset(model)
@@ -135,8 +134,8 @@ def bytes_read_per_token(model, context_len: float) -> float:
     """Bytes a decode step must read: every weight that a token touches in full, plus the keys and
     values of `context_len` cached positions. An untied token-embedding table is read one row per
     token, so it does not count; a tied one is read in full as the output matrix, so it does."""
-    weights = model._model.weight_bytes
-    tensors = model._file.tensors
+    weights = model.weight_bytes
+    tensors = model.gguf.tensors
     if "output.weight" in tensors and "token_embd.weight" in tensors:
         weights -= tensors["token_embd.weight"]["nbytes"]
     kv_per_position = model.kv_cache_bytes / model.n_ctx
@@ -167,7 +166,7 @@ def run_bench(model_path: str | os.PathLike, n_prompt: int = 512, n_gen: int = 1
     t0 = time.perf_counter()
     model = Model(path, n_ctx=n_ctx, n_threads=n_threads, cache_type=cache_type, cache_type_k=cache_type_k,
                   cache_type_v=cache_type_v)
-    model._ctx.eval(_synthetic_ids(1, model.n_vocab), False)
+    model.context().eval(_synthetic_ids(1, model.n_vocab), False)
     load_s = time.perf_counter() - t0
     _reset(model)
 

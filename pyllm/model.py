@@ -207,17 +207,37 @@ class Model:
         """The generation engine (its queue, slots and counters: engine.snapshot(), engine.stats)."""
         return self._engine
 
-    # Slot 0's Context and cached tokens, for tools that drive a Context directly (pyllm bench,
-    # tests); not safe while the engine is generating.
     @property
-    def _ctx(self):
-        return self._engine.slot0().ctx
+    def gguf(self) -> GGUFFile:
+        """The model's GGUF file, open while the model is: metadata, metadata_types, tensors."""
+        return self._file
 
-    def _context(self):
-        """Slot 0's Context, after the model-file check (as before the engine; for tools and tests)."""
+    @property
+    def weight_bytes(self) -> int:
+        """Bytes of the weights the forward pass reads (mapped from the file, or repacked at load)."""
+        return self._model.weight_bytes
+
+    @property
+    def repacked_bytes(self) -> int:
+        """Of weight_bytes, those held in copies made at load (x8 layouts, float matrices)."""
+        return self._model.repacked_bytes
+
+    def context(self):
+        """Slot 0's C++ Context (eval(ids, all_logits), truncate(n), n_past), after the model-file
+        check, for tools that drive the forward pass directly (pyllm bench, tests). Not safe while
+        the engine is generating; reset() afterwards, so no request reuses what it left cached."""
         if self._model is None:
             raise ValueError("the model is closed")
-        self._check_file()
+        self.check_file()
+        return self._engine.slot0().ctx
+
+    def reset(self) -> None:
+        """Empties slot 0's KV cache: the next evaluation reuses no cached prefix."""
+        self._engine.slot0().truncate(0)
+
+    # Slot 0's Context and cached tokens without the file check (tests).
+    @property
+    def _ctx(self):
         return self._engine.slot0().ctx
 
     @property
@@ -239,12 +259,13 @@ class Model:
 
     # --- evaluation
 
-    def _check_file(self) -> None:
+    def check_file(self) -> None:
         """ModelFileChangedError if the file was modified in place since the load (the engine
         checks before every evaluation step)."""
         _check_file_identity(self.path, self._file_identity)
 
-    def _check_ids(self, ids: Sequence[int]) -> np.ndarray:
+    def check_ids(self, ids: Sequence[int]) -> np.ndarray:
+        """ids as an int32 array; TypeError for non-integers, InvalidTokenError outside the vocabulary."""
         arr = np.asarray(ids)
         if arr.size and arr.dtype.kind not in "iu":  # 1.5 or True is a caller's bug, not a token
             raise TypeError(f"token ids must be integers, got an array of {arr.dtype}")
@@ -255,9 +276,12 @@ class Model:
             raise InvalidTokenError(f"token id {bad} is outside the vocabulary (0..{self.n_vocab - 1})")
         return arr.astype(np.int32)
 
+    _check_file = check_file   # old names, still used by speculative.py and server.py
+    _check_ids = check_ids
+
     def logits(self, ids: Sequence[int]) -> np.ndarray:
         """Teacher-forced logits, (len(ids), n_vocab) float32, evaluated from an empty cache."""
-        arr = self._check_ids(ids)
+        arr = self.check_ids(ids)
         if arr.size == 0:
             return np.zeros((0, self.n_vocab), np.float32)
         if arr.size > self.n_ctx:
@@ -299,7 +323,7 @@ class Model:
         `logprobs`: None, or k >= 0: info.logprobs gets each token's log-probability and the k
         most likely alternatives."""
         sampling = sampling or SamplingParams()
-        ids = self._check_ids(prompt_ids).tolist()
+        ids = self.check_ids(prompt_ids).tolist()
         if self._model is None:
             raise ValueError("the model is closed")
         task = None

@@ -185,11 +185,11 @@ def test_repacked_weights_match_the_file_layout(smollm2_path, monkeypatch):
     from pyllm import _core
     with pyllm.Model(smollm2_path, n_ctx=64, n_threads=2) as m:
         ids = m.tokenize("The capital of France is Paris, and the capital of Italy is")
-        repacked, weight_bytes = m._model.repacked_bytes, m._model.weight_bytes
+        repacked, weight_bytes = m.repacked_bytes, m.weight_bytes
         got = m.logits(ids)
     monkeypatch.setenv("PYLLM_REPACK", "0")
     with pyllm.Model(smollm2_path, n_ctx=64, n_threads=2) as m:
-        assert m._model.repacked_bytes == 0
+        assert m.repacked_bytes == 0
         want = m.logits(ids)
     if not _core.x8_types(_core.isa()):
         assert repacked == 0
