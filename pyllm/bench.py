@@ -218,7 +218,7 @@ def run_spec_bench(model_path, speculative: str | None = None, draft_model: str 
     """Greedy decode speed of a summarize-this-text chat prompt, plain and speculative, alternated
     (plain, speculative, plain, ...) so machine noise hits both alike; the outputs must agree."""
     from pyllm.model import Completion, Model
-    from pyllm import speculative as spec_mod
+    from pyllm.generate import speculative as spec_mod
     model = Model(hub.resolve(model_path), n_ctx=2048, n_threads=n_threads)
     spec = spec_mod.make_speculator(model, speculative, draft_model, n_draft)
     source = _prompt_text(model, 300, text)
@@ -233,8 +233,8 @@ def run_spec_bench(model_path, speculative: str | None = None, draft_model: str 
             kw = {"speculative": spec} if kind == "spec" else {}
             if kind == "spec" and rep:
                 before = (spec.stats.proposed, spec.stats.accepted)
-            from pyllm import completions
-            from pyllm.completions import GenerationStats
+            from pyllm.chat import completions
+            from pyllm.chat.completions import GenerationStats
             stats = GenerationStats()
             for _ in completions.create_chat_completion(model, messages, max_tokens=n_gen, temperature=0, stream=True,
                                                         stats=stats, **kw):

@@ -42,8 +42,8 @@ def add_cache_type_arguments(p: argparse.ArgumentParser) -> None:
 
 def add_sampling_arguments(p: argparse.ArgumentParser) -> None:
     """--temperature, --top-k, --top-p, --min-p, --repeat-penalty, defaulting to the sampler's own
-    defaults (pyllm.engine.SamplingParams, read from the C++ sampler)."""
-    from pyllm.engine import DEFAULT_SAMPLING as d
+    defaults (pyllm.generate.engine.SamplingParams, read from the C++ sampler)."""
+    from pyllm.generate.engine import DEFAULT_SAMPLING as d
     p.add_argument("--temperature", "--temp", type=float, default=d.temperature, help=f"(default {d.temperature})")
     p.add_argument("--top-k", type=int, default=d.top_k, help=f"(default {d.top_k}; 0: off)")
     p.add_argument("--top-p", type=float, default=d.top_p, help=f"(default {d.top_p})")

@@ -2,7 +2,7 @@
 
 Python owns the surface (config from metadata, tokenizer, streaming text, stop strings); C++
 owns everything that runs per token. Every evaluation runs on the model's generation engine
-(pyllm/engine.py: one scheduler thread, several sequences), so a Model may be used from any
+(pyllm/generate/engine.py: one scheduler thread, several sequences), so a Model may be used from any
 number of threads and its streams consumed anywhere. A generation step crosses into C++ once:
 evaluate the new token and sample the next one there, with the GIL released.
 """
@@ -20,9 +20,10 @@ from typing import Sequence
 
 import numpy as np
 
-from pyllm import _core, _validate, completions, hub
-from pyllm.engine import DEFAULT_SAMPLING as _D
-from pyllm.engine import Completion, Engine, SamplingParams, Slot, TokenStream  # noqa: F401 (re-exported)
+from pyllm import _core, _validate, hub
+from pyllm.chat import completions
+from pyllm.generate.engine import DEFAULT_SAMPLING as _D
+from pyllm.generate.engine import Completion, Engine, SamplingParams, Slot, TokenStream  # noqa: F401 (re-exported)
 from pyllm.errors import ContextOverflowError, GGUFError, ModelFileChangedError, UnsupportedModelError
 from pyllm.gguf import GGUFFile
 from pyllm.tokenizer import Tokenizer
@@ -102,7 +103,7 @@ class Model:
         """n_ctx: positions of each sequence's KV cache. n_parallel: sequences generated at once
         (slots, each with its own KV cache of n_ctx positions, allocated when first used); more
         requests wait in a queue, of at most max_queue (None: unbounded; beyond it
-        pyllm.engine.QueueFullError)."""
+        pyllm.QueueFullError)."""
         # The KV cache's types, llama.cpp's -ctk/-ctv: cache_type sets both, cache_type_k/_v one.
         self.cache_type_k = kv_cache_type(cache_type_k or cache_type or "f16")
         self.cache_type_v = kv_cache_type(cache_type_v or cache_type or "f16")
@@ -318,8 +319,8 @@ class Model:
         finish reason and counts. The request runs on the engine's scheduler thread: the stream
         may be read from any thread, interleaved with others, or dropped (closing or dropping it
         cancels the request). Slots keep their cache for prefix reuse.
-        `constraint` (pyllm.constrain.Constraint): its token mask goes into the sampler each step.
-        `speculative` (pyllm.speculative.Speculator): proposals verified in batched evaluations.
+        `constraint` (pyllm.generate.constrain.Constraint): its token mask goes into the sampler each step.
+        `speculative` (pyllm.generate.speculative.Speculator): proposals verified in batched evaluations.
         `logprobs`: None, or k >= 0: info.logprobs gets each token's log-probability and the k
         most likely alternatives."""
         sampling = sampling or SamplingParams()
@@ -328,7 +329,7 @@ class Model:
             raise ValueError("the model is closed")
         task = None
         if speculative is not None:
-            from pyllm import speculative as spec
+            from pyllm.generate import speculative as spec
             task = spec.make_task(self, sampling, constraint, speculative)
         return self._engine.generate(ids, max_tokens, sampling, info, constraint, logprobs, task)
 
@@ -370,18 +371,18 @@ class Model:
         compute); None for what is not asked."""
         constraint = spec = None
         if response_format is not None or grammar is not None:
-            from pyllm import constrain
+            from pyllm.generate import constrain
             constraint = constrain.compile_constraint(self.tokenizer, response_format, grammar)
         if speculative is not None or draft_model is not None:
-            from pyllm import speculative as speculation
+            from pyllm.generate import speculative as speculation
             spec = speculation.make_speculator(self, speculative, draft_model, n_draft)
         return constraint, spec
 
-    # --- OpenAI-shaped API (implemented in pyllm/completions.py)
+    # --- OpenAI-shaped API (implemented in pyllm/chat/completions.py)
 
     def create_chat_completion(self, messages, **kwargs):
         """OpenAI-shaped chat completion dict, or with stream=True an iterator of chunk dicts.
-        See pyllm.completions.create_chat_completion for the arguments."""
+        See pyllm.chat.completions.create_chat_completion for the arguments."""
         return completions.create_chat_completion(self, messages, **kwargs)
 
     def create_completion(self, prompt, **kwargs):
@@ -396,7 +397,7 @@ class Model:
 
 
 def _show_completion_signatures() -> None:
-    """The OpenAI-shaped methods forward **kwargs to pyllm/completions.py; help() and IDEs should
+    """The OpenAI-shaped methods forward **kwargs to pyllm/chat/completions.py; help() and IDEs should
     show the real keywords (one list, kept there), with `self` in place of `model`."""
     import inspect
     for method, impl in ((Model.create_chat_completion, completions.create_chat_completion),

@@ -39,8 +39,9 @@ try:   # the `serve` extra: pip install "pyllm[serve]"
 except ImportError as e:  # pragma: no cover - depends on the install
     raise ImportError(f"pyllm serve needs FastAPI, uvicorn and sse-starlette: pip install 'pyllm[serve]' ({e})") from e
 
-from pyllm import completions, hub
-from pyllm.engine import _END, BanTokens, Completion, QueueFullError, SamplingParams
+from pyllm import hub
+from pyllm.chat import completions
+from pyllm.generate.engine import _END, BanTokens, Completion, QueueFullError, SamplingParams
 from pyllm.errors import ContextOverflowError, GrammarError, InvalidTokenError, PyllmError
 
 log = logging.getLogger("pyllm.server")

@@ -15,7 +15,7 @@ import pytest
 
 import _helpers
 import pyllm
-from pyllm import completions
+from pyllm.chat import completions
 
 DATA = Path(__file__).parent / "data" / "gemma3"
 

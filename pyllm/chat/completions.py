@@ -20,8 +20,8 @@ import numpy as np
 import regex
 
 from pyllm.chat import template as templates
-from pyllm.engine import DEFAULT_SAMPLING as _D
-from pyllm.engine import Completion, SamplingParams
+from pyllm.generate.engine import DEFAULT_SAMPLING as _D
+from pyllm.generate.engine import Completion, SamplingParams
 from pyllm.errors import ContextOverflowError
 from pyllm.generate.stop import StopMatcher
 

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from pyllm import hub
 from pyllm.chat.template import ChatTemplate
-from pyllm.completions import (GenerationStats, chat_prompt_ids, chat_template_for, normalize_messages,
+from pyllm.chat.completions import (GenerationStats, chat_prompt_ids, chat_template_for, normalize_messages,
                                stream_text)
 from pyllm.errors import ChatTemplateError, ContextOverflowError, PyllmError
 from pyllm.model import Completion, Model, SamplingParams

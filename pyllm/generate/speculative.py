@@ -23,7 +23,7 @@ from typing import Iterator
 import numpy as np
 
 from pyllm import _validate
-from pyllm.engine import Slot, make_sampler
+from pyllm.generate.engine import Slot, make_sampler
 from pyllm.errors import DraftModelError
 
 MODES = ("ngram", "draft")
