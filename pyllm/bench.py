@@ -78,15 +78,17 @@ def _reset(model) -> None:
     model.reset()
 
 
-def _engine_runs(model, n_prompt: int, n_gen: int, reps: int, depth: int = 0) -> tuple[list[float], list[float]]:
+def _engine_runs(model, n_prompt: int, n_gen: int, reps: int, depth: int = 0) -> tuple[list[float], list[float], float]:
     # depth: tokens already cached before each measured run (llama-bench's -d), filled once (not
-    # timed) and kept; each run truncates the cache back to them.
+    # timed) and kept; each run truncates the cache back to them. Also returns the bytes of weights
+    # one decoded token read, as the context counted them (0.0 without a decode run).
     ctx = model.context()
     ids = _synthetic_ids(max(n_prompt, n_gen + 1), model.n_vocab)
     if depth:
         _reset(model)
         ctx.eval(_synthetic_ids(depth, model.n_vocab), False)
     pp, tg = [], []
+    weights_per_token = 0.0
     for rep in range(reps + 1):  # the first repetition warms up (page faults, caches, pool)
         if n_prompt:
             ctx.truncate(depth)
@@ -98,14 +100,16 @@ def _engine_runs(model, n_prompt: int, n_gen: int, reps: int, depth: int = 0) ->
         if n_gen:
             ctx.truncate(depth)
             ctx.eval(ids[:1], False)
+            read0 = ctx.weight_bytes_read
             t0 = time.perf_counter()
             for i in range(n_gen):
                 ctx.eval(ids[i + 1:i + 2], False)
             dt = time.perf_counter() - t0
+            weights_per_token = (ctx.weight_bytes_read - read0) / n_gen
             if rep:
                 tg.append(n_gen / dt)
     _reset(model)
-    return pp, tg
+    return pp, tg, weights_per_token
 
 
 def _user_runs(model, prompt: str, n_gen: int, reps: int) -> tuple[list[float], list[float], int, int]:
@@ -130,16 +134,15 @@ def _user_runs(model, prompt: str, n_gen: int, reps: int) -> tuple[list[float], 
     return upp, utg, n_prompt, n_out
 
 
-def bytes_read_per_token(model, context_len: float) -> float:
-    """Bytes a decode step must read: every weight that a token touches in full, plus the keys and
-    values of `context_len` cached positions. An untied token-embedding table is read one row per
-    token, so it does not count; a tied one is read in full as the output matrix, so it does."""
+def weights_touched_bytes(model) -> int:
+    """Bytes of the weights a dense decode step would read in full: all of them, less an untied
+    token-embedding table (looked up a row per token; a tied one is read in full as the output
+    matrix). A mixture-of-experts step reads less: only its routed experts."""
     weights = model.weight_bytes
     tensors = model.gguf.tensors
     if "output.weight" in tensors and "token_embd.weight" in tensors:
         weights -= tensors["token_embd.weight"]["nbytes"]
-    kv_per_position = model.kv_cache_bytes / model.n_ctx
-    return weights + kv_per_position * context_len
+    return weights
 
 
 def _model_cfg(model) -> dict:
@@ -170,7 +173,7 @@ def run_bench(model_path: str | os.PathLike, n_prompt: int = 512, n_gen: int = 1
     load_s = time.perf_counter() - t0
     _reset(model)
 
-    pp, tg = _engine_runs(model, n_prompt, n_gen, reps, depth)
+    pp, tg, weights_per_token = _engine_runs(model, n_prompt, n_gen, reps, depth)
     result: dict = {
         "model": Path(path).stem, "path": str(path), "file_bytes": Path(path).stat().st_size,
         "isa": system_info()["isa"],
@@ -202,7 +205,13 @@ def run_bench(model_path: str | os.PathLike, n_prompt: int = 512, n_gen: int = 1
     result["read_bandwidth_bytes_s"] = max(rates)  # the best pass, as STREAM reports
     if tg:
         # The tg run decodes at positions 1..n, so on average it reads (n + 2) / 2 cached positions.
-        per_token = bytes_read_per_token(model, depth + (n_gen + 2) / 2)
+        # Bytes a decode step reads: the weights, as counted by the context during the decode run
+        # (for a mixture of experts, only the experts its router chose), plus the cached keys and
+        # values; tg decodes at positions 1..n, so on average it reads (n + 2) / 2 of them.
+        kv_per_position = model.kv_cache_bytes / model.n_ctx
+        per_token = weights_per_token + kv_per_position * (depth + (n_gen + 2) / 2)
+        result["decode_weight_bytes_per_token"] = weights_per_token
+        result["weights_touched_bytes"] = weights_touched_bytes(model)
         result["decode_bytes_per_token"] = per_token
         result["decode_read_bytes_s"] = per_token * result["tg_tok_s"]
         result["decode_bandwidth_fraction"] = result["decode_read_bytes_s"] / result["read_bandwidth_bytes_s"]
@@ -297,6 +306,11 @@ def format_markdown(r: dict) -> str:
         lines.append(f"decode reads {r['decode_bytes_per_token'] / 1e6:.1f} MB/token (weights + KV) → "
                      f"{r['decode_read_bytes_s'] / 1e9:.1f} GB/s = {100 * r['decode_bandwidth_fraction']:.0f}% "
                      f"of measured bandwidth")
+    if "decode_weight_bytes_per_token" in r:
+        share = r["decode_weight_bytes_per_token"] / max(r["weights_touched_bytes"], 1)
+        lines.append(f"weights read per decoded token: {r['decode_weight_bytes_per_token'] / 1e6:.1f} MB of "
+                     f"{r['weights_touched_bytes'] / 1e6:.1f} MB ({100 * share:.0f}%; a mixture of experts "
+                     f"reads only its routed experts)")
     return "\n".join(lines)
 
 

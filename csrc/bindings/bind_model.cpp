@@ -125,6 +125,7 @@ void register_model(py::module_& m) {
         .def_property_readonly("n_ctx", [](PyContext& c) { return c.ctx->n_ctx(); })
         .def_property_readonly("kv_cache_bytes", [](PyContext& c) { return c.ctx->kv_cache().bytes(); })
         .def_property_readonly("n_past", [](PyContext& c) { return c.ctx->n_past(); })
+        .def_property_readonly("weight_bytes_read", [](PyContext& c) { return c.ctx->weight_bytes_read(); })
         .def_property_readonly("n_threads", [](PyContext& c) { return c.ctx->n_threads(); })
         .def("truncate", [](PyContext& c, int64_t n) { std::lock_guard<std::mutex> l(c.busy); c.ctx->truncate(n); })
         // Evaluates tokens; returns (n, n_vocab) logits of all of them, or (n_vocab,) of the last.

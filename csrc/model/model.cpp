@@ -433,20 +433,37 @@ void Context::eval(const int32_t* tokens, int64_t n, float* logits, bool all_log
     }
 }
 
-// down(silu(gate x) * up x) for n rows of x into out (may be x: x is quantized before out is written).
-void Context::swiglu_ffn(const Matrix& gate, const Matrix& up, const Matrix& down, const float* x, int64_t n, int64_t ff,
-                         float* out) {
-    size_t rg, ru, rd;
+void Context::run_matmul(const MatmulJob* jobs, int n_jobs, int64_t n_tok) {
+    for (int i = 0; i < n_jobs; ++i) weight_bytes_read_ += (uint64_t)jobs[i].w->rows * jobs[i].w->row_bytes;
+    matmul(pool_, kt_, jobs, n_jobs, n_tok);
+}
+
+// gate x into hb_ and up x into hb2_, n rows, in one matmul pass (x quantized once when both
+// weights take the same activation type).
+void Context::gate_up(const Matrix& gate, const Matrix& up, const float* x, int64_t n, int64_t ff) {
+    size_t rg, ru;
     const uint8_t* ag = quantize_for(gate, x, n, &rg, 0);
     const bool same = type_traits(up.type).vec_dot_type == type_traits(gate.type).vec_dot_type;
     const uint8_t* au = same ? ag : quantize_for(up, x, n, &ru, 1);
     if (same) ru = rg;
     const MatmulJob jobs[2] = {{&gate, ag, rg, hb_.data(), ff}, {&up, au, ru, hb2_.data(), ff}};
-    matmul(pool_, kt_, jobs, 2, n);
-    for (int64_t j = 0; j < n; ++j) kt_.swiglu(hb_.data() + j * ff, hb2_.data() + j * ff, ff);
+    run_matmul(jobs, 2, n);
+}
+
+// down hb_ (n rows of the activated hidden state) into out.
+void Context::down_proj(const Matrix& down, int64_t n, float* out) {
+    size_t rd;
     const uint8_t* ad = quantize_for(down, hb_.data(), n, &rd, 0);
     const MatmulJob job{&down, ad, rd, out, down.rows};
-    matmul(pool_, kt_, &job, 1, n);
+    run_matmul(&job, 1, n);
+}
+
+// down(silu(gate x) * up x) for n rows of x into out (may be x: x is quantized before out is written).
+void Context::swiglu_ffn(const Matrix& gate, const Matrix& up, const Matrix& down, const float* x, int64_t n, int64_t ff,
+                         float* out) {
+    gate_up(gate, up, x, n, ff);
+    for (int64_t j = 0; j < n; ++j) kt_.swiglu(hb_.data() + j * ff, hb2_.data() + j * ff, ff);
+    down_proj(down, n, out);
 }
 
 // The mixture-of-experts feed-forward of nb tokens (normed rows in xb_) into tmp_, as llama.cpp's
@@ -461,7 +478,7 @@ void Context::moe_ffn(const LayerWeights& L, int64_t nb) {
         size_t rr;
         const uint8_t* ar = quantize_for(L.router, xb_.data(), nb, &rr, 0);
         const MatmulJob job{&L.router, ar, rr, router_.data(), ne};
-        matmul(pool_, kt_, &job, 1, nb);
+        run_matmul(&job, 1, nb);
     }
     for (int64_t t = 0; t < nb; ++t) {
         float* p = router_.data() + t * ne;
@@ -514,7 +531,7 @@ void Context::moe_ffn(const LayerWeights& L, int64_t nb) {
         size_t rs;
         const uint8_t* as = quantize_for(L.shexp_router, xb_.data(), nb, &rs, 2);
         const MatmulJob gate{&L.shexp_router, as, rs, router_.data(), 1};
-        matmul(pool_, kt_, &gate, 1, nb);
+        run_matmul(&gate, 1, nb);
         for (int64_t t = 0; t < nb; ++t) {
             const float g = router_[t];
             const float sg = 1.0f / (1.0f + std::exp(-g));
@@ -575,6 +592,7 @@ void Context::forward_batch(const int32_t* tokens, int64_t nb, float* logits, bo
             for (int64_t i = 0; i < d; ++i) xr[i] *= c.embd_scale;
         pos_[t] = (int32_t)(seqs ? seqs[t]->n_past_ : pos0 + t);
     }
+    weight_bytes_read_ += (uint64_t)nb * m.tok_embd.row_bytes;
     rope_cache(pos_.data(), nb, rope_, cos_sin_.data());
     if (!cos_sin_swa_.empty()) rope_cache(pos_.data(), nb, rope_swa_, cos_sin_swa_.data());
     const float scale = c.attn_scale > 0 ? c.attn_scale : 1.0f / std::sqrt((float)hd);
@@ -601,7 +619,7 @@ void Context::forward_batch(const int32_t* tokens, int64_t nb, float* logits, bo
             if (same_k) rk = rq;
             if (same_v) rv = rq; else if (av == ak) rv = rk;
             const MatmulJob jobs[3] = {{&L.wq, aq, rq, q_.data(), nq}, {&L.wk, ak, rk, k_.data(), nkv}, {&L.wv, av, rv, v_.data(), nkv}};
-            matmul(pool_, kt_, jobs, 3, nb);
+            run_matmul(jobs, 3, nb);
         }
         const float* cos_sin = swa ? cos_sin_swa_.data() : cos_sin_.data();
         for_rows(nb, [&](int64_t t) {
@@ -639,7 +657,7 @@ void Context::forward_batch(const int32_t* tokens, int64_t nb, float* logits, bo
             size_t ro;
             const uint8_t* ao = quantize_for(L.wo, att_.data(), nb, &ro, 0);
             const MatmulJob job{&L.wo, ao, ro, tmp_.data(), d};
-            matmul(pool_, kt_, &job, 1, nb);
+            run_matmul(&job, 1, nb);
         }
         // --- feed-forward block
         for_rows(nb, [&](int64_t t) {
@@ -653,26 +671,13 @@ void Context::forward_batch(const int32_t* tokens, int64_t nb, float* logits, bo
         if (L.router) {
             moe_ffn(L, nb);  // into tmp_
         } else {
-        {
-            size_t rg, ru;
-            const uint8_t* ag = quantize_for(L.w_gate, xb_.data(), nb, &rg, 0);
-            const bool same = type_traits(L.w_up.type).vec_dot_type == type_traits(L.w_gate.type).vec_dot_type;
-            const uint8_t* au = same ? ag : quantize_for(L.w_up, xb_.data(), nb, &ru, 1);
-            if (same) ru = rg;
-            const MatmulJob jobs[2] = {{&L.w_gate, ag, rg, hb_.data(), ff}, {&L.w_up, au, ru, hb2_.data(), ff}};
-            matmul(pool_, kt_, jobs, 2, nb);
-        }
-        if (A.ffn_act == Activation::gelu_tanh)
-            for_rows(nb, [&](int64_t t) { geglu_tanh(hb_.data() + t * ff, hb2_.data() + t * ff, ff); });
-        else
-            for_rows(nb, [&](int64_t t) { kt_.swiglu(hb_.data() + t * ff, hb2_.data() + t * ff, ff); });
-        capture(l, LinearInput::ffn_down, hb_.data(), ff);
-        {
-            size_t rd;
-            const uint8_t* ad = quantize_for(L.w_down, hb_.data(), nb, &rd, 0);
-            const MatmulJob job{&L.w_down, ad, rd, tmp_.data(), d};
-            matmul(pool_, kt_, &job, 1, nb);
-        }
+            gate_up(L.w_gate, L.w_up, xb_.data(), nb, ff);
+            if (A.ffn_act == Activation::gelu_tanh)
+                for_rows(nb, [&](int64_t t) { geglu_tanh(hb_.data() + t * ff, hb2_.data() + t * ff, ff); });
+            else
+                for_rows(nb, [&](int64_t t) { kt_.swiglu(hb_.data() + t * ff, hb2_.data() + t * ff, ff); });
+            capture(l, LinearInput::ffn_down, hb_.data(), ff);
+            down_proj(L.w_down, nb, tmp_.data());
         }
         for_rows(nb, [&](int64_t t) {
             float* xr = x_.data() + t * d;
@@ -693,7 +698,7 @@ void Context::forward_batch(const int32_t* tokens, int64_t nb, float* logits, bo
     size_t ro;
     const uint8_t* ao = quantize_for(m.output, xb_.data(), n_out, &ro, 0);
     const MatmulJob job{&m.output, ao, ro, logits, c.n_vocab};
-    matmul(pool_, kt_, &job, 1, n_out);
+    run_matmul(&job, 1, n_out);
     if (c.final_softcap > 0)
         for_rows(n_out, [&](int64_t t) { softcap(logits + t * c.n_vocab, c.n_vocab, c.final_softcap); });
 }

@@ -160,6 +160,11 @@ public:
     static uint64_t kv_cache_bytes(const HParams& cfg, int n_ctx, Type type_k = TYPE_F16, Type type_v = TYPE_F16);
     const KvCache& kv_cache() const { return kv_; }
 
+    // Bytes of weights the forward passes on this Context have read so far: every matmul's whole
+    // matrix (only the routed experts' rows for mixture-of-experts layers) and one embedding row per
+    // token. A measurement, not an estimate: `pyllm bench` reports its growth per decoded token.
+    uint64_t weight_bytes_read() const { return weight_bytes_read_; }
+
     // Sends every layer's matmul inputs to `sink` during eval (nullptr: off, the default).
     void set_capture(CaptureSink* sink) { capture_ = sink; }
 
@@ -195,7 +200,12 @@ private:
     std::vector<int32_t> routed_; // (n_batch * n_expert_used) (token * k + rank) of one expert
     std::vector<float> xg_;       // (n_batch, n_embd) gathered rows
     std::vector<float> moe_y_;    // (n_batch, n_expert_used, n_embd)
+    uint64_t weight_bytes_read_ = 0;
+    // matmul() on this Context's pool, counting the weights it reads.
+    void run_matmul(const MatmulJob* jobs, int n_jobs, int64_t n_tok);
     void moe_ffn(const LayerWeights& L, int64_t nb);
+    void gate_up(const Matrix& gate, const Matrix& up, const float* x, int64_t n, int64_t ff);
+    void down_proj(const Matrix& down, int64_t n, float* out);
     void swiglu_ffn(const Matrix& gate, const Matrix& up, const Matrix& down, const float* x, int64_t n, int64_t ff,
                     float* out);
     std::vector<float> cos_sin_;  // (n_batch, n_rot) for the global layers
