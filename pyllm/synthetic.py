@@ -44,7 +44,7 @@ class SyntheticError(PyllmError, ValueError):
 
 
 def _tokenizer_metadata(src: Path) -> list[tuple[str, str, object]]:
-    from pyllm.gguffile import GGUFFile
+    from pyllm.gguf import GGUFFile
     with GGUFFile(src) as gf:
         types = gf.metadata_types
         return [(k, types[k], v) for k, v in gf.metadata.items() if k.startswith("tokenizer.")]
@@ -52,7 +52,7 @@ def _tokenizer_metadata(src: Path) -> list[tuple[str, str, object]]:
 
 def _tensors(shape: Shape, n_vocab: int, seed: int):
     """(name, GGUF shape [cols, rows], type, producer) in llama.cpp's file order."""
-    from pyllm.quantize import OutTensor
+    from pyllm.gguf import OutTensor
     F32, F16 = 0, 1
     hd = shape.n_embd // shape.n_head
     out: list[OutTensor] = []
@@ -92,7 +92,7 @@ def _tensors(shape: Shape, n_vocab: int, seed: int):
 
 def write_f16(name: str, shape: Shape, dst: Path, tokenizer_src: Path, seed: int = 0, workers: int = 1) -> None:
     """Writes the F16 GGUF of `shape` to dst (atomically)."""
-    from pyllm.quantize import _write_atomically, write_gguf
+    from pyllm.gguf import write_atomically, write_gguf
     tok = _tokenizer_metadata(tokenizer_src)
     vocab = next(v for k, _, v in tok if k == "tokenizer.ggml.tokens")
     n_vocab = len(vocab)
@@ -114,7 +114,7 @@ def write_f16(name: str, shape: Shape, dst: Path, tokenizer_src: Path, seed: int
         ("llama.rope.dimension_count", "UINT32", hd),
     ] + tok
     tensors = _tensors(shape, n_vocab, seed)
-    _write_atomically(os.fspath(dst), lambda f: write_gguf(f, md, tensors, 32, workers=workers))
+    write_atomically(os.fspath(dst), lambda f: write_gguf(f, md, tensors, 32, workers=workers))
 
 
 def ensure(name: str, type_name: str = "Q4_K_M", log: Callable[[str], None] | None = None,

@@ -5,7 +5,7 @@ import pytest
 
 import pyllm
 from pyllm import ChatTemplateError, ContextOverflowError
-from pyllm.completions import GenerationStats, chat_prompt_ids, chat_template_for
+from pyllm.chat.completions import GenerationStats, chat_prompt_ids, chat_template_for
 
 SYSTEM = {"role": "system", "content": "Be brief."}
 SHORT = [SYSTEM, {"role": "user", "content": "Reply with one word: hello"}]            # ends by itself
@@ -177,7 +177,7 @@ def test_bad_requests_fail_at_the_call(model):
 
 
 def test_content_parts_are_joined(model):
-    from pyllm.completions import normalize_messages
+    from pyllm.chat.completions import normalize_messages
     parts = [{"role": "user", "content": [{"type": "text", "text": "Reply with one word: "},
                                           {"type": "text", "text": "hello"}]}]
     assert normalize_messages(parts)[0]["content"] == "Reply with one word: hello"
@@ -191,7 +191,7 @@ def test_help_shows_the_real_keywords():
     import inspect
     import pydoc
 
-    from pyllm import completions
+    from pyllm.chat import completions
     from pyllm.model import Model
     for method, impl in ((Model.create_chat_completion, completions.create_chat_completion),
                          (Model.create_completion, completions.create_completion)):

@@ -7,8 +7,8 @@ import jinja2
 import pytest
 
 from pyllm import ChatTemplateError
-from pyllm import chat_template as ct
-from pyllm.gguffile import GGUFFile
+from pyllm.chat import template as ct
+from pyllm.gguf import GGUFFile
 
 CONVERSATION = [
     {"role": "system", "content": "Be brief."},
@@ -48,7 +48,7 @@ def test_default_model_template_adds_its_default_system_prompt(smollm2_template)
 def test_default_model_prompt_tokens(smollm2_path):
     """The rendered special-token text becomes the special ids (no BOS: the model adds none)."""
     import pyllm
-    from pyllm.completions import chat_prompt_ids, chat_template_for
+    from pyllm.chat.completions import chat_prompt_ids, chat_template_for
     with pyllm.Model(smollm2_path, n_ctx=64) as m:
         ids = chat_prompt_ids(m, CONVERSATION[:2], chat_template_for(m))
         im_start, im_end = m.tokenize("<|im_start|><|im_end|>", special=True, add_bos=False)

@@ -133,7 +133,7 @@ def test_pull_assembles_a_model_from_parts_and_checks_the_whole(tmp_path, monkey
 
 
 def test_gemma3_is_a_known_model_in_four_parts():
-    m = hub.KNOWN_MODELS[hub._canonical("gemma3")]
+    m = hub.KNOWN_MODELS[hub.canonical_name("gemma3")]
     assert m.name == "gemma3-270m" and len(m.parts) == 4
     assert [member.rsplit(".", 1)[1] for _, member in m.parts] == ["part00", "part01", "part02", "part03"]
     assert m.sha256 == "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818"

@@ -218,7 +218,7 @@ def test_sampler_mask_is_obeyed():
 
 
 def test_tokenizer_view_bytes(model):
-    from pyllm.constrain import _GGUFTokenizerWrapper
+    from pyllm.generate.constrain import _GGUFTokenizerWrapper
     w = _GGUFTokenizerWrapper(model.tokenizer)
     tok = model.tokenizer
     ids = tok.tokenize("Hello, world! {\"a\": 1}", add_special=False)

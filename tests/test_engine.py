@@ -1,4 +1,4 @@
-"""The generation engine (pyllm/engine.py) under concurrency, through the public Python API.
+"""The generation engine (pyllm/generate/engine.py) under concurrency, through the public Python API.
 
 Issue 13's cases: a stream finished on another thread once raised 'cannot release un-acquired
 lock'; two streams consumed alternately on one thread corrupted each other; an unfinished stream
@@ -19,7 +19,7 @@ import pytest
 
 import pyllm
 from pyllm import _core
-from pyllm.engine import DEFAULT_SAMPLING, QueueFullError, SamplingParams
+from pyllm.generate.engine import DEFAULT_SAMPLING, QueueFullError, SamplingParams
 
 PROMPTS = [
     "The capital of France is",
@@ -252,7 +252,7 @@ def test_sampling_defaults_have_one_source():
     d = SamplingParams()
     for name, value in cpp.items():
         assert getattr(d, name) == pytest.approx(value, rel=1e-6), name
-    from pyllm import completions
+    from pyllm.chat import completions
     from pyllm.model import Model
     for fn in (Model.generate, completions.create_completion, completions.create_chat_completion):
         params = inspect.signature(fn).parameters
@@ -266,7 +266,7 @@ def test_sampling_defaults_have_one_source():
 
 def test_completions_does_not_import_model():
     """No circular import: completions.py works on a Model without importing model.py."""
-    code = "import sys, pyllm.completions; print('pyllm.model' in sys.modules)"
+    code = "import sys, pyllm.chat.completions; print('pyllm.model' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          env={"PYTHONPATH": str(Path(pyllm.__file__).parent.parent)}, timeout=60)
     assert out.returncode == 0, out.stderr

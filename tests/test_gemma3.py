@@ -13,8 +13,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import _helpers
 import pyllm
-from pyllm import completions
+from pyllm.chat import completions
 
 DATA = Path(__file__).parent / "data" / "gemma3"
 
@@ -29,16 +30,9 @@ def model(gemma3_path):
         yield m
 
 
-def log_softmax(x):
-    x = x - x.max(-1, keepdims=True)
-    return x - np.log(np.exp(x).sum(-1, keepdims=True))
-
-
 @pytest.fixture(scope="module")
 def teacher_forced(model):
-    z = np.load(DATA / "teacher_forced_top10.npz")
-    return [(log_softmax(model.logits(z[f"chunk{c}_ids"].tolist()).astype(np.float64)),
-             z[f"chunk{c}_top10_ids"], z[f"chunk{c}_top10_logprobs"]) for c in (0, 1)]
+    return _helpers.teacher_forced(model, DATA / "teacher_forced_top10.npz")
 
 
 def test_the_pulled_file_is_gemma3(model, gemma3_path):
@@ -58,21 +52,17 @@ def test_tokenization_is_llama_cpps(model):
 
 
 def test_teacher_forced_top1_agrees_with_llama_cpp(teacher_forced):
-    agree = [float((lp.argmax(1) == top[:, 0]).mean()) for lp, top, _ in teacher_forced]
+    agree = _helpers.top1_agreement(teacher_forced)
     print("top-1 agreement per chunk:", agree)
     assert np.mean(agree) >= 0.94
 
 
 def test_teacher_forced_disagreements_are_near_ties(teacher_forced):
-    for lp, top, top_lp in teacher_forced:
-        ours = lp.argmax(1)
-        for pos in np.nonzero(ours != top[:, 0])[0]:
-            margin = top_lp[pos, 0] - top_lp[pos][top[pos] == ours[pos]]
-            assert margin.size == 1 and margin[0] < 0.5, f"position {pos}: llama.cpp was sure (margin {margin})"
+    _helpers.assert_disagreements_are_near_ties(teacher_forced, max_margin=0.5)
 
 
 def test_teacher_forced_logprob_of_llama_top_token(teacher_forced):
-    diffs = np.concatenate([np.abs(lp[np.arange(len(lp)), top[:, 0]] - top_lp[:, 0]) for lp, top, top_lp in teacher_forced])
+    diffs = _helpers.logprob_of_llama_top(teacher_forced)
     print("mean |dlogp| of llama.cpp's top token:", diffs.mean())
     assert diffs.mean() <= 0.1   # measured 0.05-0.06 here (SmolLM2's bound is 0.06 with 30 layers of 8-bit noise)
 

@@ -10,7 +10,7 @@ import pytest
 
 import pyllm
 from pyllm import _core
-from pyllm.gguffile import GGUFFile
+from pyllm.gguf import GGUFFile
 
 # --- a tiny GGUF builder -----------------------------------------------------------------------
 

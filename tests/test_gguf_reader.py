@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from pyllm import _core
-from pyllm.gguffile import GGUFFile
+from pyllm.gguf import GGUFFile
 
 
 @pytest.fixture(scope="module")
@@ -159,7 +159,7 @@ def test_big_metadata_array_memory(tmp_path):
     _write_array_file(tmp_path / "big.gguf", np.arange(n, dtype=np.int32) * 1000, 5)
     script = (
         "import re, sys\n"
-        "from pyllm.gguffile import GGUFFile\n"
+        "from pyllm.gguf import GGUFFile\n"
         "def hwm(): return int(re.search(r'VmHWM:\\s+(\\d+)', open('/proc/self/status').read()).group(1)) * 1024\n"
         "before = hwm()\n"
         "f = GGUFFile(sys.argv[1]); md = f.metadata; assert len(md['big']) == %d\n"

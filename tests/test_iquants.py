@@ -13,7 +13,7 @@ from make_tiny_gguf import make_tiny_model  # noqa: E402
 import pyllm  # noqa: E402
 from pyllm import cli  # noqa: E402
 from pyllm.errors import QuantizeError, UnsupportedModelError  # noqa: E402
-from pyllm.gguffile import GGUFFile  # noqa: E402
+from pyllm.gguf import GGUFFile  # noqa: E402
 from pyllm.quantize import QuantizeOptions, quantize_file  # noqa: E402
 
 # name: (elements, bytes) per block, ggml's table (ggml-common.h)

@@ -185,11 +185,11 @@ def test_repacked_weights_match_the_file_layout(smollm2_path, monkeypatch):
     from pyllm import _core
     with pyllm.Model(smollm2_path, n_ctx=64, n_threads=2) as m:
         ids = m.tokenize("The capital of France is Paris, and the capital of Italy is")
-        repacked, weight_bytes = m._model.repacked_bytes, m._model.weight_bytes
+        repacked, weight_bytes = m.repacked_bytes, m.weight_bytes
         got = m.logits(ids)
     monkeypatch.setenv("PYLLM_REPACK", "0")
     with pyllm.Model(smollm2_path, n_ctx=64, n_threads=2) as m:
-        assert m._model.repacked_bytes == 0
+        assert m.repacked_bytes == 0
         want = m.logits(ids)
     if not _core.x8_types(_core.isa()):
         assert repacked == 0
@@ -209,9 +209,9 @@ def test_long_context_decode_step_matches_prefill(smollm2_path):
     with pyllm.Model(smollm2_path, n_ctx=1024, n_threads=2) as m:
         ids = m.tokenize(" ".join(["The quick brown fox jumps over the lazy dog."] * 60))[:700]
         full = m.logits(ids)
-        m._ctx.truncate(0)
-        m._ctx.eval(np.array(ids[:-3], np.int32), False)
-        steps = np.stack([m._ctx.eval(np.array([t], np.int32), False) for t in ids[-3:]])
+        m.context().truncate(0)
+        m.context().eval(np.array(ids[:-3], np.int32), False)
+        steps = np.stack([m.context().eval(np.array([t], np.int32), False) for t in ids[-3:]])
     err = np.abs(steps - full[-3:]).max(1) / full[-3:].std()
     assert err.max() < 0.1, err
     assert (steps.argmax(1) == full[-3:].argmax(1)).all()

@@ -6,9 +6,12 @@ chunks, mean |dlogp| 0.047, and only 4 of 8 greedy continuations identical over 
 8-bit activations, 30 layers amplify summation-order differences to ~0.05 in the logits, so any
 two implementations flip near-ties. What must hold beyond that noise: disagreements happen only
 where the reference itself was nearly undecided."""
+from pathlib import Path
+
 import numpy as np
 import pytest
 
+import _helpers
 import pyllm
 
 
@@ -18,42 +21,24 @@ def model(smollm2_path):
         yield m
 
 
-def log_softmax(x):
-    x = x - x.max(-1, keepdims=True)
-    return x - np.log(np.exp(x).sum(-1, keepdims=True))
-
-
 @pytest.fixture(scope="module")
 def teacher_forced(model):
-    z = np.load(pytest.importorskip("pathlib").Path(__file__).parent / "data" / "teacher_forced.npz")
-    out = []
-    for c in (0, 1):
-        ids = z[f"chunk{c}_ids"]
-        out.append((ids, log_softmax(model.logits(ids.tolist()).astype(np.float64)),
-                    z[f"chunk{c}_top10_ids"], z[f"chunk{c}_top10_logprobs"]))
-    return out
+    return _helpers.teacher_forced(model, Path(__file__).parent / "data" / "teacher_forced.npz")
 
 
 def test_teacher_forced_top1_agrees_with_llama_cpp(teacher_forced):
-    agree = [float((lp.argmax(1) == top[:, 0]).mean()) for _, lp, top, _ in teacher_forced]
+    agree = _helpers.top1_agreement(teacher_forced)
     print("top-1 agreement per chunk:", agree)
     assert np.mean(agree) >= 0.94
 
 
 def test_teacher_forced_disagreements_are_near_ties(teacher_forced):
-    for _, lp, top, top_lp in teacher_forced:
-        ours = lp.argmax(1)
-        for pos in np.nonzero(ours != top[:, 0])[0]:
-            # llama.cpp's own margin between its choice and ours, when ours is in its top 10
-            margin = top_lp[pos, 0] - top_lp[pos][top[pos] == ours[pos]]
-            assert margin.size == 1 and margin[0] < 0.5, f"position {pos}: llama.cpp was sure (margin {margin})"
+    # llama.cpp's own margin between its choice and ours, when ours is in its top 10
+    _helpers.assert_disagreements_are_near_ties(teacher_forced, max_margin=0.5)
 
 
 def test_teacher_forced_logprob_of_llama_top_token(teacher_forced):
-    diffs = []
-    for _, lp, top, top_lp in teacher_forced:
-        diffs.append(np.abs(lp[np.arange(len(lp)), top[:, 0]] - top_lp[:, 0]))
-    mean = float(np.concatenate(diffs).mean())
+    mean = float(_helpers.logprob_of_llama_top(teacher_forced).mean())
     print("mean |dlogp| of llama.cpp's top token:", mean)
     assert mean <= 0.06
 

@@ -13,7 +13,7 @@ CHILD = r"""
 import ctypes, sys, numpy as np, pyllm
 shim = ctypes.CDLL(None)
 m = pyllm.Model(sys.argv[1], n_ctx=256, n_threads=2)
-ctx = m._ctx
+ctx = m.context()
 ctx.eval(np.array([1, 2, 3], np.int32), False)
 ctx.decode_steps(5, 8)                       # warm up: first-use paths, thread pool start
 shim.malloc_count_start()

@@ -16,9 +16,10 @@ import numpy as np
 import pytest
 
 import pyllm.quantize as pq
+import pyllm.quantize.pipeline as pipeline
 from pyllm import _core
 from pyllm.errors import QuantizeError
-from pyllm.gguffile import GGUFFile
+from pyllm.gguf import GGUFFile, OutTensor, write_gguf
 from pyllm.quantize import QuantizeOptions, TypeOptions, quantize_file
 
 
@@ -40,10 +41,10 @@ def write_model(path, tensors: dict, metadata: list | None = None, n_layer=2):
     md = [("general.architecture", "STRING", "llama"), ("llama.block_count", "UINT32", n_layer),
           ("llama.attention.head_count", "UINT32", 4), ("llama.attention.head_count_kv", "UINT32", 2)]
     md += metadata or []
-    out = [pq.OutTensor(n, list(reversed(a.shape)), 0, a.nbytes, (lambda a=a: np.ascontiguousarray(a, np.float32)))
+    out = [OutTensor(n, list(reversed(a.shape)), 0, a.nbytes, (lambda a=a: np.ascontiguousarray(a, np.float32)))
            for n, a in tensors.items()]
     with open(path, "wb") as f:
-        pq.write_gguf(f, md, out, 32)
+        write_gguf(f, md, out, 32)
     return path
 
 
@@ -270,17 +271,17 @@ def test_unwritable_directory(small_model, tmp_path, monkeypatch):
 def test_full_disk_leaves_old_output_and_no_partial_file(small_model, tmp_path, monkeypatch):
     out = tmp_path / "out.gguf"
     out.write_bytes(b"previous contents")
-    real = pq.write_gguf
+    real = pipeline.write_gguf
 
     def write_then_fail(f, *a, **k):
         f.write(b"GGUF" + b"\0" * 1000)
         raise OSError(errno.ENOSPC, "No space left on device")
-    monkeypatch.setattr(pq, "write_gguf", write_then_fail)
+    monkeypatch.setattr(pipeline, "write_gguf", write_then_fail)
     with pytest.raises(OSError, match="No space"):
         quantize_file(small_model, out, "q8_0")
     assert out.read_bytes() == b"previous contents"
     assert sorted(os.listdir(tmp_path)) == ["out.gguf", "small.gguf"]
-    monkeypatch.setattr(pq, "write_gguf", real)
+    monkeypatch.setattr(pipeline, "write_gguf", real)
 
 
 def test_ctrl_c_half_way_leaves_nothing(tmp_path, monkeypatch):
@@ -299,7 +300,7 @@ def test_ctrl_c_half_way_leaves_nothing(tmp_path, monkeypatch):
             if Interrupting.calls == Interrupting.interrupt_at:
                 raise KeyboardInterrupt
             return _core.convert_rows(*a, **k)
-    monkeypatch.setattr(pq, "_core", Interrupting())
+    monkeypatch.setattr(pipeline, "_core", Interrupting())
     Interrupting.interrupt_at = -1  # count the conversions of a whole run
     two_threads = QuantizeOptions(threads=2)  # so at most 32 conversions run ahead
     quantize_file(small_model, tmp_path / "full.gguf", "q4_0", two_threads)

@@ -11,7 +11,7 @@ import pyllm
 import pyllm.quantize as pq
 from pyllm import _core
 from pyllm.errors import QuantizeError
-from pyllm.gguffile import GGUFFile
+from pyllm.gguf import GGUFFile
 from pyllm.model import ModelConfig
 from pyllm.quantize import QuantizeOptions, quantize_file
 from test_quantize import small_tensors, write_model

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import pyllm
-from pyllm import speculative as spec_mod
+from pyllm.generate import speculative as spec_mod
 from pyllm.model import Completion
 
 DATA = Path(__file__).parent / "data"

@@ -9,7 +9,7 @@ import pytest
 import pyllm
 from pyllm import synthetic
 from pyllm.errors import QuantizeError
-from pyllm.gguffile import GGUFFile
+from pyllm.gguf import GGUFFile
 
 TINY = synthetic.Shape(n_embd=256, n_layer=2, n_ff=512, n_head=4, n_head_kv=2, tied=True)
 
@@ -66,7 +66,7 @@ def test_k_quant_model_repacks_and_matches_the_file_layout(tmp_path, monkeypatch
     path = synthetic.ensure("tiny", "Q4_K_M", tokenizer_src=smollm2_path)
     with pyllm.Model(str(path), n_ctx=64, n_threads=2) as m:
         ids = m.tokenize("The capital of France is Paris, and the capital of Italy is")
-        repacked, weight_bytes = m._model.repacked_bytes, m._model.weight_bytes
+        repacked, weight_bytes = m.repacked_bytes, m.weight_bytes
         got = m.logits(ids)
     monkeypatch.setenv("PYLLM_REPACK", "0")
     with pyllm.Model(str(path), n_ctx=64, n_threads=2) as m:

@@ -40,8 +40,8 @@ def test_logits_match_llama_cpp(tmp_path, llamacpp, arch, variant):
     with pyllm.Model(path, n_ctx=N_CTX, n_threads=2) as m:
         got = m.logits(PROMPT)
         # and one token at a time through the cache (decode path, window over the cache)
-        m._ctx.truncate(0)
-        stepped = np.stack([m._ctx.eval(np.array([t], np.int32), False) for t in PROMPT])
+        m.context().truncate(0)
+        stepped = np.stack([m.context().eval(np.array([t], np.int32), False) for t in PROMPT])
     err = np.abs(got - want).max(1) / want.std()
     step_err = np.abs(stepped - want).max(1) / want.std()
     print(case_key(arch, variant), "per-token max |diff| / std:", " ".join(f"{e:.1e}" for e in err))

@@ -50,7 +50,7 @@ def test_logits_match_numpy_reference(tmp_path, weight_type, tol, arch, variant)
             assert (got.argmax(1) == ref.argmax(1)).mean() >= 0.8
             exact_prompts += bool(err.max() < tol)
             # Decoding one token at a time through the cache gives the batched result.
-            stepped = np.stack([m.logits([ids[0]])[0]] + [m._ctx.eval(np.array([t], np.int32), False) for t in ids[1:]])
+            stepped = np.stack([m.logits([ids[0]])[0]] + [m.context().eval(np.array([t], np.int32), False) for t in ids[1:]])
             step_err = np.abs(stepped - got).max(1) / ref.std()
             assert step_err.max() < 0.1
             exact_steps += bool(step_err.max() < tol)
@@ -69,9 +69,9 @@ def test_long_context_decode_split_across_threads(tmp_path, n_threads):
     ref = reference_logits(path, ids)[-1]
     with pyllm.Model(path, n_ctx=1200, n_threads=n_threads) as m:
         prefill = m.logits(ids)[-1]
-        m._ctx.truncate(0)
-        m._ctx.eval(np.array(ids[:-1], np.int32), False)
-        decode = np.asarray(m._ctx.eval(np.array(ids[-1:], np.int32), False))
+        m.context().truncate(0)
+        m.context().eval(np.array(ids[:-1], np.int32), False)
+        decode = np.asarray(m.context().eval(np.array(ids[-1:], np.int32), False))
     print("decode vs reference", np.abs(decode - ref).max() / ref.std(), "prefill vs reference", np.abs(prefill - ref).max() / ref.std())
     assert np.abs(prefill - ref).max() / ref.std() < 1e-3
     assert np.abs(decode - ref).max() / ref.std() < 1e-3
@@ -89,9 +89,9 @@ def test_sliding_window_long_prompt_in_batches_and_split_decode(tmp_path, arch):
     ref = reference_logits(path, ids)
     with pyllm.Model(path, n_ctx=1200, n_threads=3, n_batch=128) as m:
         prefill = m.logits(ids)
-        m._ctx.truncate(0)
-        m._ctx.eval(np.array(ids[:-1], np.int32), False)
-        decode = np.asarray(m._ctx.eval(np.array(ids[-1:], np.int32), False))
+        m.context().truncate(0)
+        m.context().eval(np.array(ids[:-1], np.int32), False)
+        decode = np.asarray(m.context().eval(np.array(ids[-1:], np.int32), False))
     # Tolerance: GeGLU rounds its input to f16 (ggml's table), and float32-vs-float64 inputs
     # round to neighbouring f16 values now and then: measured 1.1e-3 at worst over these 1100
     # positions, spread evenly (not at the window's edge). The window itself moves the logits of
@@ -112,7 +112,7 @@ def test_nan_weight_warns_at_load(tmp_path, tensor, row):
     same model loads without a warning)."""
     import warnings
 
-    from pyllm.gguffile import GGUFFile
+    from pyllm.gguf import GGUFFile
     path = tmp_path / "nan.gguf"
     make_tiny_model(path, "F32", "llama")
     with warnings.catch_warnings():
@@ -132,7 +132,7 @@ def test_nan_weight_warns_at_load(tmp_path, tensor, row):
 def test_nan_sample_checks_chosen_rows_of_big_tensors(tmp_path):
     """The sampled path (tensors of at least full_below elements): a NaN in a sampled row is seen,
     one between sampled rows is not (the documented limit; generation then reports NaN logits)."""
-    from pyllm.gguffile import GGUFFile
+    from pyllm.gguf import GGUFFile
     path = tmp_path / "nan.gguf"
     make_tiny_model(path, "F32", "llama")
     with GGUFFile(path) as f:
@@ -162,7 +162,7 @@ def test_rope_scaling_past_4k_positions(tmp_path, variant):
     ref = reference_logits(path, ids, n_ctx=4224)
     with pyllm.Model(path, n_ctx=4224, n_threads=2) as m:
         got = m.logits(ids[:-1])
-        step = np.asarray(m._ctx.eval(np.array(ids[-1:], np.int32), False))
+        step = np.asarray(m.context().eval(np.array(ids[-1:], np.int32), False))
     err = np.abs(got[-64:] - ref[-65:-1]).max() / ref.std()
     step_err = np.abs(step - ref[-1]).max() / ref.std()
     print(variant, "past 4k: prefill", err, "decode", step_err)

@@ -1,6 +1,7 @@
 """Tokenizer tests: the real SmolLM2 vocabulary against llama.cpp's token ids (tests/data), the
 streaming detokenizer and stop-string holdback, hostile inputs and metadata, and a small
 synthetic SentencePiece vocabulary traced by hand."""
+import copy
 import json
 import random
 import time
@@ -9,8 +10,9 @@ from pathlib import Path
 import pytest
 
 from pyllm.errors import GGUFError, InvalidTokenError, TokenizerError, UnsupportedModelError
-from pyllm.tokenizer import (SPM_SPACE, StopMatcher, StreamDecoder, Tokenizer, _compile,
-                             _pre_split, _PRE_TOKENIZERS)
+from pyllm.generate.stop import StopMatcher
+from pyllm.tokenizer import SPM_SPACE, StreamDecoder, Tokenizer
+from pyllm.tokenizer.pretokenize import PRE_TOKENIZERS, compile_pattern, pre_split
 
 DATA = Path(__file__).parent / "data"
 TOKENIZE_CASES = json.loads((DATA / "tokenize.json").read_text())
@@ -98,7 +100,7 @@ def test_pre_tokenizer_is_chosen_by_name(tok, smol_md):
 
 def test_pre_tokenizer_splits():
     def split(name, text):
-        return _pre_split(text, [_compile(p) for p in _PRE_TOKENIZERS[name][0]])
+        return pre_split(text, [compile_pattern(p) for p in PRE_TOKENIZERS[name].patterns])
     assert split("smollm", "ab 1234 c's") == ["ab", " ", "1", "2", "3", "4", " c", "'s"]
     assert split("gpt2", "ab 1234  x\n") == ["ab", " 1234", " ", " x", "\n"]
     assert split("llama-bpe", "Hello world 12345!!\n\n") == \
@@ -112,8 +114,8 @@ def test_pre_tokenizer_splits():
 
 
 def test_unknown_pre_tokenizer_warns_and_uses_gpt2(smol_md, tok):
-    from pyllm import tokenizer
-    tokenizer._warned_pre.discard("no-such-pre")      # the warning comes once per process
+    from pyllm.tokenizer import pretokenize
+    pretokenize.forget_warnings()                     # the warning comes once per process
     with pytest.warns(UserWarning, match="unknown pre-tokenizer 'no-such-pre'"):
         other = Tokenizer.from_metadata({**smol_md, "tokenizer.ggml.pre": "no-such-pre"})
     gpt2 = Tokenizer.from_metadata({**smol_md, "tokenizer.ggml.pre": "gpt2"})
@@ -153,11 +155,12 @@ def test_invalid_ids(tok):
 
 
 def test_every_token_decodes(tok):
-    from pyllm.tokenizer import _BYTE_TO_CHAR, TOKEN_NORMAL
+    from pyllm.tokenizer import TOKEN_NORMAL
+    from pyllm.tokenizer.bpe import BYTE_TO_CHAR
     for i in range(tok.n_vocab):
         piece = tok.token_bytes(i, special=True)
         if tok.token_types[i] == TOKEN_NORMAL:   # the GPT-2 byte alphabet maps back exactly
-            assert "".join(_BYTE_TO_CHAR[b] for b in piece) == tok.tokens[i]
+            assert "".join(BYTE_TO_CHAR[b] for b in piece) == tok.tokens[i]
         else:
             assert piece == tok.tokens[i].encode("utf-8")
 
@@ -286,9 +289,9 @@ def test_merges_split_at_the_first_space_after_the_first_character():
     # The fast path (str.split) and the exact rule (find(" ", 1)) must agree; a merge that starts
     # with a space takes the exact rule for the whole list.
     plain = Tokenizer.from_metadata(_tiny_gpt2_md(**{"tokenizer.ggml.merges": ["a b", "ab b"]}))
-    assert plain._ranks == {("a", "b"): 0, ("ab", "b"): 1}
+    assert plain.subword.ranks == {("a", "b"): 0, ("ab", "b"): 1}
     spaced = Tokenizer.from_metadata(_tiny_gpt2_md(**{"tokenizer.ggml.merges": ["a b", " a b", "a b"]}))
-    assert spaced._ranks == {("a", "b"): 0, (" a", "b"): 1}  # the first rank of a repeated pair wins
+    assert spaced.subword.ranks == {("a", "b"): 0, (" a", "b"): 1}  # the first rank of a repeated pair wins
 
 
 @pytest.mark.parametrize("over, match", [
@@ -445,7 +448,8 @@ def test_tokenize_speed(tok):
         text = (DATA / "wikitext_head.txt").read_text(encoding="utf-8") * 56
     fresh = Tokenizer.__new__(Tokenizer)
     fresh.__dict__.update(tok.__dict__)
-    fresh._word_cache = {}                    # cold cache, as for a first prompt
+    fresh.subword = copy.copy(tok.subword)
+    fresh.subword.word_cache = {}             # cold cache, as for a first prompt
     start = time.perf_counter()
     ids = fresh.tokenize(text)
     elapsed = time.perf_counter() - start

@@ -22,23 +22,6 @@ import numpy as np
 N_VOCAB = 320
 
 
-def _tokens():
-    # The tiny byte-level BPE vocabulary of tools/make_tiny_gguf.py (256 byte symbols, a few
-    # merges, ChatML specials, phi3's <|end|>, which llama.cpp looks up for a model named phi3): llama.cpp needs some vocabulary; the fixtures feed token ids.
-    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
-    cs, n = bs[:], 0
-    for b in range(256):
-        if b not in bs:
-            bs.append(b); cs.append(256 + n); n += 1
-    symbols = [chr(c) for _, c in sorted(zip(bs, cs))]
-    merges = ["Ġ t", "h e", "Ġt he", "i n", "a n"]
-    tokens = symbols + [m.replace(" ", "") for m in merges] + ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|end|>"]
-    nspec = N_VOCAB - len(tokens)
-    tokens += [f"<extra_{i}>" for i in range(nspec)]
-    types = [1] * (len(symbols) + len(merges)) + [3, 3, 3, 3] + [4] * nspec
-    return tokens, types, merges
-
-
 # name -> spec. n_prompt tokens are evaluated; logits are kept for `keep` positions (all if None).
 SPECS = {
     # llama 3.x: rope_freqs.weight (llama3 rope scaling factors), positions past 4096
@@ -95,6 +78,9 @@ def llama3_rope_factors(head_dim: int, base: float, factor=8.0, low=1.0, high=4.
 
 def write(name: str, path: str) -> None:
     import gguf
+    # make_tiny_gguf imports gguf, which the peer's venv (where `logits` runs) may lack: import here.
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from make_tiny_gguf import CHATML_SPECIALS, add_byte_bpe_tokenizer, byte_bpe_vocab
     s = SPECS[name]
     rng = np.random.default_rng(int(hashlib.sha256(name.encode()).hexdigest()[:8], 16))
     arch, E, L = s["arch"], s["n_embd"], s["n_layer"]
@@ -127,11 +113,10 @@ def write(name: str, path: str) -> None:
             w.add_expert_feed_forward_length(s["n_ff_exp"])
         if "n_ff_shexp" in s:
             w.add_expert_shared_feed_forward_length(s["n_ff_shexp"])
-    tokens, types, merges = _tokens()
-    w.add_tokenizer_model("gpt2"); w.add_tokenizer_pre("default")
-    w.add_token_list(tokens); w.add_token_types(types); w.add_token_merges(merges)
-    w.add_bos_token_id(tokens.index("<|endoftext|>")); w.add_eos_token_id(tokens.index("<|im_end|>"))
-    w.add_add_bos_token(False)
+    # make_tiny_gguf.py's tiny byte-level BPE vocabulary plus phi3's <|end|>, which llama.cpp
+    # looks up for a model named phi3: llama.cpp needs some vocabulary; the fixtures feed token ids.
+    tokens, types, merges = byte_bpe_vocab(N_VOCAB, CHATML_SPECIALS + ("<|end|>",))
+    add_byte_bpe_tokenizer(w, tokens, types, merges, bos_id=tokens.index("<|endoftext|>"))
 
     f16 = s.get("f16", False)
 

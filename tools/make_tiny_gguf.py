@@ -24,8 +24,13 @@ SLIDING_WINDOW = 4
 PHI3_ORIG_CTX = 32
 
 
-def _bytes_tokens():
-    # A tiny byte-level BPE vocabulary: the 256 byte symbols, a few merges, specials.
+CHATML_SPECIALS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>")
+
+
+def byte_bpe_vocab(n_vocab: int = DIMS["n_vocab"], specials=CHATML_SPECIALS) -> tuple[list[str], list[int], list[str]]:
+    """A tiny byte-level BPE vocabulary of n_vocab tokens: the 256 byte symbols in GPT-2's
+    alphabet, a few merges, the control tokens `specials`, then user-defined <extra_i> fillers.
+    Returns (tokens, token types, merges). Shared with tools/make_arch_fixtures.py."""
     bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
     cs, n = bs[:], 0
     for b in range(256):
@@ -33,11 +38,20 @@ def _bytes_tokens():
             bs.append(b); cs.append(256 + n); n += 1
     symbols = [chr(c) for _, c in sorted(zip(bs, cs))]
     merges = ["Ġ t", "h e", "Ġt he", "i n", "a n"]
-    tokens = symbols + [m.replace(" ", "") for m in merges]
-    tokens += ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
-    tokens += [f"<extra_{i}>" for i in range(DIMS["n_vocab"] - len(tokens))]
-    types = [1] * (len(symbols) + len(merges)) + [3, 3, 3] + [4] * (DIMS["n_vocab"] - len(symbols) - len(merges) - 3)
+    tokens = symbols + [m.replace(" ", "") for m in merges] + list(specials)
+    n_fill = n_vocab - len(tokens)
+    tokens += [f"<extra_{i}>" for i in range(n_fill)]
+    types = [1] * (len(symbols) + len(merges)) + [3] * len(specials) + [4] * n_fill
     return tokens, types, merges
+
+
+def add_byte_bpe_tokenizer(w: "gguf.GGUFWriter", tokens: list[str], types: list[int], merges: list[str],
+                           bos_id: int) -> None:
+    """The tokenizer metadata of a byte_bpe_vocab (pre-tokenizer "default", EOS <|im_end|>, no
+    BOS added), in the order both fixture writers have always written it (their bytes are pinned)."""
+    w.add_tokenizer_model("gpt2"); w.add_tokenizer_pre("default")
+    w.add_token_list(tokens); w.add_token_types(types); w.add_token_merges(merges)
+    w.add_bos_token_id(bos_id); w.add_eos_token_id(tokens.index("<|im_end|>")); w.add_add_bos_token(False)
 
 
 def _quantize(w: np.ndarray, qtype: T) -> np.ndarray:
@@ -84,10 +98,8 @@ def make_tiny_model(path, weight_type: str = "F32", arch: str = "llama", seed: i
         w.add_uint32(f"{arch}.rope.scaling.original_context_length", 16)
     elif variant == "linear":
         w.add_string(f"{arch}.rope.scaling.type", "linear"); w.add_float32(f"{arch}.rope.scaling.factor", 2.0)
-    tokens, types, merges = _bytes_tokens()
-    w.add_tokenizer_model("gpt2"); w.add_tokenizer_pre("default")
-    w.add_token_list(tokens); w.add_token_types(types); w.add_token_merges(merges)
-    w.add_bos_token_id(d["n_vocab"] - 1); w.add_eos_token_id(tokens.index("<|im_end|>")); w.add_add_bos_token(False)
+    tokens, types, merges = byte_bpe_vocab(d["n_vocab"])
+    add_byte_bpe_tokenizer(w, tokens, types, merges, bos_id=d["n_vocab"] - 1)
 
     def mat(name, rows, cols, scale=None):
         if name in skip_tensors:

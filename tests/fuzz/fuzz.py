@@ -15,8 +15,9 @@ import atheris
 
 with atheris.instrument_imports():
     import pyllm
-    from pyllm import chat_template, errors
-    from pyllm.gguffile import GGUFFile
+    from pyllm import errors
+    from pyllm.chat import template as chat_template
+    from pyllm.gguf import GGUFFile
     from pyllm.tokenizer import Tokenizer
 
 # What bad input may raise: pyllm's own errors, and the built-in ValueError/OSError family.

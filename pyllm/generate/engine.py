@@ -357,7 +357,7 @@ class Engine:
                  info: Completion | None = None, constraint=None, top_logprobs: int | None = None,
                  task: Callable | None = None) -> TokenStream:
         """Submits a generation of up to max_tokens tokens after `ids` (checked ids: see
-        Model._check_ids) and returns its stream. max_tokens None or negative: until an
+        Model.check_ids) and returns its stream. max_tokens None or negative: until an
         end-of-generation token or the end of the context. `task`: a generator factory
         task(slot, request) run on the scheduler instead of the plain loop (speculation)."""
         if not ids:

@@ -23,7 +23,7 @@ from typing import Iterator
 import numpy as np
 
 from pyllm import _validate
-from pyllm.engine import Slot, make_sampler
+from pyllm.generate.engine import Slot, make_sampler
 from pyllm.errors import DraftModelError
 
 MODES = ("ngram", "draft")
@@ -172,13 +172,13 @@ class _DraftRunner:
     def prefill(self, ids: list[int]) -> None:
         """Evaluates the prompt in the draft's cache now, with the target's prompt: it is prompt
         work, and left to the first proposal it would be counted (and felt) as decode time."""
-        self.model._check_file()
+        self.model.check_file()
         pending = ids[self.slot.reuse(ids):]
         self.slot.ctx.eval(np.asarray(pending, np.int32), False)
         self.slot.cached.extend(pending)
 
     def propose(self, history: list[int], k: int):
-        self.model._check_file()
+        self.model.check_file()
         slot = self.slot
         ctx = slot.ctx
         pending = history[slot.reuse(history):]

@@ -20,8 +20,8 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 from pyllm import hub
-from pyllm.chat_template import ChatTemplate
-from pyllm.completions import (GenerationStats, chat_prompt_ids, chat_template_for, normalize_messages,
+from pyllm.chat.template import ChatTemplate
+from pyllm.chat.completions import (GenerationStats, chat_prompt_ids, chat_template_for, normalize_messages,
                                stream_text)
 from pyllm.errors import ChatTemplateError, ContextOverflowError, PyllmError
 from pyllm.model import Completion, Model, SamplingParams

@@ -1,5 +1,5 @@
 """Reading GGUF files from Python: a thin wrapper over the C++ reader `_core.GGUFReader`, which
-maps the file, validates it and raises `pyllm.GGUFError` on any malformed field. Not a writer."""
+maps the file, validates it and raises `pyllm.GGUFError` on any malformed field. The writer is pyllm.gguf.writer."""
 from __future__ import annotations
 
 import os

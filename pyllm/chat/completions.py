@@ -19,10 +19,10 @@ from typing import TYPE_CHECKING, Iterator, Sequence
 import numpy as np
 import regex
 
-from pyllm import chat_template as templates
-from pyllm.engine import DEFAULT_SAMPLING as _D
-from pyllm.engine import Completion, SamplingParams
-from pyllm.tokenizer import StopMatcher
+from pyllm.chat import template as templates
+from pyllm.generate.engine import DEFAULT_SAMPLING as _D
+from pyllm.generate.engine import Completion, SamplingParams
+from pyllm.generate.stop import StopMatcher
 
 if TYPE_CHECKING:   # model.py imports this module; this one never imports model.py
     from pyllm.model import Model
@@ -457,7 +457,7 @@ def create_completion(llm: Model, prompt, *, stream: bool = False, max_tokens: i
     if echo:
         echo_text = prompt if isinstance(prompt, str) else llm.detokenize(ids)
         if k is not None:
-            llm._check_ids(ids)
+            llm.check_ids(ids)
             prompt_lps = _prompt_logprobs(llm, ids, k) if ids else []
     pieces = stream_text(llm, ids, max_tokens, params, _stops(stop), info, stats, hooks, k)
     head = {"id": f"cmpl-{uuid.uuid4().hex}", "object": "text_completion", "created": int(time.time()),

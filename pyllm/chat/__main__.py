@@ -1,0 +1,5 @@
+import sys
+
+from pyllm.chat.repl import main
+
+sys.exit(main())

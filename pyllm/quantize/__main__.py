@@ -1,0 +1,5 @@
+import sys
+
+from pyllm.quantize.cli import main
+
+sys.exit(main())
