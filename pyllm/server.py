@@ -4,7 +4,7 @@ Model and its generation engine.
 Endpoints: POST /v1/chat/completions and /v1/completions (streamed as server-sent events, or
 not), GET /v1/models, GET /health, GET /metrics (Prometheus text). Requests are turned into
 token ids here (on a worker thread: templates and tokenization are Python), submitted to the
-engine (pyllm/engine.py), and their tokens are read back on the event loop without blocking it:
+engine (pyllm/generate/engine.py), and their tokens are read back on the event loop without blocking it:
 the engine's scheduler thread wakes the request's asyncio.Event after each token. A client that
 disconnects cancels its request (its slot is freed at the next engine step).
 
@@ -12,7 +12,7 @@ Errors use OpenAI's shape ({"error": {"message", "type", "param", "code"}}) and 
 request or a prompt over the context, 401 missing/wrong API key, 404 unknown model or route,
 413 request too large, 429 queue full, 500 otherwise.
 
-Not here: generation (engine.py), text assembly and OpenAI's JSON shapes (completions.py),
+Not here: generation (generate/engine.py), text assembly and OpenAI's JSON shapes (chat/completions.py),
 scaling out (ray_serve.py; any HTTP load balancer in front of several `pyllm serve` works too).
 """
 from __future__ import annotations
@@ -357,7 +357,7 @@ def create_app(llm, config: ServerConfig | None = None):
             msgs = completions.normalize_messages(messages)
             template = completions.chat_template_for(llm)
             ids = completions.chat_prompt_ids(llm, msgs, template)
-            return ids, hooks, completions._stops(stop, template.stop)
+            return ids, hooks, completions.stop_strings(stop, template.stop)
 
         ids, hooks, stops = await prepare(build)
         gen = start(ids, params, stops, hooks, max_tokens, k)
@@ -375,8 +375,8 @@ def create_app(llm, config: ServerConfig | None = None):
         return {**head, "object": "chat.completion",
                 "choices": [{"index": 0, "message": {"role": "assistant", "content": "".join(text)},
                              "finish_reason": info.finish_reason,
-                             "logprobs": completions._chat_logprobs(llm, info, 0, n) if k is not None else None}],
-                "usage": completions._usage(info)}
+                             "logprobs": completions.chat_logprobs(llm, info, 0, n) if k is not None else None}],
+                "usage": completions.usage_dict(info)}
 
     async def _chat_stream(gen: _Generation, head: dict, with_logprobs: bool, include_usage: bool):
         info = gen.info
@@ -387,7 +387,7 @@ def create_app(llm, config: ServerConfig | None = None):
             lp = None
             if with_logprobs:
                 n = len(info.token_ids or [])
-                lp = completions._chat_logprobs(llm, info, sent, n)
+                lp = completions.chat_logprobs(llm, info, sent, n)
                 sent = n
             return {**head, "object": "chat.completion.chunk",
                     "choices": [{"index": 0, "delta": delta, "finish_reason": finish_reason, "logprobs": lp}]}
@@ -403,9 +403,9 @@ def create_app(llm, config: ServerConfig | None = None):
         last = chunk({}, info.finish_reason)
         if include_usage:
             yield last
-            yield {**head, "object": "chat.completion.chunk", "choices": [], "usage": completions._usage(info)}
+            yield {**head, "object": "chat.completion.chunk", "choices": [], "usage": completions.usage_dict(info)}
         else:
-            last["usage"] = completions._usage(info)
+            last["usage"] = completions.usage_dict(info)
             yield last
 
     @app.post("/v1/completions")
@@ -437,7 +437,7 @@ def create_app(llm, config: ServerConfig | None = None):
             ids = llm.tokenize(prompt, special=True) if isinstance(prompt, str) else list(prompt)
             llm.check_ids(ids)
             echo_text = (prompt if isinstance(prompt, str) else llm.detokenize(ids)) if echo else ""
-            prompt_lps = completions._prompt_logprobs(llm, ids, k) if echo and k is not None and ids else None
+            prompt_lps = completions.prompt_logprobs(llm, ids, k) if echo and k is not None and ids else None
             return ids, hooks, echo_text, prompt_lps
 
         ids, hooks, echo_text, prompt_lps = await prepare(build)
@@ -456,10 +456,10 @@ def create_app(llm, config: ServerConfig | None = None):
             return Response(status_code=499)
         lp = None
         if k is not None:
-            lp = completions._text_logprobs(llm, info, 0, len(info.token_ids or []), 0, prompt_lps)
+            lp = completions.text_logprobs(llm, info, 0, len(info.token_ids or []), 0, prompt_lps)
         return {**head, "choices": [{"index": 0, "text": echo_text + "".join(text),
                                      "finish_reason": info.finish_reason, "logprobs": lp}],
-                "usage": completions._usage(info)}
+                "usage": completions.usage_dict(info)}
 
     async def _text_stream(gen: _Generation, head: dict, with_logprobs: bool, echo_text: str, prompt_lps):
         info = gen.info
@@ -471,7 +471,7 @@ def create_app(llm, config: ServerConfig | None = None):
             lp = None
             if with_logprobs:
                 n = len(info.token_ids or [])
-                lp = completions._text_logprobs(llm, info, sent, n, offset, prompt)
+                lp = completions.text_logprobs(llm, info, sent, n, offset, prompt)
                 sent = n
             offset += len(text)
             return {**head, "choices": [{"index": 0, "text": text, "finish_reason": finish_reason, "logprobs": lp}]}
@@ -486,7 +486,7 @@ def create_app(llm, config: ServerConfig | None = None):
             yield {"error": APIError(500, str(e), type="server_error").body()["error"]}
             return
         last = chunk("", info.finish_reason)
-        last["usage"] = completions._usage(info)
+        last["usage"] = completions.usage_dict(info)
         yield last
 
     return app

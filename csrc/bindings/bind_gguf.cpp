@@ -1,7 +1,7 @@
 // _core.GGUFReader: the C++ GGUF reader seen from Python. Metadata becomes plain Python objects
 // (built once, on first use), except numeric arrays of more than kNumpyArrayMin elements, which
 // become read-only numpy arrays (a list of Python ints or floats takes ~9x the file's bytes); tensor bytes are zero-copy read-only numpy views that keep the
-// mapping alive. Helpers for users live in pyllm/gguffile.py.
+// mapping alive. Helpers for users live in pyllm/gguf/reader.py.
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 

@@ -1,6 +1,6 @@
 // Bindings for `pyllm quantize`: threaded tensor conversion (dequantize, check, requantize, with
 // optional importance weights), calibration passes through one transformer layer with its linear
-// inputs' X^T X accumulated, and the GPTQ solver. Orchestration lives in pyllm/quantize.py.
+// inputs' X^T X accumulated, and the GPTQ solver. Orchestration lives in pyllm/quantize/ (pipeline.py, calibration.py).
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>

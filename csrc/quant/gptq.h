@@ -3,7 +3,7 @@
 // error forward onto the columns not yet quantized (Frantar et al. 2022, "GPTQ").
 // One GPTQ group is one 32-weight GGUF block along the input dimension; its scale (and min) are
 // fixed from the current weights when the solve reaches the block, rounded to f16 as stored.
-// Not here: running the model to collect X (model/calibrate.h), choosing types (pyllm/quantize.py).
+// Not here: running the model to collect X (model/calibrate.h), choosing types (pyllm/quantize/types.py).
 #pragma once
 #include <cstdint>
 #include <vector>

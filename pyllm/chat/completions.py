@@ -189,7 +189,7 @@ def stream_text(model: Model, ids: list[int], max_tokens: int | None, params: Sa
     if max_tokens is not None and (isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < -1):
         raise ValueError(f"max_tokens must be a non-negative integer, -1 (until the end of the turn or "
                          f"context) or None, got {max_tokens!r}")
-    stops = _stops(stop)
+    stops = stop_strings(stop)
     stats = stats if stats is not None else GenerationStats()
     stats.n_prompt = len(ids)
     constraint, speculative = hooks   # from model.generation_hooks (compiled before any compute)
@@ -249,7 +249,7 @@ def text_pieces(tokenizer, tokens: Iterator[int], stop: Sequence[str], info: Com
         tokens.close()
 
 
-def _stops(stop, extra: Sequence[str] = ()) -> list[str]:
+def stop_strings(stop, extra: Sequence[str] = ()) -> list[str]:
     if stop is None:
         stops = []
     elif isinstance(stop, str):
@@ -267,7 +267,7 @@ def _stops(stop, extra: Sequence[str] = ()) -> list[str]:
 # ---------------------------------------------------------------------------------------------
 
 
-def _usage(info: Completion) -> dict:
+def usage_dict(info: Completion) -> dict:
     completion = len(info.token_ids or [])
     return {"prompt_tokens": info.n_prompt_tokens, "completion_tokens": completion,
             "total_tokens": info.n_prompt_tokens + completion}
@@ -278,7 +278,7 @@ def _token_str(llm: Model, token: int) -> tuple[str, list[int]]:
     return b.decode("utf-8", errors="replace"), list(b)
 
 
-def _chat_logprobs(llm: Model, info: Completion, start: int, end: int) -> dict:
+def chat_logprobs(llm: Model, info: Completion, start: int, end: int) -> dict:
     """OpenAI chat logprobs ({"content": [{token, logprob, bytes, top_logprobs}]}) of the
     generated tokens start..end."""
     content = []
@@ -293,7 +293,7 @@ def _chat_logprobs(llm: Model, info: Completion, start: int, end: int) -> dict:
     return {"content": content, "refusal": None}
 
 
-def _text_logprobs(llm: Model, info: Completion, start: int, end: int, offset: int,
+def text_logprobs(llm: Model, info: Completion, start: int, end: int, offset: int,
                    prompt: list | None = None) -> dict:
     """Legacy completion logprobs ({tokens, token_logprobs, top_logprobs, text_offset}) of the
     generated tokens start..end, after `prompt` entries ((token, logprob or None, top)) if given;
@@ -312,7 +312,7 @@ def _text_logprobs(llm: Model, info: Completion, start: int, end: int, offset: i
     return out
 
 
-def _prompt_logprobs(llm: Model, ids: list[int], k: int) -> list:
+def prompt_logprobs(llm: Model, ids: list[int], k: int) -> list:
     """(token, logprob, top) of each prompt token under the model (the first has none): echo."""
     logits = llm.logits(ids)
     out = [(ids[0], None, None)]
@@ -363,7 +363,7 @@ def create_chat_completion(llm: Model, messages, *, stream: bool = False, max_to
                             repeat_penalty=repeat_penalty, presence_penalty=presence_penalty,
                             frequency_penalty=frequency_penalty, seed=seed)
     info = Completion()
-    pieces = stream_text(llm, ids, max_tokens, params, _stops(stop, template.stop), info, stats, hooks, k)
+    pieces = stream_text(llm, ids, max_tokens, params, stop_strings(stop, template.stop), info, stats, hooks, k)
     head = {"id": f"chatcmpl-{uuid.uuid4().hex}", "created": int(time.time()), "model": llm.name}
     if stream:
         return _chat_chunks(llm, pieces, info, head, k is not None)
@@ -371,8 +371,8 @@ def create_chat_completion(llm: Model, messages, *, stream: bool = False, max_to
     return {**head, "object": "chat.completion",
             "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
                          "finish_reason": info.finish_reason,
-                         "logprobs": _chat_logprobs(llm, info, 0, len(info.token_ids or [])) if k is not None else None}],
-            "usage": _usage(info)}
+                         "logprobs": chat_logprobs(llm, info, 0, len(info.token_ids or [])) if k is not None else None}],
+            "usage": usage_dict(info)}
 
 
 # OpenAI request fields that need no action here (or only one value pyllm supports).
@@ -402,7 +402,7 @@ def _chat_chunks(llm: Model, pieces: Iterator[str], info: Completion, head: dict
         lp = None
         if with_logprobs:
             n = len(info.token_ids or [])
-            lp = _chat_logprobs(llm, info, sent, n)
+            lp = chat_logprobs(llm, info, sent, n)
             sent = n
         return {**head, "object": "chat.completion.chunk",
                 "choices": [{"index": 0, "delta": delta, "finish_reason": finish_reason, "logprobs": lp}]}
@@ -414,7 +414,7 @@ def _chat_chunks(llm: Model, pieces: Iterator[str], info: Completion, head: dict
         for piece in pieces:
             yield chunk({"content": piece})
         last = chunk({}, info.finish_reason)
-        last["usage"] = _usage(info)
+        last["usage"] = usage_dict(info)
         yield last
     finally:
         pieces.close()
@@ -458,8 +458,8 @@ def create_completion(llm: Model, prompt, *, stream: bool = False, max_tokens: i
         echo_text = prompt if isinstance(prompt, str) else llm.detokenize(ids)
         if k is not None:
             llm.check_ids(ids)
-            prompt_lps = _prompt_logprobs(llm, ids, k) if ids else []
-    pieces = stream_text(llm, ids, max_tokens, params, _stops(stop), info, stats, hooks, k)
+            prompt_lps = prompt_logprobs(llm, ids, k) if ids else []
+    pieces = stream_text(llm, ids, max_tokens, params, stop_strings(stop), info, stats, hooks, k)
     head = {"id": f"cmpl-{uuid.uuid4().hex}", "object": "text_completion", "created": int(time.time()),
             "model": llm.name}
     if stream:
@@ -467,10 +467,10 @@ def create_completion(llm: Model, prompt, *, stream: bool = False, max_tokens: i
     text = "".join(pieces)
     lp = None
     if k is not None:
-        lp = _text_logprobs(llm, info, 0, len(info.token_ids or []), 0, prompt_lps)
+        lp = text_logprobs(llm, info, 0, len(info.token_ids or []), 0, prompt_lps)
     return {**head, "choices": [{"index": 0, "text": echo_text + text, "finish_reason": info.finish_reason,
                                  "logprobs": lp}],
-            "usage": _usage(info)}
+            "usage": usage_dict(info)}
 
 
 def _text_chunks(llm: Model, pieces: Iterator[str], info: Completion, head: dict, with_logprobs: bool,
@@ -483,7 +483,7 @@ def _text_chunks(llm: Model, pieces: Iterator[str], info: Completion, head: dict
         lp = None
         if with_logprobs:
             n = len(info.token_ids or [])
-            lp = _text_logprobs(llm, info, sent, n, offset, prompt)
+            lp = text_logprobs(llm, info, sent, n, offset, prompt)
             sent = n
         offset += len(text)
         return {**head, "choices": [{"index": 0, "text": text, "finish_reason": finish_reason, "logprobs": lp}]}
@@ -494,7 +494,7 @@ def _text_chunks(llm: Model, pieces: Iterator[str], info: Completion, head: dict
         for piece in pieces:
             yield chunk(piece)
         last = chunk("", info.finish_reason)
-        last["usage"] = _usage(info)
+        last["usage"] = usage_dict(info)
         yield last
     finally:
         pieces.close()

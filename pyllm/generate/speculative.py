@@ -13,7 +13,7 @@ identical; with sampling, each proposed token d is accepted with probability min
 and on rejection one token is drawn from the residual max(0, p - q) renormalized (Leviathan et
 al. 2023, Chen et al. 2023), which leaves the target distribution p exactly unchanged; for n-gram
 proposals q is a point mass on d. Not here: the sampler (csrc/sampling), the plain loop
-(pyllm/model.py), constraints (pyllm/constrain.py).
+(pyllm/model.py), constraints (pyllm/generate/constrain.py).
 """
 from __future__ import annotations
 
