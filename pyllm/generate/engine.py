@@ -528,11 +528,7 @@ class Engine:
         for r in self._active:
             if r.cancelled and r.state != DONE:
                 self.stats.cancelled += 1
-                if r.task is not None:
-                    try:
-                        r.task.close()
-                    except BaseException:
-                        pass
+                self._close_task(r)
                 r.finish()
             if r.state == DONE:
                 if r.slot is not None:
@@ -583,12 +579,18 @@ class Engine:
 
     def _fail(self, r: Request, e: BaseException) -> None:
         self.stats.errors += 1
+        self._close_task(r)
+        r.finish(error=e)
+
+    @staticmethod
+    def _close_task(r: Request) -> None:
+        # A request's prefill generator (its task) is closed when the request ends early; a
+        # failure while closing must not take the scheduler thread down with it.
         if r.task is not None:
             try:
                 r.task.close()
             except BaseException:
                 pass
-        r.finish(error=e)
 
     def _prefill_step(self, r: Request, chunk: int | None) -> int:
         """Evaluates up to `chunk` (None: all) of r's prompt tokens; the last chunk also samples
