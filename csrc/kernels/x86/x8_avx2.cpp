@@ -104,11 +104,11 @@ struct QX8 {
                 }
                 for (int t = 0; t < T; ++t) {
                     pairs[t] = _mm256_add_epi16(pairs[t], _mm256_maddubs_epi16(lo, bcast4(a[t][i].qs + 4 * c)));
-                    pairs[t] = _mm256_add_epi16(pairs[t], _mm256_maddubs_epi16(hi, bcast4(a[t][i].qs + 16 + 4 * c)));
+                    pairs[t] = pinned(_mm256_add_epi16(pairs[t], _mm256_maddubs_epi16(hi, bcast4(a[t][i].qs + 16 + 4 * c))));
                 }
                 if (kQ5 && c == 1)
                     for (int t = 0; t < T; ++t) {
-                        isum[t] = _mm256_madd_epi16(pairs[t], ones16);
+                        isum[t] = pinned(_mm256_madd_epi16(pairs[t], ones16));
                         pairs[t] = _mm256_setzero_si256();
                     }
             }
@@ -165,7 +165,7 @@ struct Q8X8 {
                 const __m256i q_abs = _mm256_sign_epi8(q, q);
                 for (int t = 0; t < T; ++t) {
                     const __m256i p = _mm256_maddubs_epi16(q_abs, _mm256_sign_epi8(bcast4(a[t][i].qs + 4 * c), q));
-                    isum[t] = _mm256_add_epi32(isum[t], _mm256_madd_epi16(p, ones16));
+                    isum[t] = pinned(_mm256_add_epi32(isum[t], _mm256_madd_epi16(p, ones16)));
                 }
             }
             const __m256 dw = load8_halves(col);
