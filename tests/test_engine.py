@@ -281,7 +281,7 @@ def test_decode_batch_gives_each_sequence_its_own_logits_exactly(model):
     step, bit for bit (rows never mix in the kernels), and advances each cache by one."""
     w = model._model
     lead = _core.Context(w, 64, 16, 2)
-    others = [_core.Context(w, 64, 16, 0, share_pool_with=lead) for _ in range(2)]
+    others = [_core.Context(w, 64, 16, 0, share_with=lead) for _ in range(2)]
     ctxs = [lead] + others
     prompts = [model.tokenize(p) for p in ("The capital of France is", "Once upon", "Water boils at one hundred")]
     refs = [_core.Context(w, 64, 16, 2) for _ in ctxs]
@@ -307,7 +307,7 @@ def test_decode_batch_is_exact_where_a_step_splits_its_positions_across_threads(
     of its own decode step (same ranges, same merge order)."""
     w = model._model
     lead = _core.Context(w, 512, 64, 2)
-    ctxs = [lead] + [_core.Context(w, 512, 64, 0, share_pool_with=lead) for _ in range(3)]
+    ctxs = [lead] + [_core.Context(w, 512, 64, 0, share_with=lead) for _ in range(3)]
     rng = np.random.default_rng(7)
     prompts = [rng.integers(100, 20000, size=n).astype(np.int32) for n in (300, 20, 140, 200)]
     refs = [_core.Context(w, 512, 64, 2) for _ in ctxs]
@@ -327,7 +327,7 @@ def test_decode_batch_is_exact_where_a_step_splits_its_positions_across_threads(
 def test_decode_batch_refuses_bad_batches_before_any_compute(model, smollm2_path):
     w = model._model
     a = _core.Context(w, 8, 4, 1)
-    b = _core.Context(w, 8, 4, 0, share_pool_with=a)
+    b = _core.Context(w, 8, 4, 0, share_with=a)
     s = [_core.Sampler(model.n_vocab, temperature=0.0) for _ in range(2)]
     with pytest.raises(ValueError, match="twice"):
         a.decode_batch([a, a], np.asarray([1, 2], np.int32), s, [None, None])
@@ -345,6 +345,41 @@ def test_decode_batch_refuses_bad_batches_before_any_compute(model, smollm2_path
             a.decode_batch([a, other._ctx], np.asarray([1, 2], np.int32), s, [None, None])
     finally:
         other.close()
+
+
+def test_contexts_sharing_a_scratch_evaluated_from_two_threads_at_once_stay_exact(model, smollm2_path):
+    """Contexts made with share_with use one set of forward buffers: two Python threads evaluating
+    two of them at the same moment must take turns (one lock), each getting exactly the logits of
+    a Context of its own; a Context of another model is refused as a partner."""
+    w = model._model
+    lead = _core.Context(w, 64, 16, 2)
+    other = _core.Context(w, 64, 16, 0, share_with=lead)
+    prompts = [np.asarray(model.tokenize(p), np.int32) for p in ("The capital of France is", "Water boils at")]
+    expected = []
+    for ids in prompts:
+        ref = _core.Context(w, 64, 16, 2)
+        expected.append([ref.eval(ids[:i + 1][-1:], False).copy() for i in range(len(ids))])
+    got = [[], []]
+
+    def run(i, ctx):
+        for j in range(len(prompts[i])):
+            got[i].append(ctx.eval(prompts[i][j:j + 1], False).copy())
+
+    threads = [threading.Thread(target=run, args=(i, c)) for i, c in enumerate((lead, other))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for g, e in zip(got, expected):
+        assert len(g) == len(e)
+        for a, b in zip(g, e):
+            np.testing.assert_array_equal(a, b)
+    second = pyllm.Model(smollm2_path, n_ctx=8)
+    try:
+        with pytest.raises(ValueError, match="same model"):
+            _core.Context(second._model, 8, 4, 0, share_with=lead)
+    finally:
+        second.close()
 
 
 @pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="counts threads in /proc")

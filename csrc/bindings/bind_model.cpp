@@ -30,7 +30,8 @@ struct PyContext {
     std::unique_ptr<Context> ctx;
     py::object model_ref;          // keeps the weights alive
     std::vector<float> last_logits;// (n_vocab) logits of the last evaluated token
-    std::mutex busy;               // one evaluation at a time, whatever Python threads do
+    std::shared_ptr<std::mutex> busy;  // one evaluation at a time, whatever Python threads do (one
+                                       // lock for the Contexts that share a scratch)
     std::vector<float> batch_logits;// (n, n_vocab) of a decode_batch this Context leads: kept, so a
                                     // step does not map and fault in fresh pages (1.5 MB at 8 x 49152)
 };
@@ -105,31 +106,37 @@ void register_model(py::module_& m) {
                     py::arg("config"), py::arg("n_ctx"), py::arg("cache_type_k") = "f16", py::arg("cache_type_v") = "f16");
 
     py::class_<PyContext>(m, "Context")
-        // share_pool_with: another Context of the same model whose thread pool this one runs on
-        // (the generation engine's slots: one pool, n_threads threads, whatever the slot count).
+        // share_with: another Context of the same model whose thread pool and scratch this one
+        // uses (the generation engine's slots: one pool of n_threads threads and one set of
+        // forward buffers, whatever the slot count; a slot costs its KV cache). Contexts that
+        // share evaluate one at a time (one lock), and take n_batch and n_threads from share_with.
         .def(py::init([](py::object model, int n_ctx, int n_batch, int n_threads, const std::string& type_k,
-                         const std::string& type_v, py::object share_pool_with) {
+                         const std::string& type_v, py::object share_with) {
                  auto& pm = model.cast<PyModel&>();
                  auto pc = std::make_unique<PyContext>();
                  const Type tk = kv_cache_type_from_name(type_k), tv = kv_cache_type_from_name(type_v);
-                 if (share_pool_with.is_none()) {
+                 if (share_with.is_none()) {
                      pc->ctx = std::make_unique<Context>(pm.model, n_ctx, n_batch, n_threads, tk, tv);
+                     pc->busy = std::make_shared<std::mutex>();
                  } else {
-                     auto& other = share_pool_with.cast<PyContext&>();
-                     pc->ctx = std::make_unique<Context>(pm.model, n_ctx, n_batch, other.ctx->pool(), tk, tv);
+                     auto& other = share_with.cast<PyContext&>();
+                     if (!other.model_ref.is(model))
+                         fail(ErrorKind::invalid_argument, "share_with must be a Context of the same model");
+                     pc->ctx = std::make_unique<Context>(*other.ctx, n_ctx, tk, tv);
+                     pc->busy = other.busy;
                  }
                  pc->model_ref = model;
                  pc->last_logits.assign(pm.model->config().n_vocab, 0.0f);
                  return pc;
              }),
              py::arg("model"), py::arg("n_ctx"), py::arg("n_batch") = 512, py::arg("n_threads") = 0,
-             py::arg("cache_type_k") = "f16", py::arg("cache_type_v") = "f16", py::arg("share_pool_with") = py::none())
+             py::arg("cache_type_k") = "f16", py::arg("cache_type_v") = "f16", py::arg("share_with") = py::none())
         .def_property_readonly("n_ctx", [](PyContext& c) { return c.ctx->n_ctx(); })
         .def_property_readonly("kv_cache_bytes", [](PyContext& c) { return c.ctx->kv_cache().bytes(); })
         .def_property_readonly("n_past", [](PyContext& c) { return c.ctx->n_past(); })
         .def_property_readonly("weight_bytes_read", [](PyContext& c) { return c.ctx->weight_bytes_read(); })
         .def_property_readonly("n_threads", [](PyContext& c) { return c.ctx->n_threads(); })
-        .def("truncate", [](PyContext& c, int64_t n) { std::lock_guard<std::mutex> l(c.busy); c.ctx->truncate(n); })
+        .def("truncate", [](PyContext& c, int64_t n) { std::lock_guard<std::mutex> l(*c.busy); c.ctx->truncate(n); })
         // Evaluates tokens; returns (n, n_vocab) logits of all of them, or (n_vocab,) of the last.
         .def("eval", [](PyContext& c, py::handle tokens, bool all_logits) {
                  auto ids = as_tokens(tokens);
@@ -140,7 +147,7 @@ void register_model(py::module_& m) {
                  const int32_t* t = ids.data();
                  {
                      py::gil_scoped_release nogil;
-                     std::lock_guard<std::mutex> l(c.busy);
+                     std::lock_guard<std::mutex> l(*c.busy);
                      c.ctx->eval(t, n, o, all_logits, python_interrupted);
                      std::copy(o + (all_logits ? (n - 1) * nv : 0), o + (all_logits ? n * nv : nv), c.last_logits.begin());
                  }
@@ -157,7 +164,7 @@ void register_model(py::module_& m) {
                  int32_t next;
                  {
                      py::gil_scoped_release nogil;
-                     std::lock_guard<std::mutex> l(c.busy);
+                     std::lock_guard<std::mutex> l(*c.busy);
                      c.ctx->eval(t, n, c.last_logits.data(), false, python_interrupted);
                      for (int64_t i = 0; i < n; ++i) s.accept(t[i]);
                      next = s.sample(c.last_logits.data(), m);
@@ -170,7 +177,7 @@ void register_model(py::module_& m) {
                  std::vector<int32_t> out(n > 0 ? n : 0);
                  {
                      py::gil_scoped_release nogil;
-                     std::lock_guard<std::mutex> l(c.busy);
+                     std::lock_guard<std::mutex> l(*c.busy);
                      const float* lg = c.last_logits.data();
                      for (int i = 0; i < n; ++i) {
                          c.ctx->eval(&token, 1, c.last_logits.data(), false, python_interrupted);
@@ -210,9 +217,11 @@ void register_model(py::module_& m) {
                      py::gil_scoped_release nogil;
                      // Lock every sequence (and the lead) in address order: no deadlock with other callers.
                      std::vector<std::mutex*> locks;
-                     for (auto* s : seqs) locks.push_back(&s->busy);
-                     if (std::find(seqs.begin(), seqs.end(), &lead) == seqs.end()) locks.push_back(&lead.busy);
+                     // (Contexts that share a scratch share their lock: each lock is taken once.)
+                     for (auto* s : seqs) locks.push_back(s->busy.get());
+                     locks.push_back(lead.busy.get());
                      std::sort(locks.begin(), locks.end());
+                     locks.erase(std::unique(locks.begin(), locks.end()), locks.end());
                      for (auto* mx : locks) mx->lock();
                      struct Unlock {
                          std::vector<std::mutex*>& v;

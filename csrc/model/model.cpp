@@ -341,35 +341,50 @@ static int checked_n_ctx(int n_ctx) {
     return n_ctx;
 }
 
-Context::Context(std::shared_ptr<const Model> model, int n_ctx, int n_batch, int n_threads, Type type_k, Type type_v)
-    : Context(std::move(model), n_ctx, n_batch, std::make_shared<ThreadPool>(n_threads), type_k, type_v) {}
-
-Context::Context(std::shared_ptr<const Model> model, int n_ctx, int n_batch, std::shared_ptr<ThreadPool> pool, Type type_k,
-                 Type type_v)
-    : model_(std::move(model)), kt_(kernels()), pool_owner_(std::move(pool)), pool_(*pool_owner_), n_ctx_(n_ctx), n_batch_(n_batch),
-      kv_(type_k, type_v, model_->config().n_layer, checked_n_ctx(n_ctx), model_->config().n_head_kv, model_->config().head_dim) {
-    const HParams& c = model_->config();
+Scratch::Scratch(const HParams& c, int n_batch, int n_threads) {
     if (n_batch < 1) fail(ErrorKind::invalid_argument, "n_batch must be at least 1");
-    const int64_t kv = (int64_t)c.n_head_kv * c.head_dim, nq = (int64_t)c.n_head * c.head_dim;
-    x_.resize((size_t)n_batch * c.n_embd);
-    xb_.resize(x_.size());
-    tmp_.resize(x_.size());
-    q_.resize((size_t)n_batch * nq);
-    att_.resize(q_.size());
-    k_.resize((size_t)n_batch * kv);
-    v_.resize(k_.size());
+    const int64_t kv_width = (int64_t)c.n_head_kv * c.head_dim, nq = (int64_t)c.n_head * c.head_dim;
+    x.resize((size_t)n_batch * c.n_embd);
+    xb.resize(x.size());
+    tmp.resize(x.size());
+    q.resize((size_t)n_batch * nq);
+    att.resize(q.size());
+    k.resize((size_t)n_batch * kv_width);
+    v.resize(k.size());
     const int64_t max_ff = std::max<int64_t>({c.n_ff, c.n_expert ? c.n_ff_exp : 0, c.n_expert ? c.n_ff_shexp : 0});
-    hb_.resize((size_t)n_batch * max_ff);
-    hb2_.resize(hb_.size());
+    hb.resize((size_t)n_batch * max_ff);
+    hb2.resize(hb.size());
     if (c.n_expert) {
-        router_.resize((size_t)n_batch * c.n_expert);
-        sel_.resize((size_t)n_batch * c.n_expert_used);
-        sel_w_.resize(sel_.size());
-        routed_.resize(sel_.size());
-        xg_.resize((size_t)n_batch * c.n_embd);
-        moe_y_.resize((size_t)n_batch * c.n_expert_used * c.n_embd);
+        router.resize((size_t)n_batch * c.n_expert);
+        sel.resize((size_t)n_batch * c.n_expert_used);
+        sel_w.resize(sel.size());
+        routed.resize(sel.size());
+        xg.resize((size_t)n_batch * c.n_embd);
+        moe_y.resize((size_t)n_batch * c.n_expert_used * c.n_embd);
     }
-    cos_sin_.resize((size_t)n_batch * c.n_rot);
+    cos_sin.resize((size_t)n_batch * c.n_rot);
+    bool any_swa = false;
+    for (int l = 0; l < c.n_layer; ++l) any_swa |= c.is_swa(l);
+    if (any_swa) cos_sin_swa.resize(cos_sin.size());
+    pos.resize(n_batch);
+    att_scratch.resize(attention_scratch_floats(n_threads, c.n_head, c.n_head_kv, c.head_dim));
+    // Largest quantized row: F32 activations (float weights) of the widest input.
+    const int64_t max_k = std::max<int64_t>({c.n_embd, max_ff, nq});
+    for (auto& a : act) a.resize((size_t)n_batch * max_k * sizeof(float) + 64);
+}
+
+Context::Context(std::shared_ptr<const Model> model, int n_ctx, int n_batch, int n_threads, Type type_k, Type type_v)
+    : Context(std::move(model), std::make_shared<ThreadPool>(n_threads), nullptr, n_ctx, n_batch, type_k, type_v) {}
+
+Context::Context(const Context& share_with, int n_ctx, Type type_k, Type type_v)
+    : Context(share_with.model_, share_with.pool_owner_, share_with.scratch_, n_ctx, share_with.n_batch_, type_k, type_v) {}
+
+Context::Context(std::shared_ptr<const Model> model, std::shared_ptr<ThreadPool> pool, std::shared_ptr<Scratch> scratch,
+                 int n_ctx, int n_batch, Type type_k, Type type_v)
+    : model_(std::move(model)), kt_(kernels()), pool_owner_(std::move(pool)), pool_(*pool_owner_), n_ctx_(n_ctx), n_batch_(n_batch),
+      kv_(type_k, type_v, model_->config().n_layer, checked_n_ctx(n_ctx), model_->config().n_head_kv, model_->config().head_dim),
+      scratch_(scratch ? std::move(scratch) : std::make_shared<Scratch>(model_->config(), n_batch, pool_.size())) {
+    const HParams& c = model_->config();
     // The rope of the global layers and of the sliding-window ones (gemma3: base 10000, no
     // scaling). LongRoPE's long factors apply when this context is longer than the original.
     const Model& m = *model_;
@@ -385,14 +400,6 @@ Context::Context(std::shared_ptr<const Model> model, int n_ctx, int n_batch, std
     rope_swa_ = rope_;
     rope_swa_.freq_base = c.rope_freq_base_swa;
     rope_swa_.freq_scale = c.rope_freq_scale_swa;
-    bool any_swa = false;
-    for (int l = 0; l < c.n_layer; ++l) any_swa |= c.is_swa(l);
-    if (any_swa) cos_sin_swa_.resize(cos_sin_.size());
-    pos_.resize(n_batch);
-    att_scratch_.resize(attention_scratch_floats(pool_.size(), c.n_head, c.n_head_kv, c.head_dim));
-    // Largest quantized row: F32 activations (float weights) of the widest input.
-    const int64_t max_k = std::max<int64_t>({c.n_embd, max_ff, nq});
-    for (auto& a : act_) a.resize((size_t)n_batch * max_k * sizeof(float) + 64);
 }
 
 void Context::truncate(int64_t n) {
@@ -613,7 +620,7 @@ void Context::forward_batch(const int32_t* tokens, int64_t nb, float* logits, bo
         for_rows(nb, [&](int64_t t) { rmsnorm(x_.data() + t * d, L.attn_norm, xb_.data() + t * d, 1, d, c.rms_eps); });
         capture(l, LinearInput::attn_qkv, xb_.data(), d);
         {
-            size_t rq, rk, rv;
+            size_t rq = 0, rk = 0, rv = 0;
             const uint8_t* aq = quantize_for(L.wq, xb_.data(), nb, &rq, 0);
             // k and v usually share q's activation type; quantize again only when they don't.
             const bool same_k = type_traits(L.wk.type).vec_dot_type == type_traits(L.wq.type).vec_dot_type;

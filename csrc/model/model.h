@@ -124,17 +124,45 @@ struct CaptureSink {
     virtual void on_input(int layer, LinearInput which, const float* x, int64_t n_tok, int64_t k, ThreadPool& pool) = 0;
 };
 
+// The buffers a forward pass works in, sized for n_batch tokens of one model. The Contexts of one
+// generation engine share one, with their thread pool (they evaluate one at a time), so a slot
+// costs only its KV cache: a 1B-shape scratch at n_batch 512 is ~100 MB, and zeroing a fresh one
+// took 160 ms of the step that admitted a new slot (2-core Zen 3).
+struct Scratch {
+    Scratch(const HParams& c, int n_batch, int n_threads);
+    std::vector<float> x;        // (n_batch, n_embd) residual stream
+    std::vector<float> xb;       // (n_batch, n_embd) normed
+    std::vector<float> q;        // (n_batch, n_head*hd)
+    std::vector<float> k, v;     // (n_batch, n_kv*hd)
+    std::vector<float> att;      // (n_batch, n_head*hd)
+    std::vector<float> tmp;      // (n_batch, n_embd)
+    std::vector<float> hb, hb2;  // (n_batch, max(n_ff, n_ff_exp, n_ff_shexp))
+    // Mixture of experts: router probabilities, each token's top-k experts and weights, the rows
+    // routed to one expert, and each (token, rank)'s expert output, summed in rank order.
+    std::vector<float> router;   // (n_batch, n_expert)
+    std::vector<int32_t> sel;    // (n_batch, n_expert_used)
+    std::vector<float> sel_w;    // (n_batch, n_expert_used)
+    std::vector<int32_t> routed; // (n_batch * n_expert_used) (token * k + rank) of one expert
+    std::vector<float> xg;       // (n_batch, n_embd) gathered rows
+    std::vector<float> moe_y;    // (n_batch, n_expert_used, n_embd)
+    std::vector<float> cos_sin;  // (n_batch, n_rot) for the global layers
+    std::vector<float> cos_sin_swa;  // (n_batch, n_rot) for the sliding-window layers
+    std::vector<int32_t> pos;    // (n_batch)
+    std::vector<float> att_scratch;  // grown by decode_batch to the batched attention's size
+    std::vector<KvLayerView> kv_views;  // (n_batch) a decode_batch's sequences' caches at one layer
+    std::vector<uint8_t> act[3]; // quantized activations, one per concurrently used act type
+};
+
 class Context {
 public:
     // Sizes the KV cache for n_ctx positions (K and V rows of type_k / type_v, kv_cache.h) and the
     // scratch for n_batch tokens per forward.
     Context(std::shared_ptr<const Model> model, int n_ctx, int n_batch, int n_threads,
             Type type_k = TYPE_F16, Type type_v = TYPE_F16);
-    // The same, running on `pool` (shared with other Contexts of one generation engine, which
-    // evaluates one Context at a time: several sequences must not oversubscribe the cores).
-    Context(std::shared_ptr<const Model> model, int n_ctx, int n_batch, std::shared_ptr<ThreadPool> pool,
-            Type type_k = TYPE_F16, Type type_v = TYPE_F16);
-    const std::shared_ptr<ThreadPool>& pool() const { return pool_owner_; }
+    // A Context on `share_with`'s model, thread pool and scratch, with its own KV cache of n_ctx
+    // positions: the slots of one generation engine, which evaluates one of them at a time
+    // (several sequences must not oversubscribe the cores). The caller serializes their use.
+    Context(const Context& share_with, int n_ctx, Type type_k = TYPE_F16, Type type_v = TYPE_F16);
 
     int n_ctx() const { return n_ctx_; }
     int n_threads() const { return pool_.size(); }
@@ -169,6 +197,8 @@ public:
     void set_capture(CaptureSink* sink) { capture_ = sink; }
 
 private:
+    Context(std::shared_ptr<const Model> model, std::shared_ptr<ThreadPool> pool, std::shared_ptr<Scratch> scratch, int n_ctx,
+            int n_batch, Type type_k, Type type_v);
     // seqs (nullable): token t belongs to seqs[t] (decode_batch), else all to this sequence.
     void forward_batch(const int32_t* tokens, int64_t nb, float* logits, bool all_logits, const StopCheck& stop,
                        Context* const* seqs = nullptr);
@@ -184,22 +214,29 @@ private:
     int64_t n_past_ = 0;
 
     KvCache kv_;  // (n_layer, n_ctx) K and V rows
-    // Scratch, sized for n_batch tokens:
-    std::vector<float> x_;        // (n_batch, n_embd) residual stream
-    std::vector<float> xb_;       // (n_batch, n_embd) normed
-    std::vector<float> q_;        // (n_batch, n_head*hd)
-    std::vector<float> k_, v_;    // (n_batch, n_kv*hd)
-    std::vector<float> att_;      // (n_batch, n_head*hd)
-    std::vector<float> tmp_;      // (n_batch, n_embd)
-    std::vector<float> hb_, hb2_; // (n_batch, max(n_ff, n_ff_exp, n_ff_shexp))
-    // Mixture of experts: router probabilities, each token's top-k experts and weights, the rows
-    // routed to one expert, and each (token, rank)'s expert output, summed in rank order.
-    std::vector<float> router_;   // (n_batch, n_expert)
-    std::vector<int32_t> sel_;    // (n_batch, n_expert_used)
-    std::vector<float> sel_w_;    // (n_batch, n_expert_used)
-    std::vector<int32_t> routed_; // (n_batch * n_expert_used) (token * k + rank) of one expert
-    std::vector<float> xg_;       // (n_batch, n_embd) gathered rows
-    std::vector<float> moe_y_;    // (n_batch, n_expert_used, n_embd)
+    std::shared_ptr<Scratch> scratch_;
+    // The scratch's buffers under the names the forward pass uses (bound to *scratch_):
+    std::vector<float>& x_ = scratch_->x;
+    std::vector<float>& xb_ = scratch_->xb;
+    std::vector<float>& q_ = scratch_->q;
+    std::vector<float>& k_ = scratch_->k;
+    std::vector<float>& v_ = scratch_->v;
+    std::vector<float>& att_ = scratch_->att;
+    std::vector<float>& tmp_ = scratch_->tmp;
+    std::vector<float>& hb_ = scratch_->hb;
+    std::vector<float>& hb2_ = scratch_->hb2;
+    std::vector<float>& router_ = scratch_->router;
+    std::vector<int32_t>& sel_ = scratch_->sel;
+    std::vector<float>& sel_w_ = scratch_->sel_w;
+    std::vector<int32_t>& routed_ = scratch_->routed;
+    std::vector<float>& xg_ = scratch_->xg;
+    std::vector<float>& moe_y_ = scratch_->moe_y;
+    std::vector<float>& cos_sin_ = scratch_->cos_sin;
+    std::vector<float>& cos_sin_swa_ = scratch_->cos_sin_swa;
+    std::vector<int32_t>& pos_ = scratch_->pos;
+    std::vector<float>& att_scratch_ = scratch_->att_scratch;
+    std::vector<KvLayerView>& kv_views_ = scratch_->kv_views;
+    std::vector<uint8_t>* const act_ = scratch_->act;
     uint64_t weight_bytes_read_ = 0;
     // matmul() on this Context's pool, counting the weights it reads.
     void run_matmul(const MatmulJob* jobs, int n_jobs, int64_t n_tok);
@@ -208,13 +245,7 @@ private:
     void down_proj(const Matrix& down, int64_t n, float* out);
     void swiglu_ffn(const Matrix& gate, const Matrix& up, const Matrix& down, const float* x, int64_t n, int64_t ff,
                     float* out);
-    std::vector<float> cos_sin_;  // (n_batch, n_rot) for the global layers
-    std::vector<float> cos_sin_swa_;  // (n_batch, n_rot) for the sliding-window layers
     RopeParams rope_, rope_swa_;  // their rope: the model's, with the factors this n_ctx picks
-    std::vector<int32_t> pos_;    // (n_batch)
-    std::vector<float> att_scratch_;  // grown by decode_batch to the batched attention's size
-    std::vector<KvLayerView> kv_views_;  // (n_batch) a decode_batch's sequences' caches at one layer
-    std::vector<uint8_t> act_[3]; // quantized activations, one per concurrently used act type
     CaptureSink* capture_ = nullptr;
 };
 

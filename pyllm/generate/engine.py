@@ -12,8 +12,9 @@ advances speculative and job tasks one step each, and prefills one chunk of the 
 (small chunks while others decode, so running streams keep flowing). A new request takes the free
 slot whose cached tokens share the longest prefix with its prompt, and evaluates only the rest.
 
-All slots run on one thread pool (slot 0's): the machine sees n_threads busy threads, as with
-one Context, however many slots there are.
+All slots run on one thread pool and one set of forward buffers (slot 0's): the machine sees
+n_threads busy threads, as with one Context, however many slots there are, and a slot's memory
+is its KV cache.
 
 One source of truth for sampling settings: `SamplingParams`' defaults are read from the C++
 sampler (`_core.sampler_defaults()`, sampling/sampler.h); every Python signature that takes a
@@ -557,9 +558,10 @@ class Engine:
                     best, best_len = i, key
             try:
                 if self.slots[best] is None:
-                    # Every slot runs on slot 0's thread pool: one slot evaluates at a time, and
-                    # idle pools would only spin against the busy one.
-                    self.slots[best] = Slot(best, self._new_context(share_pool_with=self.slots[0].ctx))
+                    # Every slot runs on slot 0's thread pool and forward buffers: one slot
+                    # evaluates at a time, idle pools would only spin against the busy one, and a
+                    # new slot costs only its KV cache.
+                    self.slots[best] = Slot(best, self._new_context(share_with=self.slots[0].ctx))
             except BaseException as e:   # out of memory for another context: fail this one
                 r.finish(error=e)
                 self.stats.errors += 1
