@@ -67,7 +67,9 @@ def cache_dir(tmp_path):
 
 
 def test_conversation_commands_and_ctrl_c(smollm2_path, cache_dir):
-    child = spawn(["--temperature", "0", "--max-tokens", "6", "--system", "Be brief.", "--ctx", "256"],
+    # --ctx 2048 and max_tokens 1500 (below): the story the test interrupts must outlast a loaded
+    # machine's delay before Ctrl-C lands (with --ctx 256 it could end, context full, first).
+    child = spawn(["--temperature", "0", "--max-tokens", "6", "--system", "Be brief.", "--ctx", "2048"],
                   cache_dir, smollm2_path)
     child.expect_exact(PROMPT)
     assert "/regen" in send(child, "/help")
@@ -83,7 +85,7 @@ def test_conversation_commands_and_ctrl_c(smollm2_path, cache_dir):
     assert evaluated2 == n_prompt2 - reused2 and evaluated2 < n_prompt2 - n_prompt1 + 8
     assert n_messages(child) == 4
 
-    assert "[max_tokens = 200]" in send(child, "/set max_tokens 200")
+    assert "[max_tokens = 1500]" in send(child, "/set max_tokens 1500")
     assert "error" in send(child, "/set temperature warm")
     assert "unknown setting" in send(child, "/set bogus 1")
 
@@ -114,7 +116,7 @@ def test_conversation_commands_and_ctrl_c(smollm2_path, cache_dir):
     assert "unknown command /frobnicate" in send(child, "/frobnicate")
     assert finish(child) == 0
     history = (cache_dir / "chat_history").read_text()
-    assert "Reply with one word: hello" in history and "/set max_tokens 200" in history
+    assert "Reply with one word: hello" in history and "/set max_tokens 1500" in history
 
 
 def test_context_overflow_drops_oldest_turns(smollm2_path, cache_dir, tmp_path):
