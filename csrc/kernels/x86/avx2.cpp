@@ -202,23 +202,36 @@ inline __m256 load8_v(const float* p) { return _mm256_loadu_ps(p); }
 inline float v_to_f32(uint16_t h) { return half_to_f32(h); }
 inline float v_to_f32(float f) { return f; }
 
-template <int R, typename V>
-void pv_tile_avx2(int64_t nb, int64_t d, int64_t i, int64_t w, const float* p, int64_t p_stride,
+// R probability rows times W vector columns (8 floats each) of the output. W is a template
+// parameter so the accumulators stay in registers (2 x 4 + 4 + 1 = 13 ymm): with a run-time
+// column count GCC kept them on the stack, a load and a store around every FMA.
+template <int R, int W, typename V>
+void pv_tile_avx2(int64_t nb, int64_t d, int64_t i, const float* p, int64_t p_stride,
                   const V* v, int64_t v_stride, float* out) {
-    // w: vector columns in this tile (1..4), each 8 floats wide.
-    __m256 acc[R][4];
+    __m256 acc[R][W];
     for (int r = 0; r < R; ++r)
-        for (int c = 0; c < w; ++c) acc[r][c] = _mm256_loadu_ps(out + r * d + i + 8 * c);
+        for (int c = 0; c < W; ++c) acc[r][c] = _mm256_loadu_ps(out + r * d + i + 8 * c);
     for (int64_t j = 0; j < nb; ++j) {
-        __m256 vv[4];
-        for (int c = 0; c < w; ++c) vv[c] = load8_v(v + j * v_stride + i + 8 * c);
+        __m256 vv[W];
+        for (int c = 0; c < W; ++c) vv[c] = load8_v(v + j * v_stride + i + 8 * c);
         for (int r = 0; r < R; ++r) {
             const __m256 pb = _mm256_set1_ps(p[r * p_stride + j]);
-            for (int c = 0; c < w; ++c) acc[r][c] = _mm256_fmadd_ps(vv[c], pb, acc[r][c]);
+            for (int c = 0; c < W; ++c) acc[r][c] = _mm256_fmadd_ps(vv[c], pb, acc[r][c]);
         }
     }
     for (int r = 0; r < R; ++r)
-        for (int c = 0; c < w; ++c) _mm256_storeu_ps(out + r * d + i + 8 * c, acc[r][c]);
+        for (int c = 0; c < W; ++c) _mm256_storeu_ps(out + r * d + i + 8 * c, acc[r][c]);
+}
+
+template <int R, typename V>
+void pv_tile_cols(int64_t w, int64_t nb, int64_t d, int64_t i, const float* p, int64_t p_stride, const V* v,
+                  int64_t v_stride, float* out) {
+    switch (w) {
+        case 4: return pv_tile_avx2<R, 4, V>(nb, d, i, p, p_stride, v, v_stride, out);
+        case 3: return pv_tile_avx2<R, 3, V>(nb, d, i, p, p_stride, v, v_stride, out);
+        case 2: return pv_tile_avx2<R, 2, V>(nb, d, i, p, p_stride, v, v_stride, out);
+        default: return pv_tile_avx2<R, 1, V>(nb, d, i, p, p_stride, v, v_stride, out);
+    }
 }
 
 // V in f16 (the cache) or f32 (a dequantized block of a quantized cache).
@@ -232,8 +245,8 @@ void pv_avx2(int64_t n_rows, int64_t nb, int64_t d, const float* p, int64_t p_st
         float* o = out + r0 * d;
         for (int64_t i = 0; i < dv; i += 32) {
             const int64_t w = std::min<int64_t>(4, (dv - i) / 8);
-            if (two) pv_tile_avx2<2, V>(nb, d, i, w, pr, p_stride, v, v_stride, o);
-            else pv_tile_avx2<1, V>(nb, d, i, w, pr, p_stride, v, v_stride, o);
+            if (two) pv_tile_cols<2, V>(w, nb, d, i, pr, p_stride, v, v_stride, o);
+            else pv_tile_cols<1, V>(w, nb, d, i, pr, p_stride, v, v_stride, o);
         }
         for (int64_t r = r0; r < std::min(n_rows, r0 + 2); ++r)
             for (int64_t j = 0; j < nb; ++j)
