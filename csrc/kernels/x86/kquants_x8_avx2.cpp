@@ -15,6 +15,7 @@
 
 #include "kernels/kernels.h"
 #include "kernels/kx8_tiling.h"
+#include "kernels/x86/avx2_helpers.h"
 #include "quant/blocks.h"
 
 namespace pyllm {
@@ -36,6 +37,12 @@ inline void prefetch_column(const uint8_t* col) {
     constexpr int kAhead = 2;
     for (int off = 0; off < kCol; off += 64) _mm_prefetch(reinterpret_cast<const char*>(col + kAhead * kCol + off), _MM_HINT_T0);
 }
+// The same address, opaque to the compiler: a second pass over runs loads them again instead of
+// GCC keeping the first pass's loads (and their shifts) alive, which spilled them to the stack.
+inline const uint8_t* reload(const uint8_t* p) {
+    __asm__("" : "+r"(p));
+    return p;
+}
 inline __m256 load8_halves(const uint8_t* p) { return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))); }
 
 // Within each 16-byte lane of pair-order bytes (row L's sub-blocks 2p, 2p+1 at 2L, 2L+1): row L's
@@ -50,9 +57,12 @@ inline __m256i dup_sub(__m256i pair_bytes) {
 }
 inline __m128i lane(__m256i v, int hi) { return hi ? _mm256_extracti128_si256(v, 1) : _mm256_castsi256_si128(v); }
 
-// Byte bit b moved to bit 4 (0x10) of the same byte (16-bit shifts; the mask drops what leaks).
+// Byte bit b moved to bit 4 (0x10) of the same byte (16-bit shifts; the mask drops what leaks:
+// bit b of the high byte is word bit 8 + b, bit 8 after the right shift, bit 12 after the left).
+// One formula for every b, so a loop over b has no branch (GCC 12 kept the Q5 x8 tile's run loop
+// rolled, with both shifts and a branch per run, when b picked the direction).
 inline __m256i bit_to_x10(__m256i bytes, int b) {
-    const __m256i s = b < 4 ? _mm256_slli_epi16(bytes, 4 - b) : _mm256_srli_epi16(bytes, b - 4);
+    const __m256i s = _mm256_slli_epi16(_mm256_srl_epi16(bytes, _mm_cvtsi32_si128(b)), 4);
     return _mm256_and_si256(s, _mm256_set1_epi8(0x10));
 }
 
@@ -66,7 +76,7 @@ struct K45X8 {
     static constexpr int kCol = kQ5 ? 1408 : 1152, kQh = 128, kQs = kQ5 ? 384 : 128, kToks = 4;
 
     template <int T>
-    static void tile(const uint8_t* w, int64_t nb, const uint8_t* const* a_rows, float* out, int64_t out_stride, bool add) {
+    __attribute__((noinline)) static void tile(const uint8_t* w, int64_t nb, const uint8_t* const* a_rows, float* out, int64_t out_stride, bool add) {
         const block_q8_K* a[T];
         for (int t = 0; t < T; ++t) a[t] = reinterpret_cast<const block_q8_K*>(a_rows[t]);
         const __m256i low4 = _mm256_set1_epi8(0x0f), low6 = _mm256_set1_epi8(63), x30 = _mm256_set1_epi8(0x30);
@@ -81,30 +91,39 @@ struct K45X8 {
             for (int t = 0; t < T; ++t) isum[t] = _mm256_setzero_si256();
             for (int jj = 0; jj < 4; ++jj) {  // elements 64jj..64jj+63: sub-blocks 2jj (low nibbles), 2jj+1 (high)
                 const __m256i sc = _mm256_and_si256(jj < 2 ? s01 : s23, low6);
-                const __m256i sc_lo = _mm256_cvtepu8_epi16(lane(dup_sub<0>(sc), jj & 1));
-                const __m256i sc_hi = _mm256_cvtepu8_epi16(lane(dup_sub<1>(sc), jj & 1));
-                __m256i plo[T], phi[T];
-                for (int t = 0; t < T; ++t) plo[t] = phi[t] = _mm256_setzero_si256();
-                for (int r = 0; r < 8; ++r) {
-                    const __m256i raw = ld32(col + kQs + 32 * (8 * jj + r));
-                    __m256i lo = _mm256_and_si256(raw, low4);
-                    __m256i hi = _mm256_and_si256(_mm256_srli_epi16(raw, 4), low4);
-                    if constexpr (kQ5) {
-                        const __m256i qh = ld32(col + kQh + 32 * r);
-                        lo = _mm256_or_si256(lo, bit_to_x10(qh, 2 * jj));
-                        hi = _mm256_or_si256(hi, bit_to_x10(qh, 2 * jj + 1));
+                // At T > 1, one nibble per pass over the 8 runs (the high pass loads them again,
+                // from L1), so only one set of T pair sums is live: with both, T = 4 needed acc,
+                // isum, plo, phi (16 ymm) plus the constants and the run, and GCC 12 spilled ~170
+                // ymm values per column. The sums are pinned (avx2_helpers.h) so the adds stay
+                // chains. T = 1 (decode) has the registers for both nibbles and reads each run once.
+                constexpr int kNibs = T == 1 ? 2 : 1;
+                for (int n0 = 0; n0 < 2; n0 += kNibs) {
+                    __m256i scv[kNibs], pr[kNibs][T];
+                    for (int n = 0; n < kNibs; ++n) {
+                        scv[n] = _mm256_cvtepu8_epi16(lane(n0 + n ? dup_sub<1>(sc) : dup_sub<0>(sc), jj & 1));
+                        for (int t = 0; t < T; ++t) pr[n][t] = _mm256_setzero_si256();
                     }
-                    for (int t = 0; t < T; ++t) {
-                        const int8_t* q8 = a[t][i].qs + 64 * jj + 4 * r;
-                        plo[t] = _mm256_add_epi16(plo[t], _mm256_maddubs_epi16(lo, bcast4(q8)));
-                        phi[t] = _mm256_add_epi16(phi[t], _mm256_maddubs_epi16(hi, bcast4(q8 + 32)));
-                    }
-                    if (kQ5 ? (r & 3) == 3 : r == 7)
-                        for (int t = 0; t < T; ++t) {
-                            isum[t] = _mm256_add_epi32(isum[t], _mm256_add_epi32(_mm256_madd_epi16(plo[t], sc_lo),
-                                                                                 _mm256_madd_epi16(phi[t], sc_hi)));
-                            plo[t] = phi[t] = _mm256_setzero_si256();
+                    const uint8_t* runs = reload(col + kQs + 256 * jj);
+                    const uint8_t* qhs = reload(col + kQh);
+#pragma GCC unroll 8
+                    for (int r = 0; r < 8; ++r) {
+                        const __m256i raw = ld32(runs + 32 * r);
+                        for (int n = 0; n < kNibs; ++n) {
+                            const int nib = n0 + n;
+                            __m256i q = _mm256_and_si256(nib ? _mm256_srli_epi16(raw, 4) : raw, low4);
+                            if constexpr (kQ5) q = _mm256_or_si256(q, bit_to_x10(ld32(qhs + 32 * r), 2 * jj + nib));
+                            for (int t = 0; t < T; ++t) {
+                                const __m256i y = bcast4(a[t][i].qs + 64 * jj + 32 * nib + 4 * r);
+                                pr[n][t] = pinned(_mm256_add_epi16(pr[n][t], _mm256_maddubs_epi16(q, y)));
+                            }
                         }
+                        if (kQ5 ? (r & 3) == 3 : r == 7)
+                            for (int n = 0; n < kNibs; ++n)
+                                for (int t = 0; t < T; ++t) {
+                                    isum[t] = pinned(_mm256_add_epi32(isum[t], _mm256_madd_epi16(pr[n][t], scv[n])));
+                                    pr[n][t] = _mm256_setzero_si256();
+                                }
+                    }
                 }
             }
             // The mins: 6 bits = low nibble from ml | the top two bits of the scale byte.
@@ -143,7 +162,7 @@ struct K6X8 {
     static constexpr int kCol = 1680, kToks = 4;
 
     template <int T>
-    static void tile(const uint8_t* w, int64_t nb, const uint8_t* const* a_rows, float* out, int64_t out_stride, bool add) {
+    __attribute__((noinline)) static void tile(const uint8_t* w, int64_t nb, const uint8_t* const* a_rows, float* out, int64_t out_stride, bool add) {
         const block_q8_K* a[T];
         for (int t = 0; t < T; ++t) a[t] = reinterpret_cast<const block_q8_K*>(a_rows[t]);
         const __m256i low4 = _mm256_set1_epi8(0x0f), x30 = _mm256_set1_epi8(0x30);
