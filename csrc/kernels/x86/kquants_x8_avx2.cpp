@@ -175,33 +175,39 @@ struct K6X8 {
             const uint8_t* qhp = col + 1168;
             __m256i isum[T], corr[T];
             for (int t = 0; t < T; ++t) isum[t] = corr[t] = _mm256_setzero_si256();
+            // One quarter q (elements 128h + 32q + 0..31) at a time, its 6-bit values built from
+            // the runs again for each q (loads from L1): building all four quarters of two runs at
+            // once (8 ymm) beside 4 scale vectors, isum and acc spilled ~100 ymm values per column
+            // at T = 4 under GCC 12. The sums are pinned (avx2_helpers.h) so the adds stay chains.
             for (int h = 0; h < 2; ++h) {
                 for (int s = 0; s < 2; ++s) {
-                    // Sub-block 8h + 2v + s (v = which quarter of the half): pair 4h + v, member s.
-                    const __m256i sp0 = ld32(col + 16 + 64 * h), sp1 = ld32(col + 16 + 64 * h + 32);  // pairs 4h..4h+3
-                    const __m256i d0 = s ? dup_sub<1>(sp0) : dup_sub<0>(sp0), d1 = s ? dup_sub<1>(sp1) : dup_sub<0>(sp1);
-                    const __m256i scv[4] = {_mm256_cvtepi8_epi16(lane(d0, 0)), _mm256_cvtepi8_epi16(lane(d0, 1)),
-                                            _mm256_cvtepi8_epi16(lane(d1, 0)), _mm256_cvtepi8_epi16(lane(d1, 1))};
-                    for (int mp = 0; mp < 2; ++mp) {
-                        __m256i v[2][4];
-                        for (int e = 0; e < 2; ++e) {
-                            const int m = 4 * s + 2 * mp + e;
-                            const __m256i qa = ld32(ql + 32 * (16 * h + m)), qb = ld32(ql + 32 * (16 * h + 8 + m));
-                            const __m256i qh = ld32(qhp + 32 * (8 * h + m));
-                            v[e][0] = _mm256_or_si256(_mm256_and_si256(qa, low4), _mm256_and_si256(_mm256_slli_epi16(qh, 4), x30));
-                            v[e][1] = _mm256_or_si256(_mm256_and_si256(qb, low4), _mm256_and_si256(_mm256_slli_epi16(qh, 2), x30));
-                            v[e][2] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(qa, 4), low4), _mm256_and_si256(qh, x30));
-                            v[e][3] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(qb, 4), low4),
-                                                      _mm256_and_si256(_mm256_srli_epi16(qh, 2), x30));
-                        }
-                        const int m0 = 4 * s + 2 * mp;
-                        for (int t = 0; t < T; ++t)
-                            for (int q = 0; q < 4; ++q) {
-                                const int8_t* q8 = a[t][i].qs + 128 * h + 32 * q + 4 * m0;
-                                const __m256i p = _mm256_add_epi16(_mm256_maddubs_epi16(v[0][q], bcast4(q8)),
-                                                                   _mm256_maddubs_epi16(v[1][q], bcast4(q8 + 4)));
-                                isum[t] = _mm256_add_epi32(isum[t], _mm256_madd_epi16(p, scv[q]));
+                    const uint8_t* scales = reload(col + 16 + 64 * h);  // pairs 4h..4h+3
+#pragma GCC unroll 4
+                    for (int q = 0; q < 4; ++q) {
+                        // Sub-block 8h + 2q + s: pair 4h + q, member s.
+                        const __m128i sp = _mm_loadu_si128(reinterpret_cast<const __m128i*>(scales + 16 * q));
+                        const __m256i scv = _mm256_cvtepi8_epi16(lane(s ? dup_sub<1>(_mm256_castsi128_si256(sp))
+                                                                        : dup_sub<0>(_mm256_castsi128_si256(sp)), 0));
+                        const uint8_t* qlr = reload(ql + 32 * (16 * h + 8 * (q & 1)));  // qa (q = 0, 2) or qb (1, 3)
+                        const uint8_t* qhr = reload(qhp + 32 * 8 * h);
+#pragma GCC unroll 2
+                        for (int mp = 0; mp < 2; ++mp) {
+                            const int m0 = 4 * s + 2 * mp;
+                            __m256i v[2];
+                            for (int e = 0; e < 2; ++e) {
+                                const __m256i raw = ld32(qlr + 32 * (m0 + e)), qh = ld32(qhr + 32 * (m0 + e));
+                                const __m256i lo = _mm256_and_si256(q >= 2 ? _mm256_srli_epi16(raw, 4) : raw, low4);
+                                const __m256i hb = q == 0 ? _mm256_slli_epi16(qh, 4) : q == 1 ? _mm256_slli_epi16(qh, 2)
+                                                 : q == 2 ? qh : _mm256_srli_epi16(qh, 2);
+                                v[e] = _mm256_or_si256(lo, _mm256_and_si256(hb, x30));
                             }
+                            for (int t = 0; t < T; ++t) {
+                                const int8_t* q8 = a[t][i].qs + 128 * h + 32 * q + 4 * m0;
+                                const __m256i p = _mm256_add_epi16(_mm256_maddubs_epi16(v[0], bcast4(q8)),
+                                                                   _mm256_maddubs_epi16(v[1], bcast4(q8 + 4)));
+                                isum[t] = pinned(_mm256_add_epi32(isum[t], _mm256_madd_epi16(p, scv)));
+                            }
+                        }
                     }
                 }
             }
@@ -211,7 +217,7 @@ struct K6X8 {
                 for (int t = 0; t < T; ++t) {
                     int32_t bp;
                     std::memcpy(&bp, a[t][i].bsums + 2 * p, 4);
-                    corr[t] = _mm256_add_epi32(corr[t], _mm256_madd_epi16(sp, _mm256_set1_epi32(bp)));
+                    corr[t] = pinned(_mm256_add_epi32(corr[t], _mm256_madd_epi16(sp, _mm256_set1_epi32(bp))));
                 }
             }
             const __m256 dw = load8_halves(col);
