@@ -60,14 +60,14 @@ inline __m256i dup_sub(__m256i pair_bytes) {
 }
 inline __m128i lane(__m256i v, int hi) { return hi ? _mm256_extracti128_si256(v, 1) : _mm256_castsi256_si128(v); }
 
-// Byte bit b moved to bit 4 (0x10) of the same byte (16-bit shifts; the mask drops what leaks:
-// bit b of the high byte is word bit 8 + b, bit 8 after the right shift, bit 12 after the left).
-// One formula for every b, so a loop over b has no branch (GCC 12 kept the Q5 x8 tile's run loop
-// rolled, with both shifts and a branch per run, when b picked the direction).
-inline __m256i bit_to_x10(__m256i bytes, int b) {
-    const __m256i s = _mm256_slli_epi16(_mm256_srl_epi16(bytes, _mm_cvtsi32_si128(b)), 4);
-    return _mm256_and_si256(s, _mm256_set1_epi8(0x10));
-}
+// Byte bit b of qh moved to bit 4 (0x10) of the same byte, in two steps: shr (a variable count,
+// so a loop over b has no branch: GCC 12 kept the Q5 x8 tile's run loop rolled, with both shifts
+// and a branch per run, when b picked the direction) then to_x10. 16-bit shifts; what leaks
+// from the other byte is masked off: bit b of the high byte is word bit 8 + b, 8 + n after the
+// right shift by b - n, 12 after the left shift.
+inline __m256i shr16(__m256i bytes, int count) { return _mm256_srl_epi16(bytes, _mm_cvtsi32_si128(count)); }
+template <int kN>  // bit kN (0 or 1) of each byte of shifted, moved to bit 4
+inline __m256i to_x10(__m256i shifted) { return _mm256_and_si256(_mm256_slli_epi16(shifted, 4 - kN), _mm256_set1_epi8(0x10)); }
 
 // Q4_K / Q5_K. Column: d[8] at 0, dmin[8] at 16, sm[64] at 32 (scale | min >> 4 << 6, pair order),
 // ml[32] at 96 (the mins' low nibbles), Q5: qh runs at 128; qs runs at kQs. Q4 maddubs pairs are
@@ -111,10 +111,12 @@ struct K45X8 {
 #pragma GCC unroll 8
                     for (int r = 0; r < 8; ++r) {
                         const __m256i raw = ld32(runs + 32 * r);
+                        // Q5: sub-block 2jj + nib's fifth bit is qh bit 2jj + nib: bit n after this.
+                        const __m256i qh = kQ5 ? shr16(ld32(qhs + 32 * r), 2 * jj + n0) : raw;
                         for (int n = 0; n < kNibs; ++n) {
                             const int nib = n0 + n;
                             __m256i q = _mm256_and_si256(nib ? _mm256_srli_epi16(raw, 4) : raw, low4);
-                            if constexpr (kQ5) q = _mm256_or_si256(q, bit_to_x10(ld32(qhs + 32 * r), 2 * jj + nib));
+                            if constexpr (kQ5) q = _mm256_or_si256(q, n ? to_x10<1>(qh) : to_x10<0>(qh));
                             for (int t = 0; t < T; ++t) {
                                 const __m256i y = bcast4(a[t][i].qs + 64 * jj + 32 * nib + 4 * r);
                                 pr[n][t] = pinned(_mm256_add_epi16(pr[n][t], _mm256_maddubs_epi16(q, y)));
