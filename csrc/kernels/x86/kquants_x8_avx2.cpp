@@ -7,6 +7,8 @@
 // With one set of pair sums live per pass (below), 8 tokens fit the 16 ymm registers (isum goes
 // to the stack once per pass, not per run): against 4 tokens, 5-64 tokens ran 10-30% faster on a
 // Zen 3 core (64 tokens: Q4_K ~155 -> ~170, Q5_K ~113 -> ~137, Q6_K ~116 -> ~136 GFLOP/s).
+// Tiles are noinline: each token count gets its own register allocation and its own line in a
+// spill count (objdump), at the cost of one call per group, token tile and 8 super-blocks.
 // The AVX-512 table uses these kernels too (an AVX-512 CPU runs AVX2; avx512.cpp). Compiled
 // with the AVX2 flags; only the registrar is external.
 #if defined(__x86_64__) || defined(__i386__)
