@@ -189,31 +189,41 @@ struct K6X8 {
             for (int h = 0; h < 2; ++h) {
                 for (int s = 0; s < 2; ++s) {
                     const uint8_t* scales = reload(col + 16 + 64 * h);  // pairs 4h..4h+3
+                    // Quarters q0 and q0 + 2 share their ql runs (low and high nibbles). T <= 2
+                    // has the registers for both in one pass (one quarter a pass cost T = 2 ~5%).
+                    constexpr int kQn = T <= 2 ? 2 : 1;
 #pragma GCC unroll 4
-                    for (int q = 0; q < 4; ++q) {
-                        // Sub-block 8h + 2q + s: pair 4h + q, member s.
-                        const __m128i sp = _mm_loadu_si128(reinterpret_cast<const __m128i*>(scales + 16 * q));
-                        const __m256i scv = _mm256_cvtepi8_epi16(lane(s ? dup_sub<1>(_mm256_castsi128_si256(sp))
-                                                                        : dup_sub<0>(_mm256_castsi128_si256(sp)), 0));
-                        const uint8_t* qlr = reload(ql + 32 * (16 * h + 8 * (q & 1)));  // qa (q = 0, 2) or qb (1, 3)
+                    for (int q0 = 0; q0 < 4 / kQn; ++q0) {
+                        __m256i scv[kQn];
+                        for (int j = 0; j < kQn; ++j) {
+                            // Sub-block 8h + 2q + s: pair 4h + q, member s.
+                            const int q = q0 + 2 * j;
+                            const __m256i sp = _mm256_castsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(scales + 16 * q)));
+                            scv[j] = _mm256_cvtepi8_epi16(lane(s ? dup_sub<1>(sp) : dup_sub<0>(sp), 0));
+                        }
+                        const uint8_t* qlr = reload(ql + 32 * (16 * h + 8 * (q0 & 1)));  // qa (q = 0, 2) or qb (1, 3)
                         const uint8_t* qhr = reload(qhp + 32 * 8 * h);
 #pragma GCC unroll 2
                         for (int mp = 0; mp < 2; ++mp) {
                             const int m0 = 4 * s + 2 * mp;
-                            __m256i v[2];
+                            __m256i v[kQn][2];
                             for (int e = 0; e < 2; ++e) {
                                 const __m256i raw = ld32(qlr + 32 * (m0 + e)), qh = ld32(qhr + 32 * (m0 + e));
-                                const __m256i lo = _mm256_and_si256(q >= 2 ? _mm256_srli_epi16(raw, 4) : raw, low4);
-                                const __m256i hb = q == 0 ? _mm256_slli_epi16(qh, 4) : q == 1 ? _mm256_slli_epi16(qh, 2)
-                                                 : q == 2 ? qh : _mm256_srli_epi16(qh, 2);
-                                v[e] = _mm256_or_si256(lo, _mm256_and_si256(hb, x30));
+                                for (int j = 0; j < kQn; ++j) {
+                                    const int q = q0 + 2 * j;
+                                    const __m256i lo = _mm256_and_si256(q >= 2 ? _mm256_srli_epi16(raw, 4) : raw, low4);
+                                    const __m256i hb = q == 0 ? _mm256_slli_epi16(qh, 4) : q == 1 ? _mm256_slli_epi16(qh, 2)
+                                                     : q == 2 ? qh : _mm256_srli_epi16(qh, 2);
+                                    v[j][e] = _mm256_or_si256(lo, _mm256_and_si256(hb, x30));
+                                }
                             }
-                            for (int t = 0; t < T; ++t) {
-                                const int8_t* q8 = a[t][i].qs + 128 * h + 32 * q + 4 * m0;
-                                const __m256i p = _mm256_add_epi16(_mm256_maddubs_epi16(v[0], bcast4(q8)),
-                                                                   _mm256_maddubs_epi16(v[1], bcast4(q8 + 4)));
-                                isum[t] = pinned(_mm256_add_epi32(isum[t], _mm256_madd_epi16(p, scv)));
-                            }
+                            for (int t = 0; t < T; ++t)
+                                for (int j = 0; j < kQn; ++j) {
+                                    const int8_t* q8 = a[t][i].qs + 128 * h + 32 * (q0 + 2 * j) + 4 * m0;
+                                    const __m256i p = _mm256_add_epi16(_mm256_maddubs_epi16(v[j][0], bcast4(q8)),
+                                                                       _mm256_maddubs_epi16(v[j][1], bcast4(q8 + 4)));
+                                    isum[t] = pinned(_mm256_add_epi32(isum[t], _mm256_madd_epi16(p, scv[j])));
+                                }
                         }
                     }
                 }
