@@ -27,6 +27,13 @@ namespace {
 
 inline __m256i load32(const void* p) { return _mm256_loadu_si256(static_cast<const __m256i*>(p)); }
 
+// The same address, opaque to the compiler: a second pass over runs loads them again instead of
+// GCC keeping the first pass's loads alive (and spilling them).
+inline const uint8_t* reload_ptr(const uint8_t* p) {
+    __asm__("" : "+r"(p));
+    return p;
+}
+
 // The grid in both lanes, for pshufb (which looks up within each 128-bit lane).
 inline __m256i grid() { return _mm256_broadcastsi128_si256(_mm_load_si128(reinterpret_cast<const __m128i*>(kvalues_iq4nl))); }
 
@@ -143,7 +150,7 @@ struct IQ4_NLX8 {
     }
 
     template <int T>
-    static void tile(const uint8_t* w, int64_t nb, const uint8_t* const* a_rows, const X8Act* pre, int64_t pre_stride,
+    __attribute__((noinline)) static void tile(const uint8_t* w, int64_t nb, const uint8_t* const* a_rows, const X8Act* pre, int64_t pre_stride,
                      float* out, int64_t out_stride, bool add) {
         const block_q8_0* a[T];
         for (int t = 0; t < T; ++t) a[t] = reinterpret_cast<const block_q8_0*>(a_rows[t]);
@@ -155,16 +162,26 @@ struct IQ4_NLX8 {
             const uint8_t* col = w + i * kColBytes;
             __m256i isum[T];
             for (int t = 0; t < T; ++t) isum[t] = _mm256_setzero_si256();
-            for (int c = 0; c < 4; ++c) {
-                const __m256i raw = load32(col + 16 + 32 * c);
-                const __m256i lo = _mm256_shuffle_epi8(table, _mm256_and_si256(raw, low4));
-                const __m256i hi = _mm256_shuffle_epi8(table, _mm256_and_si256(_mm256_srli_epi16(raw, 4), low4));
-                const __m256i lo_abs = _mm256_sign_epi8(lo, lo), hi_abs = _mm256_sign_epi8(hi, hi);
-                for (int t = 0; t < T; ++t) {
-                    const __m256i p = _mm256_add_epi32(
-                        _mm256_madd_epi16(dot_pairs(lo, lo_abs, bcast4(a[t][i].qs + 4 * c)), ones16),
-                        _mm256_madd_epi16(dot_pairs(hi, hi_abs, bcast4(a[t][i].qs + 16 + 4 * c)), ones16));
-                    isum[t] = _mm256_add_epi32(isum[t], p);
+            // At T > 1, one nibble per pass (the second loads the runs again, from L1), so one
+            // value and its |value| are live beside the T sums, and the sums are pinned
+            // (avx2_helpers.h): with both nibbles' four vectors, isum and acc, GCC 12 spilled ~130
+            // ymm values per tile at T = 4 (now 4-64 tokens ~88 -> ~97 GFLOP/s on a Zen 3 core).
+            // T = 1 has the registers for both, reading runs once. (kToks = 8 measured ~5% more,
+            // but halves tiling.h's block chunk, kPre / kToks: k > 8192 would sum in another order.)
+            constexpr int kNibs = T == 1 ? 2 : 1;
+            for (int n0 = 0; n0 < 2; n0 += kNibs) {
+                const uint8_t* runs = reload_ptr(col + 16);
+                for (int c = 0; c < 4; ++c) {
+                    const __m256i raw = load32(runs + 32 * c);
+                    for (int n = 0; n < kNibs; ++n) {
+                        const int nib = n0 + n;
+                        const __m256i q = _mm256_shuffle_epi8(table, _mm256_and_si256(nib ? _mm256_srli_epi16(raw, 4) : raw, low4));
+                        const __m256i q_abs = _mm256_sign_epi8(q, q);
+                        for (int t = 0; t < T; ++t) {
+                            const __m256i y = bcast4(a[t][i].qs + 16 * nib + 4 * c);
+                            isum[t] = pinned(_mm256_add_epi32(isum[t], _mm256_madd_epi16(dot_pairs(q, q_abs, y), ones16)));
+                        }
+                    }
                 }
             }
             const __m256 dw = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(col)));
