@@ -5,6 +5,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -23,11 +24,18 @@ TIMEOUT = 300          # generation runs on the scalar kernels of a shared machi
 PROMPT = ">>> "
 
 
+def _default_sigint() -> None:
+    # A test run started in the background by a non-interactive shell (`pytest ... &`) inherits
+    # SIGINT ignored, and so would the REPL (Python keeps an inherited SIG_IGN): Ctrl-C would do
+    # nothing. A user's terminal gives the REPL the default disposition; so does this.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def spawn(args, cache_dir: Path, model: Path | None = None) -> pexpect.spawn:
     env = dict(os.environ, PYTHONPATH=str(PYLLM_PARENT), PYLLM_CACHE_DIR=str(cache_dir), TERM="dumb")
     argv = ["-m", "pyllm.chat"] + ([str(model)] if model else []) + list(args)
     child = pexpect.spawn(sys.executable, argv, env=env, encoding="utf-8", timeout=TIMEOUT,
-                          dimensions=(50, 200))
+                          dimensions=(50, 200), preexec_fn=_default_sigint)
     return child
 
 
@@ -67,8 +75,8 @@ def cache_dir(tmp_path):
 
 
 def test_conversation_commands_and_ctrl_c(smollm2_path, cache_dir):
-    # --ctx 2048 and max_tokens 1500 (below): the story the test interrupts must outlast a loaded
-    # machine's delay before Ctrl-C lands (with --ctx 256 it could end, context full, first).
+    # --ctx 2048 and max_tokens 1500 (below): the story the test interrupts runs ~15 s, far longer
+    # than a loaded machine's delay before Ctrl-C lands.
     child = spawn(["--temperature", "0", "--max-tokens", "6", "--system", "Be brief.", "--ctx", "2048"],
                   cache_dir, smollm2_path)
     child.expect_exact(PROMPT)

@@ -132,7 +132,7 @@ def test_gemm_output_stride_and_rows_subset(isa):
 X8_KQUANTS = [Q4_K, Q5_K, Q6_K]
 X8_TYPES = [Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, IQ4_NL] + X8_KQUANTS
 X8_ROWS = [8, 13, 16, 41]  # whole groups, and groups plus a plain tail
-X8_TOK = [1, 2, 4, 5, 9]   # decode, prefill tiles of 4 and their tails
+X8_TOK = [1, 2, 3, 4, 5, 8, 9, 16, 19]   # decode, the tiles of 4 (Q4..Q8_0) and 8 (K-quants) and every tail
 
 
 def x8_sizes(type_id):
