@@ -10,11 +10,19 @@ Tiers (markers registered in pyproject.toml, run with --strict-markers):
 `pytest -m "not model"` runs with no network and no model file.
 """
 import json
+import signal
 from pathlib import Path
 
 import pytest
 
 DATA = Path(__file__).parent / "data"
+
+# A suite started in the background by a non-interactive shell (`pytest ... &`) inherits SIGINT
+# ignored: _thread.interrupt_main() then does nothing (the Ctrl-C tests would generate forever)
+# and the REPL children would ignore Ctrl-C. Tests of Ctrl-C need Python's own handler, as a
+# terminal gives it.
+if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def pytest_collection_modifyitems(config, items):
