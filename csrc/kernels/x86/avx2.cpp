@@ -341,32 +341,12 @@ struct FloatMK {
                 for (int t = 0; t < T; ++t) acc[r][t] = _mm256_fmadd_ps(wv, av[t], acc[r][t]);
             }
         }
-        if constexpr (R == 4) {
-            // Four rows' sums at once (hadd tree, then the two 128-bit halves): 5 instructions for
-            // a token's 4 outputs instead of 4 horizontal sums of 6. At attention's k = head_dim
-            // (64: 8 FMA steps per tile) the sums were a third of the tile's instructions.
+        for (int r = 0; r < R; ++r)
             for (int t = 0; t < T; ++t) {
-                const __m256 h = _mm256_hadd_ps(_mm256_hadd_ps(acc[0][t], acc[1][t]), _mm256_hadd_ps(acc[2][t], acc[3][t]));
-                __m128 s4 = _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1));
-                if (i < g.k) {
-                    alignas(16) float tail[4];
-                    for (int r = 0; r < 4; ++r) {
-                        float s = 0.0f;
-                        for (int64_t j = i; j < g.k; ++j) s += WT::scalar(w[r] + j) * a[t][j];
-                        tail[r] = s;
-                    }
-                    s4 = _mm_add_ps(s4, _mm_load_ps(tail));
-                }
-                _mm_storeu_ps(g.out + (t0 + t) * g.out_stride + r0, s4);
+                float s = hsum(acc[r][t]);
+                for (int64_t j = i; j < g.k; ++j) s += WT::scalar(w[r] + j) * a[t][j];
+                g.out[(t0 + t) * g.out_stride + r0 + r] = s;
             }
-        } else {
-            for (int r = 0; r < R; ++r)
-                for (int t = 0; t < T; ++t) {
-                    float s = hsum(acc[r][t]);
-                    for (int64_t j = i; j < g.k; ++j) s += WT::scalar(w[r] + j) * a[t][j];
-                    g.out[(t0 + t) * g.out_stride + r0 + r] = s;
-                }
-        }
     }
 };
 
