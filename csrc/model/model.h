@@ -163,6 +163,10 @@ public:
     // positions: the slots of one generation engine, which evaluates one of them at a time
     // (several sequences must not oversubscribe the cores). The caller serializes their use.
     Context(const Context& share_with, int n_ctx, Type type_k = TYPE_F16, Type type_v = TYPE_F16);
+    // Never copied: a copy would share this one's scratch (its buffer names are references into
+    // it) outside the lock that serializes the Contexts sharing one.
+    Context(const Context&) = delete;
+    Context& operator=(const Context&) = delete;
 
     int n_ctx() const { return n_ctx_; }
     int n_threads() const { return pool_.size(); }
